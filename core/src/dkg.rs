@@ -1,0 +1,246 @@
+//! Distributed key generation: aux info (Paillier keys, ring-Pedersen
+//! parameters) from safe primes the shell generated ahead, then threshold
+//! keygen. Aux info, once made, serves any later key for the same members,
+//! so a retried DKG goes straight to keygen.
+
+use crate::engine::{ComputeResult, KeyShare, ProtocolOutput, SafePrimes, SessionKind};
+use crate::ids::{DkgId, NodeId, RequestId, SessionId};
+use crate::io::{Observation, Reply};
+use crate::message::PeerMessage;
+use crate::node::{DkgRun, KeyMaterial, Node, SessionInfo};
+use crate::record::Record;
+use crate::secret::Secret;
+use crate::tx::GroupKey;
+use cggmp24::key_share::AnyKeyShare;
+use std::sync::Arc;
+
+impl Node {
+    pub(crate) fn on_primes(&mut self, primes: Secret<SafePrimes>) {
+        if self.primes.is_some() || self.aux.is_some() {
+            return;
+        }
+        self.persist(Record::SafePrimes(primes.clone()));
+        self.primes = Some(primes);
+        if let Some(run) = &self.dkg {
+            if run.waiting_for_primes {
+                let dkg = run.dkg;
+                self.start_aux(dkg);
+            }
+        }
+    }
+
+    pub(crate) fn command_start_dkg(&mut self, request: RequestId) {
+        if self.key.is_some() {
+            self.step.replies.push((request, Reply::DkgStarted(Err("this cluster already has a key".into()))));
+            return;
+        }
+        if let Some(run) = &self.dkg {
+            let dkg = run.dkg;
+            self.step.replies.push((request, Reply::DkgStarted(Err(format!("{dkg} is already running")))));
+            return;
+        }
+        let dkg = DkgId { origin: self.me, seq: self.reserve_seq() };
+        self.broadcast(PeerMessage::DkgStart { dkg });
+        self.join_dkg(dkg);
+        self.step.replies.push((request, Reply::DkgStarted(Ok(dkg))));
+    }
+
+    pub(crate) fn on_dkg_start(&mut self, from: NodeId, dkg: DkgId) {
+        if from != dkg.origin {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "dkg_start".into(),
+                reason: format!("{dkg} may only be announced by its origin"),
+            });
+            return;
+        }
+        if self.key.is_some() || self.dkg.is_some() {
+            return;
+        }
+        self.join_dkg(dkg);
+    }
+
+    /// Joins an attempt once: its id is persisted first, so a restarted node
+    /// never runs the same execution twice.
+    fn join_dkg(&mut self, dkg: DkgId) {
+        if !self.dkg_joined.insert(dkg) {
+            return;
+        }
+        self.persist(Record::DkgJoined { dkg });
+        let deadline = self.now.plus(self.config.cluster.timeouts.dkg_ms);
+        self.dkg = Some(DkgRun { dkg, deadline, waiting_for_primes: false });
+        if self.aux.is_some() {
+            self.start_keygen(dkg);
+        } else if self.primes.is_some() {
+            self.start_aux(dkg);
+        } else if let Some(run) = &mut self.dkg {
+            run.waiting_for_primes = true;
+        }
+    }
+
+    fn start_aux(&mut self, dkg: DkgId) {
+        let Some(primes) = self.primes.clone() else { return };
+        if let Some(run) = &mut self.dkg {
+            run.waiting_for_primes = false;
+        }
+        let n = self.config.cluster.n();
+        let kind = SessionKind::AuxInfo { i: self.me.keygen_index(), n, primes };
+        self.start_session(SessionId::AuxInfo(dkg), self.members(), kind);
+    }
+
+    fn start_keygen(&mut self, dkg: DkgId) {
+        let c = &self.config.cluster;
+        let kind = SessionKind::Keygen { i: self.me.keygen_index(), n: c.n(), t: c.threshold };
+        self.start_session(SessionId::Keygen(dkg), self.members(), kind);
+    }
+
+    /// Starts a cggmp24 session in the engine and delivers any messages that
+    /// arrived for it before it started here.
+    pub(crate) fn start_session(&mut self, session: SessionId, members: Vec<NodeId>, kind: SessionKind) {
+        let deadline = self.now.plus(match session {
+            SessionId::Presign(_) => self.config.cluster.timeouts.presign_ms,
+            _ => self.config.cluster.timeouts.dkg_ms,
+        });
+        let execution_id = session.execution_id(self.cluster_id());
+        let seed = self.seed();
+        self.sessions.insert(session, SessionInfo { members, deadline });
+        self.compute(crate::engine::ComputeJob::Start { session, execution_id, seed, kind });
+        for (from, broadcast, payload) in self.buffered.remove(&session).unwrap_or_default() {
+            self.on_protocol_message(from, session, broadcast, payload);
+        }
+    }
+
+    pub(crate) fn on_protocol_message(&mut self, from: NodeId, session: SessionId, broadcast: bool, payload: Vec<u8>) {
+        if self.closed_sessions.contains(&session) {
+            return;
+        }
+        let Some(info) = self.sessions.get(&session) else {
+            // Possibly early: buffer, within bounds.
+            if self.buffered.len() >= crate::node::MAX_BUFFERED_SESSIONS && !self.buffered.contains_key(&session) {
+                return;
+            }
+            let queue = self.buffered.entry(session).or_default();
+            if queue.len() < crate::node::MAX_BUFFERED_PER_SESSION {
+                queue.push((from, broadcast, payload));
+            }
+            return;
+        };
+        let Some(index) = info.members.iter().position(|m| *m == from) else {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "protocol".into(),
+                reason: format!("not a party of {session}"),
+            });
+            return;
+        };
+        self.compute(crate::engine::ComputeJob::Deliver { session, from: index as u16, broadcast, payload });
+    }
+
+    pub(crate) fn on_compute(&mut self, result: ComputeResult) {
+        let ComputeResult { session, sends, finished } = result;
+        let Some(info) = self.sessions.get(&session) else { return };
+        let members = info.members.clone();
+        for send in sends {
+            let msg = |payload| PeerMessage::Protocol { session, broadcast: send.to.is_none(), payload };
+            match send.to {
+                None => {
+                    let me = self.me;
+                    for m in members.iter().copied().filter(|m| *m != me) {
+                        self.send(m, msg(send.payload.clone()));
+                    }
+                }
+                Some(p) => {
+                    if let Some(m) = members.get(p as usize).copied() {
+                        self.send(m, msg(send.payload));
+                    }
+                }
+            }
+        }
+        let Some(outcome) = finished else { return };
+        self.sessions.remove(&session);
+        self.closed_sessions.insert(session);
+        match (session, outcome) {
+            (SessionId::AuxInfo(dkg), Ok(ProtocolOutput::AuxInfo(aux))) => {
+                self.persist(Record::AuxInfo { dkg, aux: aux.clone() });
+                self.aux = Some((dkg, aux));
+                if self.dkg.as_ref().map(|r| r.dkg) == Some(dkg) {
+                    self.start_keygen(dkg);
+                }
+            }
+            (SessionId::Keygen(dkg), Ok(ProtocolOutput::Keygen(incomplete))) => self.finish_keygen(dkg, incomplete),
+            (SessionId::Presign(id), Ok(ProtocolOutput::Presign(share))) => self.on_presig_generated(id, share),
+            (session, Ok(_)) => self.observe(Observation::ProtocolFailed {
+                session: session.to_string(),
+                reason: "unexpected output kind".into(),
+            }),
+            (session, Err(reason)) => self.on_session_failed(session, reason),
+        }
+    }
+
+    fn finish_keygen(&mut self, dkg: DkgId, incomplete: Secret<crate::engine::IncompleteKeyShare>) {
+        let Some((_, aux)) = self.aux.clone() else {
+            self.fail_dkg(dkg, "keygen finished without aux info".into());
+            return;
+        };
+        let share = match KeyShare::from_parts((incomplete.into_inner(), aux.into_inner())) {
+            Ok(s) => s,
+            Err(e) => return self.fail_dkg(dkg, format!("key share does not validate: {e}")),
+        };
+        let compressed = share.shared_public_key().to_bytes(true);
+        let Ok(bytes) = <[u8; 33]>::try_from(compressed.as_bytes()) else {
+            return self.fail_dkg(dkg, "public key is not 33 bytes".into());
+        };
+        let group = match GroupKey::from_compressed(bytes) {
+            Ok(g) => g,
+            Err(e) => return self.fail_dkg(dkg, e.to_string()),
+        };
+        let share = Secret::new(share);
+        self.persist(Record::KeyShare { dkg, share: share.clone(), public_key: bytes.to_vec() });
+        let address = group.address(self.config.cluster.network).to_string();
+        self.observe(Observation::DkgCompleted { dkg, public_key_hex: group.hex(), address });
+        self.key = Some(KeyMaterial { dkg, share: Arc::new(share), group });
+        self.dkg = None;
+    }
+
+    fn fail_dkg(&mut self, dkg: DkgId, reason: String) {
+        self.observe(Observation::DkgFailed { dkg, reason });
+        if self.dkg.as_ref().map(|r| r.dkg) == Some(dkg) {
+            self.dkg = None;
+        }
+        for s in [SessionId::AuxInfo(dkg), SessionId::Keygen(dkg)] {
+            if self.sessions.remove(&s).is_some() {
+                self.closed_sessions.insert(s);
+                self.compute(crate::engine::ComputeJob::Abort { session: s });
+            }
+        }
+    }
+
+    pub(crate) fn check_dkg_deadline(&mut self) {
+        if let Some(run) = &self.dkg {
+            if self.now >= run.deadline {
+                let dkg = run.dkg;
+                self.fail_dkg(dkg, "deadline passed".into());
+            }
+        }
+    }
+
+    fn on_session_failed(&mut self, session: SessionId, reason: String) {
+        self.observe(Observation::ProtocolFailed { session: session.to_string(), reason: reason.clone() });
+        match session {
+            SessionId::AuxInfo(dkg) | SessionId::Keygen(dkg) => self.fail_dkg(dkg, reason),
+            SessionId::Presign(id) => self.discard_own_presig(id, reason),
+        }
+    }
+
+    pub(crate) fn check_session_deadlines(&mut self) {
+        let now = self.now;
+        let expired: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| now >= s.deadline).map(|(id, _)| *id).collect();
+        for session in expired {
+            self.sessions.remove(&session);
+            self.closed_sessions.insert(session);
+            self.compute(crate::engine::ComputeJob::Abort { session });
+            self.on_session_failed(session, "session deadline passed".into());
+        }
+    }
+}

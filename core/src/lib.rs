@@ -1,0 +1,34 @@
+//! mpc-core: the whole protocol of mpc-custody as a deterministic state
+//! machine. Events in ([`Input`]), actions out ([`Step`]); no I/O, no clock,
+//! no ambient randomness. Time and a seed are passed in, so one seed and one
+//! sequence of inputs replay one run bit for bit.
+//!
+//! Read top-down: [`Node`] (state, restart, dispatch), then one module per
+//! protocol: `dkg`, `txflow` (proposals and votes), `pool` (presignatures),
+//! `sign`; Bitcoin rules in [`tx`] and [`policy`]; cggmp24's state machines
+//! in [`engine`].
+
+pub mod config;
+mod dkg;
+pub mod engine;
+pub mod ids;
+pub mod io;
+pub mod message;
+mod node;
+pub mod policy;
+mod pool;
+pub mod record;
+pub mod secret;
+mod sign;
+pub mod tx;
+mod txflow;
+pub mod vote;
+
+pub use config::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, PolicyConfig, PoolConfig, Timeouts};
+pub use engine::{ComputeJob, ComputeResult, Engine};
+pub use ids::{DkgId, Millis, NodeId, PresigId, RequestId, SessionId, TxId};
+pub use io::{Command, Envelope, Input, Observation, Reply, StatusReport, Step};
+pub use message::PeerMessage;
+pub use node::{Identity, Node, NodeError};
+pub use record::{RecoveredState, Record, TxState};
+pub use secret::Secret;

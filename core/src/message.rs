@@ -1,0 +1,64 @@
+//! Messages between nodes. The transport authenticates the sender; every
+//! handler still checks that the sender is entitled to say what it says.
+
+use crate::engine::PresigPublic;
+use crate::ids::{DkgId, NodeId, PresigId, SessionId, TxId};
+use crate::vote::{ApprovalCertificate, SignedVote};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// Join key generation attempt `dkg` (aux info if needed, then keygen).
+    DkgStart { dkg: DkgId },
+    /// A cggmp24 protocol message for one session.
+    Protocol { session: SessionId, broadcast: bool, payload: Vec<u8> },
+    /// The pool coordinator asks `signers` to generate presignature `id`.
+    PresignStart { id: PresigId, signers: Vec<NodeId> },
+    /// The sender holds its share of `id`, with these public commitments.
+    PresigReady { id: PresigId, signers: Vec<NodeId>, public: PresigPublic },
+    /// The initiator gave up on `id`: signers discard their share.
+    PresigAbandon { id: PresigId },
+    /// A transaction proposal: the PSBT exactly as submitted.
+    Proposal { psbt: Vec<u8> },
+    Vote(SignedVote),
+    /// Sign input `input` of `tx` with presignature `presig`.
+    SigningRequest { tx: TxId, input: u32, presig: PresigId, certificate: ApprovalCertificate },
+    SigningResponse { tx: TxId, input: u32, presig: PresigId, result: Result<PartialSig, SigningRefusal> },
+    /// The finished transaction, for every node to verify and record.
+    TxSigned { tx: TxId, raw_tx: Vec<u8>, presigs: Vec<PresigId> },
+}
+
+impl PeerMessage {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessage::DkgStart { .. } => "dkg_start",
+            PeerMessage::Protocol { .. } => "protocol",
+            PeerMessage::PresignStart { .. } => "presign_start",
+            PeerMessage::PresigReady { .. } => "presig_ready",
+            PeerMessage::PresigAbandon { .. } => "presig_abandon",
+            PeerMessage::Proposal { .. } => "proposal",
+            PeerMessage::Vote(_) => "vote",
+            PeerMessage::SigningRequest { .. } => "signing_request",
+            PeerMessage::SigningResponse { .. } => "signing_response",
+            PeerMessage::TxSigned { .. } => "tx_signed",
+        }
+    }
+}
+
+/// A partial signature: the scalar `sigma_j`, big-endian.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialSig(pub [u8; 32]);
+
+/// Why a signer did not release a partial signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningRefusal {
+    UnknownTransaction,
+    InvalidCertificate(String),
+    /// The presignature is not Ready here (unknown, generating, discarded).
+    PresignatureUnavailable,
+    /// Already consumed for another message: answering would leak the key.
+    PresignatureUsedElsewhere,
+    NotASigner,
+    BadInput(String),
+}

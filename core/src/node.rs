@@ -1,0 +1,547 @@
+//! [`Node`]: one cluster member's protocol state. Inputs in, a [`Step`] out.
+//!
+//! The protocols live in their own modules (`dkg`, `txflow`, `pool`,
+//! `sign`), each an `impl Node` block; this module holds the state, the
+//! restart path and the dispatch.
+
+use crate::config::{NodeConfig, Policy};
+use crate::engine::{AuxInfo, ComputeJob, KeyShare, PresigPublic, PresigShare, SafePrimes};
+use crate::ids::{DkgId, Millis, NodeId, PresigId, SessionId, TxId};
+use crate::io::{Envelope, Input, Observation, Step};
+use crate::message::PeerMessage;
+use crate::record::{RecoveredState, Record, TxState};
+use crate::secret::Secret;
+use crate::tx::{GroupKey, ProposedTx};
+use crate::vote::{Decision, SignedVote, Tally};
+use ed25519_dalek::SigningKey;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Who this node is: its id and the Ed25519 key it signs votes with.
+#[derive(Clone)]
+pub struct Identity {
+    pub id: NodeId,
+    pub vote_key: SigningKey,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.id)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("identity's vote key does not match the cluster config for {0}")]
+    VoteKeyMismatch(NodeId),
+    #[error("recovered state is inconsistent: {0}")]
+    Recovery(String),
+}
+
+/// Protocol messages that arrived before their session started here.
+pub(crate) const MAX_BUFFERED_SESSIONS: usize = 256;
+pub(crate) const MAX_BUFFERED_PER_SESSION: usize = 64;
+/// Verified votes kept for transactions not yet proposed to this node.
+pub(crate) const MAX_ORPHAN_TXS: usize = 1024;
+/// How often a node with pending background work wants a tick.
+pub(crate) const POLL_MS: u64 = 1_000;
+
+/// The group key and this node's share of it.
+pub(crate) struct KeyMaterial {
+    pub dkg: DkgId,
+    pub share: Arc<Secret<KeyShare>>,
+    pub group: GroupKey,
+}
+
+/// A running cggmp24 session this node takes part in.
+pub(crate) struct SessionInfo {
+    /// Members in protocol-index order.
+    pub members: Vec<NodeId>,
+    pub deadline: Millis,
+}
+
+/// A transaction as this node knows it.
+pub(crate) struct TxEntry {
+    pub proposed: ProposedTx,
+    pub proposer: NodeId,
+    pub state: TxState,
+    pub tally: Tally,
+    pub vote_deadline: Millis,
+    pub my_vote: Option<Decision>,
+    /// When this node saw the approval (it orders coordinator takeover).
+    pub approved_at: Option<Millis>,
+    pub signed_raw: Option<Vec<u8>>,
+}
+
+/// This node's own share of a presignature.
+pub(crate) enum OwnPresig {
+    Generating { signers: Vec<NodeId> },
+    Ready { signers: Vec<NodeId>, share: Secret<PresigShare> },
+    Consumed { tx: TxId, input: u32, message: [u8; 32], sigma: [u8; 32] },
+    Discarded,
+}
+
+/// What this node knows of a presignature across the cluster.
+pub(crate) struct PoolEntry {
+    pub signers: Vec<NodeId>,
+    pub public: Option<PresigPublic>,
+    pub ready: BTreeSet<NodeId>,
+    /// Assigned to a signing input (or known consumed): never picked again.
+    pub used: bool,
+    /// Signers announced different commitments: unusable.
+    pub inconsistent: bool,
+}
+
+impl PoolEntry {
+    pub fn complete(&self) -> bool {
+        !self.inconsistent && self.public.is_some() && self.ready.len() == self.signers.len()
+    }
+}
+
+/// Key generation this node is taking part in.
+pub(crate) struct DkgRun {
+    pub dkg: DkgId,
+    pub deadline: Millis,
+    pub waiting_for_primes: bool,
+}
+
+/// Signing of one input, as its coordinator tracks it.
+pub(crate) struct InputSigning {
+    pub attempts: u32,
+    pub presig: Option<PresigId>,
+    pub partials: BTreeMap<NodeId, [u8; 32]>,
+    pub deadline: Millis,
+    pub done: Option<[u8; 64]>,
+}
+
+pub(crate) struct SigningJob {
+    pub inputs: Vec<InputSigning>,
+}
+
+pub struct Node {
+    pub(crate) me: NodeId,
+    pub(crate) config: NodeConfig,
+    pub(crate) policy: Policy,
+    pub(crate) vote_key: SigningKey,
+    pub(crate) rng: ChaCha20Rng,
+    pub(crate) now: Millis,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) next_seq: u64,
+    pub(crate) primes: Option<Secret<SafePrimes>>,
+    pub(crate) dkg_joined: BTreeSet<DkgId>,
+    pub(crate) dkg: Option<DkgRun>,
+    pub(crate) aux: Option<(DkgId, Secret<AuxInfo>)>,
+    pub(crate) key: Option<KeyMaterial>,
+    pub(crate) sessions: BTreeMap<SessionId, SessionInfo>,
+    pub(crate) closed_sessions: BTreeSet<SessionId>,
+    pub(crate) buffered: BTreeMap<SessionId, Vec<(NodeId, bool, Vec<u8>)>>,
+    pub(crate) txs: BTreeMap<TxId, TxEntry>,
+    pub(crate) orphan_votes: BTreeMap<TxId, Vec<SignedVote>>,
+    pub(crate) approved_by_day: BTreeMap<u64, u64>,
+    pub(crate) own_presigs: BTreeMap<PresigId, OwnPresig>,
+    pub(crate) pool: BTreeMap<PresigId, PoolEntry>,
+    /// Presigning sessions this node initiated as coordinator, by deadline.
+    pub(crate) initiated: BTreeMap<PresigId, Millis>,
+    pub(crate) refilling: bool,
+    pub(crate) signing: BTreeMap<TxId, SigningJob>,
+    pub(crate) suspects: BTreeMap<NodeId, Millis>,
+    pub(crate) loopback: VecDeque<PeerMessage>,
+    /// Work found during recovery, emitted with the first step.
+    pub(crate) startup: Option<Step>,
+    pub(crate) step: Step,
+}
+
+impl Node {
+    /// Builds a node from its configuration, identity, a seed for all its
+    /// randomness, and the records it persisted before (empty on first start).
+    pub fn new(
+        config: NodeConfig,
+        identity: Identity,
+        seed: [u8; 32],
+        recovered: RecoveredState,
+    ) -> Result<Node, NodeError> {
+        let policy = config.validate(identity.id)?;
+        let expected = config.cluster.members[&identity.id].vote_key;
+        if identity.vote_key.verifying_key().to_bytes() != expected {
+            return Err(NodeError::VoteKeyMismatch(identity.id));
+        }
+        let mut node = Node {
+            me: identity.id,
+            config,
+            policy,
+            vote_key: identity.vote_key,
+            rng: ChaCha20Rng::from_seed(seed),
+            now: Millis(0),
+            leader: None,
+            next_seq: 0,
+            primes: None,
+            dkg_joined: BTreeSet::new(),
+            dkg: None,
+            aux: None,
+            key: None,
+            sessions: BTreeMap::new(),
+            closed_sessions: BTreeSet::new(),
+            buffered: BTreeMap::new(),
+            txs: BTreeMap::new(),
+            orphan_votes: BTreeMap::new(),
+            approved_by_day: BTreeMap::new(),
+            own_presigs: BTreeMap::new(),
+            pool: BTreeMap::new(),
+            initiated: BTreeMap::new(),
+            refilling: false,
+            signing: BTreeMap::new(),
+            suspects: BTreeMap::new(),
+            loopback: VecDeque::new(),
+            startup: None,
+            step: Step::default(),
+        };
+        for record in recovered.records {
+            node.replay(record)?;
+        }
+        node.finish_recovery();
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn group_key(&self) -> Option<&GroupKey> {
+        self.key.as_ref().map(|k| &k.group)
+    }
+
+    /// The single entry point. `now` is the shell's clock; it never goes
+    /// backwards for one node.
+    pub fn handle(&mut self, now: Millis, input: Input) -> Step {
+        self.now = self.now.max(now);
+        self.step = self.startup.take().unwrap_or_default();
+        match input {
+            Input::Peer { from, msg } => self.on_peer(from, msg),
+            Input::Tick => {}
+            Input::Command { request, command } => self.on_command(request, command),
+            Input::Leadership { leader } => self.on_leadership(leader),
+            Input::Compute(result) => self.on_compute(result),
+            Input::SafePrimes(primes) => self.on_primes(primes),
+        }
+        while let Some(msg) = self.loopback.pop_front() {
+            self.on_peer(self.me, msg);
+        }
+        self.on_time();
+        while let Some(msg) = self.loopback.pop_front() {
+            self.on_peer(self.me, msg);
+        }
+        let mut step = std::mem::take(&mut self.step);
+        step.wake_at = self.next_wake();
+        step
+    }
+
+    fn on_peer(&mut self, from: NodeId, msg: PeerMessage) {
+        if !self.config.cluster.members.contains_key(&from) {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: msg.kind().into(),
+                reason: "sender is not a member".into(),
+            });
+            return;
+        }
+        match msg {
+            PeerMessage::DkgStart { dkg } => self.on_dkg_start(from, dkg),
+            PeerMessage::Protocol { session, broadcast, payload } => {
+                self.on_protocol_message(from, session, broadcast, payload)
+            }
+            PeerMessage::PresignStart { id, signers } => self.on_presign_start(from, id, signers),
+            PeerMessage::PresigReady { id, signers, public } => self.on_presig_announced(from, id, signers, public),
+            PeerMessage::PresigAbandon { id } => self.on_presig_abandon(from, id),
+            PeerMessage::Proposal { psbt } => self.on_proposal(from, psbt),
+            PeerMessage::Vote(vote) => self.on_vote(from, vote),
+            PeerMessage::SigningRequest { tx, input, presig, certificate } => {
+                self.on_signing_request(from, tx, input, presig, certificate)
+            }
+            PeerMessage::SigningResponse { tx, input, presig, result } => {
+                self.on_signing_response(from, tx, input, presig, result)
+            }
+            PeerMessage::TxSigned { tx, raw_tx, presigs } => self.on_tx_signed(from, tx, raw_tx, presigs),
+        }
+    }
+
+    fn on_leadership(&mut self, leader: Option<NodeId>) {
+        self.leader = leader;
+        if leader != Some(self.me) {
+            // Sessions this node started as coordinator keep running at the
+            // signers; it just stops starting new ones.
+            self.refilling = false;
+        }
+    }
+
+    /// Deadlines and background work, run after every input.
+    fn on_time(&mut self) {
+        self.expire_suspects();
+        self.check_dkg_deadline();
+        self.check_session_deadlines();
+        self.check_vote_deadlines();
+        self.check_initiated_deadlines();
+        self.drive_signing();
+        self.drive_pool();
+    }
+
+    fn next_wake(&self) -> Option<Millis> {
+        let mut wake: Option<Millis> = None;
+        let mut at = |t: Millis| wake = Some(wake.map_or(t, |w: Millis| w.min(t)));
+        if let Some(d) = &self.dkg {
+            at(d.deadline);
+        }
+        self.sessions.values().for_each(|s| at(s.deadline));
+        self.txs.values().filter(|t| matches!(t.state, TxState::Received | TxState::Voting)).for_each(|t| at(t.vote_deadline));
+        for job in self.signing.values() {
+            for input in job.inputs.iter().filter(|i| i.done.is_none()) {
+                at(if input.presig.is_some() { input.deadline } else { self.now.plus(POLL_MS) });
+            }
+        }
+        self.initiated.values().for_each(|d| at(*d));
+        self.suspects.values().for_each(|d| at(*d));
+        if self.has_coordination_work() {
+            at(self.now.plus(POLL_MS));
+        }
+        wake
+    }
+
+    // ---- small helpers shared by the protocol modules ----
+
+    pub(crate) fn persist(&mut self, record: Record) {
+        self.step.persist.push(record);
+    }
+
+    pub(crate) fn observe(&mut self, o: Observation) {
+        self.step.observations.push(o);
+    }
+
+    pub(crate) fn compute(&mut self, job: ComputeJob) {
+        self.step.compute.push(job);
+    }
+
+    /// Sends to one member; a message to this node itself is handled within
+    /// the same step, after the current input.
+    pub(crate) fn send(&mut self, to: NodeId, msg: PeerMessage) {
+        if to == self.me {
+            self.loopback.push_back(msg);
+        } else {
+            self.step.send.push(Envelope { to, msg });
+        }
+    }
+
+    /// Sends to every other member.
+    pub(crate) fn broadcast(&mut self, msg: PeerMessage) {
+        let others: Vec<NodeId> = self.config.cluster.members.keys().copied().filter(|m| *m != self.me).collect();
+        for to in others {
+            self.step.send.push(Envelope { to, msg: msg.clone() });
+        }
+    }
+
+    pub(crate) fn seed(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        s
+    }
+
+    /// Reserves a sequence number durably: the record precedes any message
+    /// that carries an id made from it.
+    pub(crate) fn reserve_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.persist(Record::SequenceReserved { next: self.next_seq });
+        seq
+    }
+
+    pub(crate) fn cluster_id(&self) -> &str {
+        &self.config.cluster.cluster_id
+    }
+
+    pub(crate) fn members(&self) -> Vec<NodeId> {
+        self.config.cluster.members.keys().copied().collect()
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leader == Some(self.me)
+    }
+
+    pub(crate) fn set_tx_state(&mut self, tx: TxId, to: TxState) {
+        let Some(entry) = self.txs.get_mut(&tx) else { return };
+        if entry.state == to {
+            return;
+        }
+        let from = std::mem::replace(&mut entry.state, to.clone());
+        if to == TxState::Approved && entry.approved_at.is_none() {
+            entry.approved_at = Some(self.now);
+        }
+        self.persist(Record::TxState { tx, state: to.clone() });
+        self.observe(Observation::TxStateChanged { tx, from, to });
+    }
+
+    fn expire_suspects(&mut self) {
+        let now = self.now;
+        self.suspects.retain(|_, until| *until > now);
+    }
+
+    pub(crate) fn suspect(&mut self, node: NodeId) {
+        if node != self.me {
+            let until = self.now.plus(self.config.cluster.timeouts.suspect_ms);
+            self.suspects.insert(node, until);
+        }
+    }
+
+    pub(crate) fn healthy(&self, node: NodeId) -> bool {
+        !self.suspects.contains_key(&node)
+    }
+
+    // ---- restart ----
+
+    fn replay(&mut self, record: Record) -> Result<(), NodeError> {
+        match record {
+            Record::SafePrimes(p) => self.primes = Some(p),
+            Record::SequenceReserved { next } => self.next_seq = self.next_seq.max(next),
+            Record::DkgJoined { dkg } => {
+                self.dkg_joined.insert(dkg);
+            }
+            Record::AuxInfo { dkg, aux } => self.aux = Some((dkg, aux)),
+            Record::KeyShare { dkg, share, public_key } => {
+                let bytes: [u8; 33] = public_key
+                    .try_into()
+                    .map_err(|_| NodeError::Recovery("group public key is not 33 bytes".into()))?;
+                let group = GroupKey::from_compressed(bytes).map_err(|e| NodeError::Recovery(e.to_string()))?;
+                self.key = Some(KeyMaterial { dkg, share: Arc::new(share), group });
+            }
+            Record::TxAccepted { tx, psbt, proposer, at } => {
+                let script = self
+                    .key
+                    .as_ref()
+                    .ok_or_else(|| NodeError::Recovery("transaction recorded before any key".into()))?
+                    .group
+                    .script_pubkey();
+                let proposed = ProposedTx::from_psbt(&psbt, &script)
+                    .map_err(|e| NodeError::Recovery(format!("stored proposal {}: {e}", tx.short())))?;
+                let deadline = at.plus(self.config.cluster.timeouts.vote_ms);
+                self.txs.insert(tx, TxEntry::new(proposed, proposer, deadline));
+            }
+            Record::OwnVote { vote, at } => {
+                let tx = vote.body.tx;
+                if vote.body.decision.is_approve() {
+                    if let (Some(entry), Some(key)) = (self.txs.get(&tx), self.key.as_ref()) {
+                        let amount = crate::policy::outgoing_amount(&entry.proposed, &key.group.script_pubkey());
+                        *self.approved_by_day.entry(at.day()).or_default() += amount;
+                    }
+                }
+                if let Some(entry) = self.txs.get_mut(&tx) {
+                    entry.my_vote = Some(vote.body.decision.clone());
+                    entry.tally.add(vote);
+                }
+            }
+            Record::Vote(vote) => {
+                let tx = vote.body.tx;
+                match self.txs.get_mut(&tx) {
+                    Some(entry) => {
+                        entry.tally.add(vote);
+                    }
+                    None => self.orphan_votes.entry(tx).or_default().push(vote),
+                }
+            }
+            Record::Evidence(e) => {
+                if let Some(entry) = self.txs.get_mut(&e.tx) {
+                    entry.tally.mark_equivocator(e.voter);
+                }
+            }
+            Record::TxState { tx, state } => {
+                if let Some(entry) = self.txs.get_mut(&tx) {
+                    entry.state = state;
+                }
+            }
+            Record::PresigGenerating { id, signers } => {
+                self.own_presigs.entry(id).or_insert(OwnPresig::Generating { signers });
+            }
+            Record::PresigReady { id, signers, share } => {
+                // Never resurrect: only a Generating share may become Ready.
+                if matches!(self.own_presigs.get(&id), None | Some(OwnPresig::Generating { .. })) {
+                    let public = share.expose().public.clone();
+                    self.own_presigs.insert(id, OwnPresig::Ready { signers: signers.clone(), share });
+                    self.note_ready(id, signers, self.me, public);
+                }
+            }
+            Record::PresigAnnounced { id, signers, from, public } => self.note_ready(id, signers, from, public),
+            Record::PresigConsumed { id, tx, input, message, sigma } => {
+                self.own_presigs.insert(id, OwnPresig::Consumed { tx, input, message, sigma });
+                if let Some(e) = self.pool.get_mut(&id) {
+                    e.used = true;
+                }
+            }
+            Record::PresigDiscarded { id, .. } => {
+                if !matches!(self.own_presigs.get(&id), Some(OwnPresig::Consumed { .. })) {
+                    self.own_presigs.insert(id, OwnPresig::Discarded);
+                }
+                if let Some(e) = self.pool.get_mut(&id) {
+                    e.used = true;
+                }
+            }
+            Record::SignedTx { tx, raw_tx } => {
+                if let Some(entry) = self.txs.get_mut(&tx) {
+                    entry.signed_raw = Some(raw_tx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After replay: sessions that were running at the crash are gone, so
+    /// their shares are discarded (never half-used); transactions this node
+    /// accepted but had not yet voted on get their vote now.
+    fn finish_recovery(&mut self) {
+        let mut step = Step::default();
+        let abandoned: Vec<PresigId> = self
+            .own_presigs
+            .iter()
+            .filter(|(_, p)| matches!(p, OwnPresig::Generating { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            self.own_presigs.insert(id, OwnPresig::Discarded);
+            let reason = "session lost in a restart".to_string();
+            step.persist.push(Record::PresigDiscarded { id, reason: reason.clone() });
+            step.observations.push(Observation::PresigDiscarded { id, reason });
+            self.closed_sessions.insert(SessionId::Presign(id));
+        }
+        let unvoted: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.my_vote.is_none()).map(|(id, _)| *id).collect();
+        // A vote persisted just before a crash may never have been sent.
+        let resend: Vec<SignedVote> = self
+            .txs
+            .values()
+            .filter(|t| t.state.undecided())
+            .filter_map(|t| t.tally.vote_of(self.me).cloned())
+            .collect();
+        self.step = step;
+        for vote in resend {
+            self.broadcast(PeerMessage::Vote(vote));
+        }
+        for tx in unvoted {
+            self.cast_vote(tx);
+        }
+        self.startup = Some(std::mem::take(&mut self.step));
+    }
+}
+
+impl TxEntry {
+    pub(crate) fn new(proposed: ProposedTx, proposer: NodeId, vote_deadline: Millis) -> Self {
+        TxEntry {
+            proposed,
+            proposer,
+            state: TxState::Received,
+            tally: Tally::default(),
+            vote_deadline,
+            my_vote: None,
+            approved_at: None,
+            signed_raw: None,
+        }
+    }
+}

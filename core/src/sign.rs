@@ -1,0 +1,349 @@
+//! Signing an approved transaction, one presignature per input.
+//!
+//! The coordinator of a transaction is the node it was proposed to; if that
+//! node does not finish, the next members take over one after another
+//! (safety never depends on a single coordinator). The coordinator sends
+//! each signer a request carrying the approval certificate. A signer checks
+//! the certificate, derives the message itself from its own copy of the
+//! transaction (it never signs a hash it is handed: presignatures plus raw
+//! hashes allow forgery, CVE-2025-66017), marks the presignature Consumed
+//! for exactly that message in the same step that releases the partial
+//! signature, and answers. The coordinator checks every partial signature
+//! against the presignature's commitments, so a cheater is named, combines,
+//! verifies, and runs the finished transaction through Bitcoin Core's
+//! interpreter before reporting it signed.
+
+use crate::ids::{NodeId, PresigId, TxId};
+use crate::io::Observation;
+use crate::message::{PartialSig, PeerMessage, SigningRefusal};
+use crate::node::{InputSigning, Node, OwnPresig, SigningJob};
+use crate::record::{Record, TxState};
+use crate::vote::{ApprovalCertificate, Certified};
+use cggmp24::generic_ec::Scalar;
+use cggmp24::key_share::AnyKeyShare;
+use cggmp24::{DataToSign, PartialSignature};
+use sha2::Sha256;
+
+/// The message scalar cggmp24 signs for a signing message (DESIGN §3).
+fn data_to_sign(message: &[u8; 32]) -> DataToSign<crate::engine::Curve> {
+    DataToSign::digest::<Sha256>(message)
+}
+
+impl Node {
+    /// Whether this node should coordinate signing of `tx` now: the proposer
+    /// at once, member `proposer + k` after `k` takeover periods.
+    fn coordinates(&self, tx: TxId) -> bool {
+        let Some(entry) = self.txs.get(&tx) else { return false };
+        let n = self.config.cluster.n() as u64;
+        let rank = (self.me.0 as u64 + n - entry.proposer.0 as u64) % n;
+        if rank == 0 {
+            return true;
+        }
+        let takeover = 2 * self.config.cluster.timeouts.signing_ms;
+        let since = entry.approved_at.unwrap_or(self.now);
+        self.now >= since.plus(rank * takeover)
+    }
+
+    /// Coordinator: start, time out and retry signing of approved transactions.
+    pub(crate) fn drive_signing(&mut self) {
+        if self.key.is_none() {
+            return;
+        }
+        let candidates: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TxState::Approved | TxState::Signing))
+            .map(|(id, _)| *id)
+            .collect();
+        for tx in candidates {
+            if !self.signing.contains_key(&tx) {
+                if !self.coordinates(tx) {
+                    continue;
+                }
+                let inputs = self.txs[&tx].proposed.unsigned.input.len();
+                let job = SigningJob {
+                    inputs: (0..inputs)
+                        .map(|_| InputSigning {
+                            attempts: 0,
+                            presig: None,
+                            partials: Default::default(),
+                            deadline: self.now,
+                            done: None,
+                        })
+                        .collect(),
+                };
+                self.signing.insert(tx, job);
+                self.set_tx_state(tx, TxState::Signing);
+            }
+            self.time_out_inputs(tx);
+            self.assign_presignatures(tx);
+        }
+    }
+
+    fn time_out_inputs(&mut self, tx: TxId) {
+        let now = self.now;
+        let Some(job) = self.signing.get(&tx) else { return };
+        let late: Vec<(usize, PresigId)> = job
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.done.is_none() && now >= i.deadline)
+            .filter_map(|(k, i)| i.presig.map(|p| (k, p)))
+            .collect();
+        for (input, presig) in late {
+            let silent: Vec<NodeId> = {
+                let partials = &self.signing[&tx].inputs[input].partials;
+                self.pool[&presig].signers.iter().copied().filter(|s| !partials.contains_key(s)).collect()
+            };
+            for s in silent {
+                self.suspect(s);
+            }
+            self.retry_input(tx, input, "signing timed out".into());
+        }
+    }
+
+    /// Drops the input's presignature (never reused) so the next pass
+    /// assigns another.
+    fn retry_input(&mut self, tx: TxId, input: usize, reason: String) {
+        let Some(job) = self.signing.get_mut(&tx) else { return };
+        let slot = &mut job.inputs[input];
+        let Some(presig) = slot.presig.take() else { return };
+        slot.partials.clear();
+        let attempt = slot.attempts;
+        if let Some(e) = self.pool.get_mut(&presig) {
+            e.used = true;
+        }
+        let signers = self.pool.get(&presig).map(|e| e.signers.clone()).unwrap_or_default();
+        for s in signers {
+            self.send(s, PeerMessage::PresigAbandon { id: presig });
+        }
+        self.observe(Observation::SigningRetried { tx, input: input as u32, attempt, reason });
+    }
+
+    fn assign_presignatures(&mut self, tx: TxId) {
+        let max_attempts = self.config.cluster.timeouts.max_signing_attempts;
+        let certificate = match self.txs.get(&tx).and_then(|t| {
+            t.tally.certified(tx, self.config.cluster.approve_quorum, self.config.cluster.reject_quorum)
+        }) {
+            Some(Certified::Approved(c)) => c,
+            _ => return,
+        };
+        let inputs = self.signing.get(&tx).map_or(0, |j| j.inputs.len());
+        for input in 0..inputs {
+            let slot = &self.signing[&tx].inputs[input];
+            if slot.done.is_some() || slot.presig.is_some() {
+                continue;
+            }
+            if slot.attempts >= max_attempts {
+                self.signing.remove(&tx);
+                self.set_tx_state(tx, TxState::Failed(format!("input {input}: no signature after {max_attempts} attempts")));
+                return;
+            }
+            let Some(presig) = self.pick_presignature() else { return };
+            let signers = {
+                let entry = self.pool.get_mut(&presig).expect("picked from the pool");
+                entry.used = true;
+                entry.signers.clone()
+            };
+            let deadline = self.now.plus(self.config.cluster.timeouts.signing_ms);
+            let slot = &mut self.signing.get_mut(&tx).expect("job exists").inputs[input];
+            slot.presig = Some(presig);
+            slot.attempts += 1;
+            slot.deadline = deadline;
+            for s in signers {
+                let msg = PeerMessage::SigningRequest {
+                    tx,
+                    input: input as u32,
+                    presig,
+                    certificate: certificate.clone(),
+                };
+                self.send(s, msg);
+            }
+        }
+    }
+
+    /// The lowest-numbered ready presignature whose signers are all healthy.
+    fn pick_presignature(&self) -> Option<PresigId> {
+        self.pool
+            .iter()
+            .find(|(_, e)| e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Signer: answer a signing request, or refuse and say why.
+    pub(crate) fn on_signing_request(
+        &mut self,
+        from: NodeId,
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        certificate: ApprovalCertificate,
+    ) {
+        let result = self.sign_input(tx, input, presig, &certificate);
+        if let Err(refusal) = &result {
+            self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });
+        }
+        self.send(from, PeerMessage::SigningResponse { tx, input, presig, result });
+    }
+
+    fn sign_input(
+        &mut self,
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        certificate: &ApprovalCertificate,
+    ) -> Result<PartialSig, SigningRefusal> {
+        let entry = self.txs.get(&tx).ok_or(SigningRefusal::UnknownTransaction)?;
+        certificate
+            .verify(tx, &self.config.cluster, entry.tally.equivocators())
+            .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
+        // The message comes from this node's own copy, never from the request.
+        let message = entry
+            .proposed
+            .signing_message(input as usize)
+            .map_err(|e| SigningRefusal::BadInput(e.to_string()))?;
+        if entry.state.undecided() {
+            // A valid certificate is proof of approval.
+            self.set_tx_state(tx, TxState::Approved);
+        }
+        match self.own_presigs.get(&presig) {
+            Some(OwnPresig::Ready { signers, share }) => {
+                if !signers.contains(&self.me) {
+                    return Err(SigningRefusal::NotASigner);
+                }
+                let partial = share.expose().presignature.clone().issue_partial_signature(data_to_sign(&message));
+                let sigma: [u8; 32] = partial
+                    .sigma
+                    .to_be_bytes()
+                    .as_bytes()
+                    .try_into()
+                    .expect("a secp256k1 scalar is 32 bytes");
+                // Durable before the partial signature leaves: the record is in
+                // this step's `persist`, the response in its `send`.
+                self.persist(Record::PresigConsumed { id: presig, tx, input, message, sigma });
+                self.own_presigs.insert(presig, OwnPresig::Consumed { tx, input, message, sigma });
+                if let Some(e) = self.pool.get_mut(&presig) {
+                    e.used = true;
+                }
+                self.observe(Observation::PartialSignatureReleased { tx, input, presig, message });
+                Ok(PartialSig(sigma))
+            }
+            Some(OwnPresig::Consumed { tx: t2, input: i2, message: m2, sigma }) => {
+                if (*t2, *i2, *m2) == (tx, input, message) {
+                    // The same question gets the same answer.
+                    Ok(PartialSig(*sigma))
+                } else {
+                    Err(SigningRefusal::PresignatureUsedElsewhere)
+                }
+            }
+            _ => Err(SigningRefusal::PresignatureUnavailable),
+        }
+    }
+
+    /// Coordinator: check, collect and combine partial signatures.
+    pub(crate) fn on_signing_response(
+        &mut self,
+        from: NodeId,
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        result: Result<PartialSig, SigningRefusal>,
+    ) {
+        let input = input as usize;
+        let Some(slot) = self.signing.get(&tx).and_then(|j| j.inputs.get(input)) else { return };
+        if slot.presig != Some(presig) || slot.done.is_some() {
+            return;
+        }
+        let Some(entry) = self.pool.get(&presig) else { return };
+        let Some(j) = entry.signers.iter().position(|s| *s == from) else { return };
+        let signers = entry.signers.clone();
+        let Some(public) = entry.public.clone() else { return };
+        let sigma = match result {
+            Ok(PartialSig(sigma)) => sigma,
+            Err(refusal) => return self.retry_input(tx, input, format!("{from} refused: {refusal:?}")),
+        };
+        let Ok(message) = self.txs[&tx].proposed.signing_message(input) else { return };
+        let data = data_to_sign(&message);
+        let valid = Scalar::from_be_bytes(sigma).is_ok_and(|s| public.partial_is_valid(j, &s, &data.to_scalar()));
+        if !valid {
+            self.observe(Observation::BadPartialSignature { signer: from, tx, input: input as u32, presig });
+            self.suspect(from);
+            return self.retry_input(tx, input, format!("{from} sent an invalid partial signature"));
+        }
+        let slot = &mut self.signing.get_mut(&tx).expect("checked above").inputs[input];
+        slot.partials.insert(from, sigma);
+        if slot.partials.len() < signers.len() {
+            return;
+        }
+        let partials: Vec<PartialSignature<crate::engine::Curve>> = signers
+            .iter()
+            .map(|s| PartialSignature { sigma: Scalar::from_be_bytes(slot.partials[s]).expect("checked on receipt") })
+            .collect();
+        let group_point = *self.key.as_ref().expect("coordinating implies a key").share.expose().shared_public_key();
+        let signature = public
+            .to_library()
+            .and_then(|p| PartialSignature::combine(&partials, &p, data))
+            .filter(|sig| sig.verify(&group_point, &data).is_ok());
+        let Some(signature) = signature else {
+            return self.retry_input(tx, input, "combined signature does not verify".into());
+        };
+        let mut compact = [0u8; 64];
+        signature.write_to_slice(&mut compact);
+        slot.done = Some(compact);
+        self.finish_if_complete(tx);
+    }
+
+    fn finish_if_complete(&mut self, tx: TxId) {
+        let Some(job) = self.signing.get(&tx) else { return };
+        let Some(sigs) = job.inputs.iter().map(|i| i.done).collect::<Option<Vec<[u8; 64]>>>() else { return };
+        let presigs: Vec<PresigId> = job.inputs.iter().filter_map(|i| i.presig).collect();
+        self.signing.remove(&tx);
+        let key = self.key.as_ref().expect("coordinating implies a key").group.clone();
+        match self.txs[&tx].proposed.finalize(&key, &sigs) {
+            Ok(signed) => {
+                let raw_tx = bitcoin::consensus::encode::serialize(&signed);
+                self.record_signed(tx, raw_tx.clone(), &presigs, signed.compute_txid().to_string());
+                self.broadcast(PeerMessage::TxSigned { tx, raw_tx, presigs });
+            }
+            Err(e) => self.set_tx_state(tx, TxState::Failed(e.to_string())),
+        }
+    }
+
+    fn record_signed(&mut self, tx: TxId, raw_tx: Vec<u8>, presigs: &[PresigId], txid: String) {
+        for p in presigs {
+            if let Some(e) = self.pool.get_mut(p) {
+                e.used = true;
+            }
+        }
+        self.persist(Record::SignedTx { tx, raw_tx: raw_tx.clone() });
+        if let Some(entry) = self.txs.get_mut(&tx) {
+            entry.signed_raw = Some(raw_tx);
+        }
+        self.set_tx_state(tx, TxState::Signed);
+        self.signing.remove(&tx);
+        self.observe(Observation::TxSigned { tx, txid });
+    }
+
+    /// Anyone: a coordinator reports the finished transaction; every node
+    /// checks it against its own copy and Bitcoin Core's rules before
+    /// recording it.
+    pub(crate) fn on_tx_signed(&mut self, from: NodeId, tx: TxId, raw_tx: Vec<u8>, presigs: Vec<PresigId>) {
+        let Some(entry) = self.txs.get(&tx) else { return };
+        if entry.state == TxState::Signed {
+            return;
+        }
+        let check = bitcoin::consensus::encode::deserialize::<bitcoin::Transaction>(&raw_tx)
+            .map_err(|e| e.to_string())
+            .and_then(|signed| {
+                if signed.compute_txid() != entry.proposed.unsigned.compute_txid() {
+                    return Err("not the transaction that was voted on".to_string());
+                }
+                crate::tx::verify_consensus(&signed, &entry.proposed.prevouts).map_err(|e| e.to_string())?;
+                Ok(signed.compute_txid().to_string())
+            });
+        match check {
+            Ok(txid) => self.record_signed(tx, raw_tx, &presigs, txid),
+            Err(reason) => self.observe(Observation::RejectedMessage { from, kind: "tx_signed".into(), reason }),
+        }
+    }
+}

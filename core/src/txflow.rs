@@ -1,0 +1,181 @@
+//! Transactions from submission to a certified outcome: proposal, each
+//! node's policy vote, the tally and its certificates, and deadlines.
+
+use crate::ids::{NodeId, RequestId, TxId};
+use crate::io::{Command, Observation, Reply, StatusReport};
+use crate::message::PeerMessage;
+use crate::node::{Node, OwnPresig, TxEntry};
+use crate::record::{Record, TxState};
+use crate::tx::ProposedTx;
+use crate::vote::{Certified, SignedVote, TallyEvent, VoteBody, VoteError};
+
+impl Node {
+    pub(crate) fn on_command(&mut self, request: RequestId, command: Command) {
+        match command {
+            Command::StartDkg => self.command_start_dkg(request),
+            Command::SubmitPsbt { psbt } => {
+                let result = self.submit(psbt);
+                self.step.replies.push((request, Reply::Submitted(result)));
+            }
+            Command::Status => {
+                let report = self.status();
+                self.step.replies.push((request, Reply::Status(Box::new(report))));
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let own = |f: fn(&OwnPresig) -> bool| self.own_presigs.values().filter(|p| f(p)).count();
+        StatusReport {
+            node: self.me,
+            leader: self.leader,
+            public_key_hex: self.key.as_ref().map(|k| k.group.hex()),
+            address: self.key.as_ref().map(|k| k.group.address(self.config.cluster.network).to_string()),
+            pool_ready: self.pool.values().filter(|e| e.complete() && !e.used).count(),
+            pool_generating: self.initiated.len(),
+            own_ready: own(|p| matches!(p, OwnPresig::Ready { .. })),
+            own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
+            own_discarded: own(|p| matches!(p, OwnPresig::Discarded)),
+            transactions: self.txs.iter().map(|(id, t)| (*id, t.state.clone())).collect(),
+        }
+    }
+
+    /// A client's PSBT: validated, made durable, proposed to all, voted on.
+    fn submit(&mut self, psbt: Vec<u8>) -> Result<TxId, String> {
+        let script = match &self.key {
+            Some(k) => k.group.script_pubkey(),
+            None => return Err("the cluster has no key yet: run DKG first".into()),
+        };
+        let proposed = ProposedTx::from_psbt(&psbt, &script).map_err(|e| e.to_string())?;
+        let tx = proposed.digest(self.cluster_id());
+        if !self.txs.contains_key(&tx) {
+            self.accept(tx, proposed, self.me);
+            self.broadcast(PeerMessage::Proposal { psbt });
+        }
+        Ok(tx)
+    }
+
+    pub(crate) fn on_proposal(&mut self, from: NodeId, psbt: Vec<u8>) {
+        let Some(script) = self.key.as_ref().map(|k| k.group.script_pubkey()) else {
+            self.observe(Observation::ProposalRejected { from, reason: "no key yet".into() });
+            return;
+        };
+        match ProposedTx::from_psbt(&psbt, &script) {
+            Ok(proposed) => {
+                let tx = proposed.digest(self.cluster_id());
+                if !self.txs.contains_key(&tx) {
+                    self.accept(tx, proposed, from);
+                }
+            }
+            Err(e) => self.observe(Observation::ProposalRejected { from, reason: e.to_string() }),
+        }
+    }
+
+    /// Records a new transaction durably, then votes on it.
+    fn accept(&mut self, tx: TxId, proposed: ProposedTx, proposer: NodeId) {
+        self.persist(Record::TxAccepted { tx, psbt: proposed.psbt_bytes.clone(), proposer, at: self.now });
+        let deadline = self.now.plus(self.config.cluster.timeouts.vote_ms);
+        let mut entry = TxEntry::new(proposed, proposer, deadline);
+        for vote in self.orphan_votes.remove(&tx).unwrap_or_default() {
+            entry.tally.add(vote);
+        }
+        self.txs.insert(tx, entry);
+        self.cast_vote(tx);
+    }
+
+    /// Judges the transaction by this node's policy and votes, once: the
+    /// vote is persisted in the same step that sends it, and a restarted node
+    /// finds it and never votes differently.
+    pub(crate) fn cast_vote(&mut self, tx: TxId) {
+        let Some(script) = self.key.as_ref().map(|k| k.group.script_pubkey()) else { return };
+        let day = self.now.day();
+        let approved_today = self.approved_by_day.get(&day).copied().unwrap_or(0);
+        let Some(entry) = self.txs.get(&tx) else { return };
+        if entry.my_vote.is_some() {
+            return;
+        }
+        let decision = crate::policy::judge(&self.policy, &entry.proposed, &script, approved_today);
+        if decision.is_approve() {
+            let amount = crate::policy::outgoing_amount(&entry.proposed, &script);
+            *self.approved_by_day.entry(day).or_default() += amount;
+        }
+        let body = VoteBody { tx, voter: self.me, decision: decision.clone() };
+        let vote = SignedVote::sign(body, &self.vote_key, self.cluster_id());
+        self.persist(Record::OwnVote { vote: vote.clone(), at: self.now });
+        if let Some(entry) = self.txs.get_mut(&tx) {
+            entry.my_vote = Some(decision.clone());
+            entry.tally.add(vote.clone());
+        }
+        self.observe(Observation::VoteCast { tx, decision });
+        self.set_tx_state(tx, TxState::Voting);
+        self.broadcast(PeerMessage::Vote(vote));
+        self.check_outcome(tx);
+    }
+
+    pub(crate) fn on_vote(&mut self, from: NodeId, vote: SignedVote) {
+        match vote.verify(&self.config.cluster) {
+            Ok(()) => {}
+            Err(VoteError::NotAMember(voter)) => {
+                self.observe(Observation::ForeignVote { voter, from });
+                return;
+            }
+            Err(VoteError::BadSignature(claimed_voter)) => {
+                self.observe(Observation::ForgedVote { claimed_voter, from });
+                return;
+            }
+        }
+        let tx = vote.body.tx;
+        let Some(entry) = self.txs.get_mut(&tx) else {
+            // The proposal may still be on its way.
+            if self.orphan_votes.len() < crate::node::MAX_ORPHAN_TXS || self.orphan_votes.contains_key(&tx) {
+                let votes = self.orphan_votes.entry(tx).or_default();
+                if votes.len() < 2 * self.config.cluster.members.len() && !votes.contains(&vote) {
+                    votes.push(vote);
+                }
+            }
+            return;
+        };
+        match entry.tally.add(vote.clone()) {
+            TallyEvent::Recorded => {
+                self.persist(Record::Vote(vote));
+                self.check_outcome(tx);
+            }
+            TallyEvent::Duplicate | TallyEvent::IgnoredEquivocator => {}
+            TallyEvent::Equivocation(evidence) => {
+                let voter = evidence.voter;
+                self.persist(Record::Evidence(*evidence));
+                self.observe(Observation::Equivocation { voter, tx });
+            }
+        }
+    }
+
+    /// Moves an undecided transaction to the outcome its votes certify.
+    pub(crate) fn check_outcome(&mut self, tx: TxId) {
+        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
+        let Some(entry) = self.txs.get(&tx) else { return };
+        if !entry.state.undecided() {
+            return;
+        }
+        match entry.tally.certified(tx, qa, qr) {
+            Some(Certified::Approved(_)) => {
+                self.set_tx_state(tx, TxState::Approved);
+                self.drive_signing();
+            }
+            Some(Certified::Rejected(_)) => self.set_tx_state(tx, TxState::Rejected),
+            None => {}
+        }
+    }
+
+    pub(crate) fn check_vote_deadlines(&mut self) {
+        let now = self.now;
+        let expired: Vec<TxId> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TxState::Received | TxState::Voting) && now >= t.vote_deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        for tx in expired {
+            self.set_tx_state(tx, TxState::Expired);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Ed25519-signed votes, the per-transaction tally, equivocation detection
+//! and approval certificates.
+//!
+//! A vote signs the exact transaction digest ([`TxId`]) together with the
+//! cluster id and the decision, so it cannot be replayed into another cluster
+//! or reinterpreted. A member that signs two different votes for one
+//! transaction is Byzantine: both votes are kept as evidence and none of its
+//! votes for that transaction count from then on.
+
+use crate::config::ClusterConfig;
+use crate::ids::{NodeId, TxId};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use thiserror::Error;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Decision {
+    Approve,
+    /// Reject, with the policy rule that failed.
+    Reject(String),
+}
+
+impl Decision {
+    pub fn is_approve(&self) -> bool {
+        matches!(self, Decision::Approve)
+    }
+}
+
+/// What a vote says, before it is signed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VoteBody {
+    pub tx: TxId,
+    pub voter: NodeId,
+    pub decision: Decision,
+}
+
+impl VoteBody {
+    /// The exact bytes signed: domain tag, cluster id, digest, voter, decision.
+    pub fn signing_bytes(&self, cluster_id: &str) -> Vec<u8> {
+        let mut b = b"mpc-custody/v1/vote".to_vec();
+        b.extend_from_slice(&(cluster_id.len() as u32).to_be_bytes());
+        b.extend_from_slice(cluster_id.as_bytes());
+        b.extend_from_slice(&self.tx.0);
+        b.extend_from_slice(&self.voter.0.to_be_bytes());
+        match &self.decision {
+            Decision::Approve => b.push(1),
+            Decision::Reject(reason) => {
+                b.push(0);
+                b.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+                b.extend_from_slice(reason.as_bytes());
+            }
+        }
+        b
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SignedVote {
+    pub body: VoteBody,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum VoteError {
+    #[error("vote from {0}, which is not a member of this cluster")]
+    NotAMember(NodeId),
+    #[error("vote claiming to be from {0} carries a signature that does not verify")]
+    BadSignature(NodeId),
+}
+
+impl SignedVote {
+    pub fn sign(body: VoteBody, key: &SigningKey, cluster_id: &str) -> SignedVote {
+        let signature = key.sign(&body.signing_bytes(cluster_id)).to_bytes();
+        SignedVote { body, signature }
+    }
+
+    /// Checks membership and the signature against the member's vote key.
+    pub fn verify(&self, cluster: &ClusterConfig) -> Result<(), VoteError> {
+        let voter = self.body.voter;
+        let member = cluster.members.get(&voter).ok_or(VoteError::NotAMember(voter))?;
+        let key = VerifyingKey::from_bytes(&member.vote_key).map_err(|_| VoteError::BadSignature(voter))?;
+        key.verify(&self.body.signing_bytes(&cluster.cluster_id), &Signature::from_bytes(&self.signature))
+            .map_err(|_| VoteError::BadSignature(voter))
+    }
+}
+
+/// Two different valid votes of one member for one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Equivocation {
+    pub voter: NodeId,
+    pub tx: TxId,
+    pub first: SignedVote,
+    pub second: SignedVote,
+}
+
+/// `qa` distinct valid approve votes for one transaction: what a signer
+/// checks before it releases a partial signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalCertificate {
+    pub tx: TxId,
+    pub votes: Vec<SignedVote>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CertificateError {
+    #[error("certificate is for another transaction")]
+    WrongTransaction,
+    #[error("certificate has {have} distinct valid approvals, {need} needed")]
+    TooFewApprovals { have: usize, need: usize },
+    #[error("certificate vote invalid: {0}")]
+    BadVote(VoteError),
+}
+
+impl ApprovalCertificate {
+    /// Verifies every vote, ignores duplicates and votes from members known to
+    /// have equivocated on this transaction, and requires `qa` approvals.
+    pub fn verify(
+        &self,
+        tx: TxId,
+        cluster: &ClusterConfig,
+        equivocators: &BTreeSet<NodeId>,
+    ) -> Result<(), CertificateError> {
+        let mut approvers = BTreeSet::new();
+        for v in &self.votes {
+            if v.body.tx != tx || self.tx != tx {
+                return Err(CertificateError::WrongTransaction);
+            }
+            v.verify(cluster).map_err(CertificateError::BadVote)?;
+            if v.body.decision.is_approve() && !equivocators.contains(&v.body.voter) {
+                approvers.insert(v.body.voter);
+            }
+        }
+        let need = cluster.approve_quorum as usize;
+        if approvers.len() < need {
+            return Err(CertificateError::TooFewApprovals { have: approvers.len(), need });
+        }
+        Ok(())
+    }
+}
+
+/// Outcome the votes certify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Certified {
+    Approved(ApprovalCertificate),
+    Rejected(Vec<SignedVote>),
+}
+
+/// What adding a vote to the tally changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TallyEvent {
+    /// A vote not seen before; it should be persisted.
+    Recorded,
+    /// The exact vote was already known.
+    Duplicate,
+    /// The voter signed a second, different vote: evidence.
+    Equivocation(Box<Equivocation>),
+    /// The voter already equivocated; the vote is ignored.
+    IgnoredEquivocator,
+}
+
+/// The votes one node has seen for one transaction. Only verified votes
+/// reach it.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    votes: BTreeMap<NodeId, SignedVote>,
+    equivocators: BTreeSet<NodeId>,
+}
+
+impl Tally {
+    pub fn add(&mut self, vote: SignedVote) -> TallyEvent {
+        let voter = vote.body.voter;
+        if self.equivocators.contains(&voter) {
+            return TallyEvent::IgnoredEquivocator;
+        }
+        match self.votes.get(&voter) {
+            None => {
+                self.votes.insert(voter, vote);
+                TallyEvent::Recorded
+            }
+            Some(existing) if *existing == vote => TallyEvent::Duplicate,
+            Some(existing) => {
+                let first = existing.clone();
+                self.votes.remove(&voter);
+                self.equivocators.insert(voter);
+                TallyEvent::Equivocation(Box::new(Equivocation { voter, tx: vote.body.tx, first, second: vote }))
+            }
+        }
+    }
+
+    /// Marks a voter as an equivocator (used when evidence is recovered).
+    pub fn mark_equivocator(&mut self, voter: NodeId) {
+        self.votes.remove(&voter);
+        self.equivocators.insert(voter);
+    }
+
+    pub fn equivocators(&self) -> &BTreeSet<NodeId> {
+        &self.equivocators
+    }
+
+    pub fn vote_of(&self, voter: NodeId) -> Option<&SignedVote> {
+        self.votes.get(&voter)
+    }
+
+    pub fn approvals(&self) -> usize {
+        self.votes.values().filter(|v| v.body.decision.is_approve()).count()
+    }
+
+    pub fn rejections(&self) -> usize {
+        self.votes.values().filter(|v| !v.body.decision.is_approve()).count()
+    }
+
+    /// The outcome the counted votes certify, if any. Approval is checked
+    /// first, but the quorum rules make both at once impossible.
+    pub fn certified(&self, tx: TxId, qa: u16, qr: u16) -> Option<Certified> {
+        if self.approvals() >= qa as usize {
+            let votes = self
+                .votes
+                .values()
+                .filter(|v| v.body.decision.is_approve())
+                .take(qa as usize)
+                .cloned()
+                .collect();
+            return Some(Certified::Approved(ApprovalCertificate { tx, votes }));
+        }
+        if self.rejections() >= qr as usize {
+            let votes = self.votes.values().filter(|v| !v.body.decision.is_approve()).cloned().collect();
+            return Some(Certified::Rejected(votes));
+        }
+        None
+    }
+}
+
+mod sig_bytes {
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: Vec<u8> = serde_bytes_vec(d)?;
+        v.try_into().map_err(|_| serde::de::Error::custom("expected 64 signature bytes"))
+    }
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
