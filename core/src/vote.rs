@@ -265,3 +265,135 @@ mod sig_bytes {
         d.deserialize_bytes(V)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MemberInfo, PoolConfig, Timeouts};
+    use proptest::prelude::*;
+
+    fn key(i: u16) -> SigningKey {
+        SigningKey::from_bytes(&[i as u8; 32])
+    }
+
+    fn cluster() -> ClusterConfig {
+        ClusterConfig {
+            cluster_id: "c".into(),
+            members: (1..=5).map(|i| (NodeId(i), MemberInfo { vote_key: key(i).verifying_key().to_bytes() })).collect(),
+            threshold: 3,
+            approve_quorum: 3,
+            reject_quorum: 4,
+            byzantine_tolerance: 1,
+            network: bitcoin::Network::Regtest,
+            pool: PoolConfig::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn vote(i: u16, tx: TxId, approve: bool) -> SignedVote {
+        let decision = if approve { Decision::Approve } else { Decision::Reject("no".into()) };
+        SignedVote::sign(VoteBody { tx, voter: NodeId(i), decision }, &key(i), "c")
+    }
+
+    #[test]
+    fn a_valid_vote_verifies_and_a_tampered_one_does_not() {
+        let c = cluster();
+        let v = vote(2, TxId([7; 32]), true);
+        assert_eq!(v.verify(&c), Ok(()));
+        let mut flipped = v.clone();
+        flipped.body.decision = Decision::Reject("flipped".into());
+        assert_eq!(flipped.verify(&c), Err(VoteError::BadSignature(NodeId(2))));
+        let mut retargeted = v.clone();
+        retargeted.body.tx = TxId([8; 32]);
+        assert_eq!(retargeted.verify(&c), Err(VoteError::BadSignature(NodeId(2))));
+        let mut impersonated = v;
+        impersonated.body.voter = NodeId(3);
+        assert_eq!(impersonated.verify(&c), Err(VoteError::BadSignature(NodeId(3))));
+    }
+
+    #[test]
+    fn a_vote_from_another_cluster_or_non_member_is_refused() {
+        let c = cluster();
+        let body = VoteBody { tx: TxId([1; 32]), voter: NodeId(1), decision: Decision::Approve };
+        let other_cluster = SignedVote::sign(body, &key(1), "other");
+        assert_eq!(other_cluster.verify(&c), Err(VoteError::BadSignature(NodeId(1))));
+        let stranger = vote(9, TxId([1; 32]), true);
+        assert_eq!(stranger.verify(&c), Err(VoteError::NotAMember(NodeId(9))));
+    }
+
+    #[test]
+    fn equivocation_is_detected_kept_as_evidence_and_discounted() {
+        let tx = TxId([3; 32]);
+        let mut tally = Tally::default();
+        assert_eq!(tally.add(vote(1, tx, true)), TallyEvent::Recorded);
+        assert_eq!(tally.add(vote(1, tx, true)), TallyEvent::Duplicate);
+        match tally.add(vote(1, tx, false)) {
+            TallyEvent::Equivocation(e) => {
+                assert_eq!(e.voter, NodeId(1));
+                assert!(e.first.body.decision.is_approve());
+                assert!(!e.second.body.decision.is_approve());
+            }
+            other => panic!("expected equivocation, got {other:?}"),
+        }
+        assert_eq!(tally.add(vote(1, tx, true)), TallyEvent::IgnoredEquivocator);
+        assert_eq!(tally.approvals(), 0);
+        tally.add(vote(2, tx, true));
+        tally.add(vote(3, tx, true));
+        assert_eq!(tally.certified(tx, 3, 4), None, "the equivocator's approval must not count");
+        tally.add(vote(4, tx, true));
+        let Some(Certified::Approved(cert)) = tally.certified(tx, 3, 4) else { panic!("approval expected") };
+        assert_eq!(cert.verify(tx, &cluster(), &BTreeSet::new()), Ok(()));
+        let equivocators: BTreeSet<NodeId> = [NodeId(2)].into();
+        assert!(cert.verify(tx, &cluster(), &equivocators).is_err(), "a signer that knows 2 equivocated refuses");
+    }
+
+    #[test]
+    fn certificate_with_duplicate_voters_is_refused() {
+        let tx = TxId([4; 32]);
+        let v = vote(1, tx, true);
+        let cert = ApprovalCertificate { tx, votes: vec![v.clone(), v.clone(), v] };
+        assert_eq!(
+            cert.verify(tx, &cluster(), &BTreeSet::new()),
+            Err(CertificateError::TooFewApprovals { have: 1, need: 3 })
+        );
+    }
+
+    proptest! {
+        /// Two honest observers that receive any subsets of the votes, in any
+        /// order, including both votes of one equivocating member, never
+        /// certify conflicting outcomes (qa = 3, qr = 4, n = 5, f = 1).
+        #[test]
+        fn observers_never_certify_conflicting_outcomes(
+            honest in proptest::collection::vec(any::<bool>(), 4),
+            byzantine in 1u16..=5,
+            seen_a in proptest::collection::vec(any::<bool>(), 6),
+            seen_b in proptest::collection::vec(any::<bool>(), 6),
+            order in any::<u64>(),
+        ) {
+            let tx = TxId([9; 32]);
+            let mut all = Vec::new();
+            let mut h = honest.iter();
+            for i in 1..=5u16 {
+                if i == byzantine {
+                    all.push(vote(i, tx, true));
+                    all.push(vote(i, tx, false));
+                } else {
+                    all.push(vote(i, tx, *h.next().unwrap()));
+                }
+            }
+            let outcome = |seen: &[bool], rot: usize| {
+                let mut votes: Vec<_> = all.iter().zip(seen).filter(|(_, s)| **s).map(|(v, _)| v.clone()).collect();
+                let len = votes.len().max(1);
+                votes.rotate_left(rot % len);
+                let mut t = Tally::default();
+                for v in votes { t.add(v); }
+                t.certified(tx, 3, 4)
+            };
+            let a = outcome(&seen_a, order as usize);
+            let b = outcome(&seen_b, (order >> 32) as usize);
+            let conflict = matches!((&a, &b), (Some(Certified::Approved(_)), Some(Certified::Rejected(_)))
+                | (Some(Certified::Rejected(_)), Some(Certified::Approved(_))));
+            prop_assert!(!conflict, "a={:?} b={:?}", a.is_some(), b.is_some());
+        }
+    }
+}

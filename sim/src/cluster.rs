@@ -1,0 +1,301 @@
+//! A deterministic one-process cluster: n nodes, one ordered event queue,
+//! a virtual clock, an inline engine and a durable store per node.
+//!
+//! The driver follows the core's contract exactly: for every step it makes
+//! `persist` durable first, then sends, then queues compute jobs and the
+//! wake-up. A crash can be injected between the two halves, which is where
+//! a presignature's consumption must already be durable.
+
+use mpc_core::engine::{ComputeJob, Engine};
+use mpc_core::{
+    Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage,
+    RecoveredState, Record, Reply, RequestId, Step,
+};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// What an interceptor decides for a message in flight.
+pub enum Delivery {
+    Deliver,
+    Drop,
+}
+
+type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
+type CrashPoint = Box<dyn FnMut(NodeId, &Step) -> bool>;
+
+enum Event {
+    Message { from: NodeId, to: NodeId, msg: PeerMessage },
+    Compute { node: NodeId, incarnation: u32, job: ComputeJob },
+    Tick { node: NodeId, incarnation: u32 },
+    Input { node: NodeId, input: Input },
+}
+
+pub struct Host {
+    pub config: NodeConfig,
+    pub identity: Identity,
+    /// None while crashed.
+    pub node: Option<Node>,
+    /// Durable records, in persist order: survives crashes.
+    pub store: Vec<Record>,
+    engine: Engine,
+    incarnation: u32,
+    wake_at: Option<Millis>,
+}
+
+pub struct Cluster {
+    pub hosts: BTreeMap<NodeId, Host>,
+    queue: BTreeMap<(Millis, u64), Event>,
+    now: Millis,
+    next_event: u64,
+    run_seed: u64,
+    /// Virtual network latency per message.
+    pub latency_ms: u64,
+    leader: Option<NodeId>,
+    next_request: u64,
+    pub observations: Vec<(Millis, NodeId, Observation)>,
+    pub replies: Vec<(NodeId, RequestId, Reply)>,
+    interceptor: Option<Interceptor>,
+    crash_point: Option<CrashPoint>,
+    trace: Sha256,
+    pub steps: u64,
+}
+
+impl Cluster {
+    /// Starts every node from its recovered records (empty for a fresh node).
+    pub fn new(
+        run_seed: u64,
+        nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
+        mut recovered: BTreeMap<NodeId, Vec<Record>>,
+    ) -> anyhow::Result<Cluster> {
+        let mut hosts = BTreeMap::new();
+        for (id, (config, identity)) in nodes {
+            let store = recovered.remove(&id).unwrap_or_default();
+            let seed = crate::setup::node_seed(run_seed, id, 0);
+            let node = Node::new(config.clone(), identity.clone(), seed, RecoveredState { records: store.clone() })?;
+            hosts.insert(
+                id,
+                Host { config, identity, node: Some(node), store, engine: Engine::new(), incarnation: 0, wake_at: None },
+            );
+        }
+        let mut cluster = Cluster {
+            hosts,
+            queue: BTreeMap::new(),
+            now: Millis(1_700_000_000_000),
+            next_event: 0,
+            run_seed,
+            latency_ms: 5,
+            leader: None,
+            next_request: 0,
+            observations: Vec::new(),
+            replies: Vec::new(),
+            interceptor: None,
+            crash_point: None,
+            trace: Sha256::new(),
+            steps: 0,
+        };
+        let ids: Vec<NodeId> = cluster.hosts.keys().copied().collect();
+        for id in ids {
+            cluster.push(cluster.now, Event::Tick { node: id, incarnation: 0 });
+        }
+        Ok(cluster)
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.hosts.keys().copied().collect()
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.hosts[&id].node.as_ref().expect("node is up")
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.hosts[&id].node.is_some()
+    }
+
+    /// Every message in flight passes through `f`, which may alter or drop it.
+    pub fn set_interceptor(&mut self, f: impl FnMut(NodeId, &mut Envelope) -> Delivery + 'static) {
+        self.interceptor = Some(Box::new(f));
+    }
+
+    /// After a step's records are durable and before anything else of it is
+    /// performed, `f` may crash the node (returning true).
+    pub fn set_crash_point(&mut self, f: impl FnMut(NodeId, &Step) -> bool + 'static) {
+        self.crash_point = Some(Box::new(f));
+    }
+
+    pub fn clear_crash_point(&mut self) {
+        self.crash_point = None;
+    }
+
+    /// A digest of everything every node did: same seed, same hash.
+    pub fn trace_hash(&self) -> String {
+        hex::encode(self.trace.clone().finalize())
+    }
+
+    fn push(&mut self, at: Millis, event: Event) {
+        self.queue.insert((at, self.next_event), event);
+        self.next_event += 1;
+    }
+
+    /// Tells every node who holds the coordination lease.
+    pub fn set_leader(&mut self, leader: Option<NodeId>) {
+        self.leader = leader;
+        for id in self.ids() {
+            self.push(self.now, Event::Input { node: id, input: Input::Leadership { leader } });
+        }
+    }
+
+    /// Queues an operator command at `node`; the reply lands in `replies`.
+    pub fn command(&mut self, node: NodeId, command: Command) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.push(self.now, Event::Input { node, input: Input::Command { request, command } });
+        request
+    }
+
+    /// Queues any input at a node (safe primes, for instance).
+    pub fn input(&mut self, node: NodeId, input: Input) {
+        self.push(self.now, Event::Input { node, input });
+    }
+
+    /// Delivers a message as if `from` had sent it (for Byzantine tests).
+    pub fn inject(&mut self, from: NodeId, to: NodeId, msg: PeerMessage) {
+        self.push(self.now, Event::Message { from, to, msg });
+    }
+
+    pub fn reply(&self, request: RequestId) -> Option<&Reply> {
+        self.replies.iter().find(|(_, r, _)| *r == request).map(|(_, _, reply)| reply)
+    }
+
+    /// Crashes a node: volatile state and its engine are lost, the store is kept.
+    pub fn crash(&mut self, id: NodeId) {
+        let host = self.hosts.get_mut(&id).expect("known node");
+        host.node = None;
+        host.engine = Engine::new();
+        host.wake_at = None;
+    }
+
+    /// Restarts a crashed node from its durable records.
+    pub fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let leader = self.leader;
+        let now = self.now;
+        let run_seed = self.run_seed;
+        let host = self.hosts.get_mut(&id).expect("known node");
+        host.incarnation += 1;
+        let seed = crate::setup::node_seed(run_seed, id, host.incarnation);
+        let recovered = RecoveredState { records: host.store.clone() };
+        host.node = Some(Node::new(host.config.clone(), host.identity.clone(), seed, recovered)?);
+        let incarnation = host.incarnation;
+        self.push(now, Event::Input { node: id, input: Input::Leadership { leader } });
+        self.push(now, Event::Tick { node: id, incarnation });
+        Ok(())
+    }
+
+    /// Processes events until `done` holds or virtual time passes `limit_ms`
+    /// from now. Returns whether `done` held.
+    pub fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+        let limit = self.now.plus(limit_ms);
+        loop {
+            if done(self) {
+                return true;
+            }
+            let Some((&(at, seq), _)) = self.queue.iter().next() else { return done(self) };
+            if at > limit {
+                self.now = limit;
+                return done(self);
+            }
+            let event = self.queue.remove(&(at, seq)).expect("just seen");
+            self.now = self.now.max(at);
+            self.process(event);
+        }
+    }
+
+    /// Runs until nothing is left to do before `limit_ms` passes.
+    pub fn run_for(&mut self, limit_ms: u64) {
+        self.run_until(limit_ms, |_| false);
+    }
+
+    fn process(&mut self, event: Event) {
+        let (id, input) = match event {
+            Event::Message { from, to, msg } => (to, Input::Peer { from, msg }),
+            Event::Input { node, input } => (node, input),
+            Event::Tick { node, incarnation } => {
+                let host = self.hosts.get_mut(&node).expect("known node");
+                if host.incarnation != incarnation {
+                    return;
+                }
+                host.wake_at = None;
+                (node, Input::Tick)
+            }
+            Event::Compute { node, incarnation, job } => {
+                let host = self.hosts.get_mut(&node).expect("known node");
+                if host.incarnation != incarnation || host.node.is_none() {
+                    return;
+                }
+                let result = host.engine.run(job);
+                (node, Input::Compute(result))
+            }
+        };
+        let now = self.now;
+        let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else { return };
+        let step = node.handle(now, input);
+        self.perform(id, step);
+    }
+
+    /// Executes a step in the order the core's contract requires.
+    fn perform(&mut self, id: NodeId, step: Step) {
+        self.steps += 1;
+        self.trace.update(id.0.to_be_bytes());
+        self.trace.update(self.now.0.to_be_bytes());
+        let host = self.hosts.get_mut(&id).expect("known node");
+        for record in &step.persist {
+            self.trace.update(bincode::serialize(record).expect("records serialise"));
+            host.store.push(record.clone());
+        }
+        if let Some(crash) = self.crash_point.as_mut() {
+            if crash(id, &step) {
+                self.crash(id);
+                return;
+            }
+        }
+        for o in &step.observations {
+            self.trace.update(serde_json::to_vec(o).expect("observations serialise"));
+            self.observations.push((self.now, id, o.clone()));
+        }
+        for (request, reply) in step.replies {
+            self.trace.update(format!("{request:?}{reply:?}").as_bytes());
+            self.replies.push((id, request, reply));
+        }
+        let incarnation = self.hosts[&id].incarnation;
+        for mut env in step.send {
+            let deliver = match self.interceptor.as_mut() {
+                Some(f) => f(id, &mut env),
+                None => Delivery::Deliver,
+            };
+            self.trace.update(bincode::serialize(&env.msg).expect("messages serialise"));
+            if let Delivery::Deliver = deliver {
+                let at = self.now.plus(self.latency_ms);
+                self.push(at, Event::Message { from: id, to: env.to, msg: env.msg });
+            }
+        }
+        for job in step.compute {
+            self.push(self.now, Event::Compute { node: id, incarnation, job });
+        }
+        let host = self.hosts.get_mut(&id).expect("known node");
+        if let Some(at) = step.wake_at {
+            if host.wake_at != Some(at) {
+                host.wake_at = Some(at);
+                self.push(at.max(self.now), Event::Tick { node: id, incarnation });
+            }
+        }
+    }
+
+    /// Observations of one kind, with where and when they happened.
+    pub fn observed(&self, f: impl Fn(&Observation) -> bool) -> Vec<(NodeId, Observation)> {
+        self.observations.iter().filter(|(_, _, o)| f(o)).map(|(_, n, o)| (*n, o.clone())).collect()
+    }
+}
