@@ -70,6 +70,8 @@ pub struct Timeouts {
     pub suspect_ms: u64,
     /// Signing attempts per input before the transaction is Failed.
     pub max_signing_attempts: u32,
+    /// How often a node asks one peer for transactions it may have missed.
+    pub sync_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -81,6 +83,7 @@ impl Default for Timeouts {
             dkg_ms: 900_000,
             suspect_ms: 60_000,
             max_signing_attempts: 5,
+            sync_ms: 30_000,
         }
     }
 }
@@ -183,6 +186,7 @@ impl ClusterConfig {
             ("presign_ms", to.presign_ms),
             ("dkg_ms", to.dkg_ms),
             ("max_signing_attempts", to.max_signing_attempts as u64),
+            ("sync_ms", to.sync_ms),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroTimeout(name));

@@ -49,6 +49,8 @@ pub enum Reply {
 pub struct StatusReport {
     pub node: NodeId,
     pub leader: Option<NodeId>,
+    /// The key generation attempt that made the current key.
+    pub dkg: Option<DkgId>,
     pub public_key_hex: Option<String>,
     pub address: Option<String>,
     /// Presignatures ready cluster-wide, as this node sees them.

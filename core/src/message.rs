@@ -26,6 +26,9 @@ pub enum PeerMessage {
     SigningResponse { tx: TxId, input: u32, presig: PresigId, result: Result<PartialSig, SigningRefusal> },
     /// The finished transaction, for every node to verify and record.
     TxSigned { tx: TxId, raw_tx: Vec<u8>, presigs: Vec<PresigId> },
+    /// Catch-up: send me what you know of transactions other than these
+    /// (proposal, signed votes, signed result). The sender verifies all of it.
+    SyncRequest { known_final: Vec<TxId> },
 }
 
 impl PeerMessage {
@@ -42,6 +45,7 @@ impl PeerMessage {
             PeerMessage::SigningRequest { .. } => "signing_request",
             PeerMessage::SigningResponse { .. } => "signing_response",
             PeerMessage::TxSigned { .. } => "tx_signed",
+            PeerMessage::SyncRequest { .. } => "sync_request",
         }
     }
 }

@@ -151,6 +151,9 @@ pub struct Node {
     pub(crate) signing: BTreeMap<TxId, SigningJob>,
     pub(crate) suspects: BTreeMap<NodeId, Millis>,
     pub(crate) loopback: VecDeque<PeerMessage>,
+    /// When this node next asks a peer for missed transactions, and which.
+    pub(crate) next_sync: Millis,
+    pub(crate) sync_rotation: u64,
     /// Work found during recovery, emitted with the first step.
     pub(crate) startup: Option<Step>,
     pub(crate) step: Step,
@@ -197,6 +200,8 @@ impl Node {
             signing: BTreeMap::new(),
             suspects: BTreeMap::new(),
             loopback: VecDeque::new(),
+            next_sync: Millis(0),
+            sync_rotation: 0,
             startup: None,
             step: Step::default(),
         };
@@ -266,6 +271,7 @@ impl Node {
                 self.on_signing_response(from, tx, input, presig, result)
             }
             PeerMessage::TxSigned { tx, raw_tx, presigs } => self.on_tx_signed(from, tx, raw_tx, presigs),
+            PeerMessage::SyncRequest { known_final } => self.on_sync_request(from, known_final),
         }
     }
 
@@ -287,6 +293,7 @@ impl Node {
         self.check_initiated_deadlines();
         self.drive_signing();
         self.drive_pool();
+        self.drive_sync();
     }
 
     fn next_wake(&self) -> Option<Millis> {
@@ -307,6 +314,7 @@ impl Node {
         if self.has_coordination_work() {
             at(self.now.plus(POLL_MS));
         }
+        at(self.next_sync);
         wake
     }
 
@@ -506,6 +514,16 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for id in abandoned {
+            // Tell the other signers and the initiator at once, rather than
+            // let them wait out the session deadline.
+            if let Some(OwnPresig::Generating { signers }) = self.own_presigs.get(&id) {
+                let mut notify: BTreeSet<NodeId> = signers.iter().copied().collect();
+                notify.insert(id.origin);
+                notify.remove(&self.me);
+                for to in notify {
+                    step.send.push(Envelope { to, msg: PeerMessage::PresigAbandon { id } });
+                }
+            }
             self.own_presigs.insert(id, OwnPresig::Discarded);
             let reason = "session lost in a restart".to_string();
             step.persist.push(Record::PresigDiscarded { id, reason: reason.clone() });
@@ -521,6 +539,9 @@ impl Node {
             .filter_map(|t| t.tally.vote_of(self.me).cloned())
             .collect();
         self.step = step;
+        // Ask everyone for what was missed while down.
+        let known_final = self.known_final();
+        self.broadcast(PeerMessage::SyncRequest { known_final });
         for vote in resend {
             self.broadcast(PeerMessage::Vote(vote));
         }

@@ -163,10 +163,11 @@ impl Node {
     }
 
     /// Signer: the initiator gave up on `id`.
+    /// Accepted from the initiator, the lease holder, any signer of the set
+    /// (a signer that lost its share makes the presignature useless), and
+    /// any member coordinating a signature with it. Abandoning can only waste
+    /// a presignature, never make one be used twice.
     pub(crate) fn on_presig_abandon(&mut self, from: NodeId, id: PresigId) {
-        if from != id.origin && self.leader != Some(from) {
-            return;
-        }
         self.discard_own_presig(id, format!("abandoned by {from}"));
     }
 

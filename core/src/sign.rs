@@ -30,12 +30,17 @@ fn data_to_sign(message: &[u8; 32]) -> DataToSign<crate::engine::Curve> {
 }
 
 impl Node {
-    /// Whether this node should coordinate signing of `tx` now: the proposer
-    /// at once, member `proposer + k` after `k` takeover periods.
+    /// Whether this node should coordinate signing of `tx` now. The lease
+    /// holder coordinates when there is one (one coordinator, no contention
+    /// for presignatures); without a lease, the node the transaction was
+    /// proposed to does, so approved work still gets signed while
+    /// coordination is down. Member `base + k` takes over after `k` takeover
+    /// periods if the transaction is still unsigned.
     fn coordinates(&self, tx: TxId) -> bool {
         let Some(entry) = self.txs.get(&tx) else { return false };
+        let base = self.leader.unwrap_or(entry.proposer);
         let n = self.config.cluster.n() as u64;
-        let rank = (self.me.0 as u64 + n - entry.proposer.0 as u64) % n;
+        let rank = (self.me.0 as u64 + n - base.0 as u64) % n;
         if rank == 0 {
             return true;
         }
@@ -139,7 +144,7 @@ impl Node {
                 self.set_tx_state(tx, TxState::Failed(format!("input {input}: no signature after {max_attempts} attempts")));
                 return;
             }
-            let Some(presig) = self.pick_presignature() else { return };
+            let Some(presig) = self.pick_presignature(tx, input) else { return };
             let signers = {
                 let entry = self.pool.get_mut(&presig).expect("picked from the pool");
                 entry.used = true;
@@ -162,12 +167,23 @@ impl Node {
         }
     }
 
-    /// The lowest-numbered ready presignature whose signers are all healthy.
-    fn pick_presignature(&self) -> Option<PresigId> {
-        self.pool
+    /// A ready presignature whose signers are all healthy. Candidates are
+    /// taken in id order, starting at an offset derived from the transaction
+    /// and input, so coordinators working at the same time rarely reach for
+    /// the same one (a collision is safe, only wasteful: signers refuse a
+    /// second message).
+    fn pick_presignature(&self, tx: TxId, input: usize) -> Option<PresigId> {
+        let candidates: Vec<PresigId> = self
+            .pool
             .iter()
-            .find(|(_, e)| e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s)))
+            .filter(|(_, e)| e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s)))
             .map(|(id, _)| *id)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let spread = u64::from_be_bytes(tx.0[..8].try_into().expect("8 bytes")).wrapping_add(input as u64);
+        Some(candidates[(spread % candidates.len() as u64) as usize])
     }
 
     /// Signer: answer a signing request, or refuse and say why.

@@ -29,6 +29,7 @@ impl Node {
         StatusReport {
             node: self.me,
             leader: self.leader,
+            dkg: self.key.as_ref().map(|k| k.dkg),
             public_key_hex: self.key.as_ref().map(|k| k.group.hex()),
             address: self.key.as_ref().map(|k| k.group.address(self.config.cluster.network).to_string()),
             pool_ready: self.pool.values().filter(|e| e.complete() && !e.used).count(),
@@ -135,9 +136,13 @@ impl Node {
             }
             return;
         };
+        let direct = from == vote.body.voter;
         match entry.tally.add(vote.clone()) {
             TallyEvent::Recorded => {
-                self.persist(Record::Vote(vote));
+                self.persist(Record::Vote(vote.clone()));
+                if direct {
+                    self.relay_vote(vote);
+                }
                 self.check_outcome(tx);
             }
             TallyEvent::Duplicate | TallyEvent::IgnoredEquivocator => {}
@@ -145,7 +150,22 @@ impl Node {
                 let voter = evidence.voter;
                 self.persist(Record::Evidence(*evidence));
                 self.observe(Observation::Equivocation { voter, tx });
+                if direct {
+                    self.relay_vote(vote);
+                }
             }
+        }
+    }
+
+    /// Forwards a vote received from its own voter to the other members, once.
+    /// A member that shows different votes to different peers is caught
+    /// this way: some honest node ends up holding both signed votes.
+    fn relay_vote(&mut self, vote: SignedVote) {
+        let voter = vote.body.voter;
+        let others: Vec<NodeId> =
+            self.members().into_iter().filter(|m| *m != self.me && *m != voter).collect();
+        for to in others {
+            self.send(to, PeerMessage::Vote(vote.clone()));
         }
     }
 
@@ -176,6 +196,58 @@ impl Node {
             .collect();
         for tx in expired {
             self.set_tx_state(tx, TxState::Expired);
+        }
+    }
+}
+
+/// Transactions one catch-up answer covers at most.
+const SYNC_BATCH: usize = 64;
+/// Final transactions a catch-up request lists at most.
+const SYNC_KNOWN_LIMIT: usize = 1024;
+
+impl Node {
+    /// The most recent final transactions this node holds: peers need not
+    /// send those again.
+    pub(crate) fn known_final(&self) -> Vec<TxId> {
+        let mut known: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.state.is_final()).map(|(id, _)| *id).collect();
+        known.truncate(SYNC_KNOWN_LIMIT);
+        known
+    }
+
+    /// Periodic anti-entropy: ask one peer, in rotation, for what we lack.
+    pub(crate) fn drive_sync(&mut self) {
+        if self.now < self.next_sync {
+            return;
+        }
+        self.next_sync = self.now.plus(self.config.cluster.timeouts.sync_ms);
+        let peers: Vec<NodeId> = self.members().into_iter().filter(|m| *m != self.me).collect();
+        if peers.is_empty() || self.key.is_none() {
+            return;
+        }
+        let to = peers[(self.sync_rotation % peers.len() as u64) as usize];
+        self.sync_rotation += 1;
+        let known_final = self.known_final();
+        self.send(to, PeerMessage::SyncRequest { known_final });
+    }
+
+    /// Answers a catch-up request with the proposals, signed votes and signed
+    /// results the peer lacks. Everything sent is verifiable by the peer.
+    pub(crate) fn on_sync_request(&mut self, from: NodeId, known_final: Vec<TxId>) {
+        let known: std::collections::BTreeSet<TxId> = known_final.into_iter().take(SYNC_KNOWN_LIMIT).collect();
+        let mut messages = Vec::new();
+        for (id, entry) in self.txs.iter().filter(|(id, _)| !known.contains(id)).take(SYNC_BATCH) {
+            messages.push(PeerMessage::Proposal { psbt: entry.proposed.psbt_bytes.clone() });
+            for voter in self.config.cluster.members.keys() {
+                if let Some(v) = entry.tally.vote_of(*voter) {
+                    messages.push(PeerMessage::Vote(v.clone()));
+                }
+            }
+            if let Some(raw_tx) = &entry.signed_raw {
+                messages.push(PeerMessage::TxSigned { tx: *id, raw_tx: raw_tx.clone(), presigs: Vec::new() });
+            }
+        }
+        for msg in messages {
+            self.send(from, msg);
         }
     }
 }

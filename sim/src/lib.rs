@@ -5,8 +5,10 @@
 //! record store per node that survives crashes. Tests, the demo and the
 //! benchmarks all use it; the turmoil simulator builds on the same pieces.
 
+pub mod checker;
 pub mod cluster;
 pub mod fixtures;
+pub mod scenario;
 pub mod setup;
 pub mod wallet;
 

@@ -1,0 +1,159 @@
+//! Safety invariants checked over a cluster's durable records and
+//! observations (DESIGN §5, invariants 1-4 and 6). The simulator runs the
+//! same checks after every seed.
+
+use crate::cluster::Cluster;
+use mpc_core::tx::{verify_consensus, ProposedTx};
+use mpc_core::vote::SignedVote;
+use mpc_core::{NodeId, Observation, PresigId, Record, TxId, TxState};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+/// Checks everything; `byzantine` names the nodes allowed to misbehave.
+pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> {
+    let mut v = Vec::new();
+    no_presignature_signs_two_messages(cluster, &mut v);
+    partials_only_with_certificates(cluster, byzantine, &mut v);
+    signed_transactions_verify(cluster, &mut v);
+    no_conflicting_outcomes(cluster, byzantine, &mut v);
+    no_honest_node_blamed(cluster, byzantine, &mut v);
+    v
+}
+
+/// Invariant 1: across all records of all nodes (which survive crashes),
+/// one presignature is consumed for at most one message.
+fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>) {
+    let mut used: BTreeMap<PresigId, BTreeSet<[u8; 32]>> = BTreeMap::new();
+    for host in cluster.hosts.values() {
+        for r in &host.store {
+            if let Record::PresigConsumed { id, message, .. } = r {
+                used.entry(*id).or_default().insert(*message);
+            }
+        }
+    }
+    for (_, node, o) in &cluster.observations {
+        if let Observation::PartialSignatureReleased { presig, message, .. } = o {
+            used.entry(*presig).or_default().insert(*message);
+            let durable = cluster.hosts[node].store.iter().any(
+                |r| matches!(r, Record::PresigConsumed { id, message: m, .. } if id == presig && m == message),
+            );
+            if !durable {
+                v.push(Violation(format!("{node} released a partial of {presig} without a durable consumption")));
+            }
+        }
+    }
+    for (id, messages) in used {
+        if messages.len() > 1 {
+            v.push(Violation(format!("{id} was used for {} different messages", messages.len())));
+        }
+    }
+}
+
+/// Invariant 2: a partial signature is released only for a transaction
+/// that `qa` distinct members approved with valid signed votes.
+fn partials_only_with_certificates(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
+    let cfg = &cluster.hosts.values().next().expect("a host").config.cluster;
+    let mut approvals: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
+    let mut votes_of: BTreeMap<(TxId, NodeId), BTreeSet<SignedVote>> = BTreeMap::new();
+    for host in cluster.hosts.values() {
+        for r in &host.store {
+            let vote = match r {
+                Record::OwnVote { vote, .. } | Record::Vote(vote) => vote,
+                _ => continue,
+            };
+            if vote.verify(cfg).is_ok() {
+                votes_of.entry((vote.body.tx, vote.body.voter)).or_default().insert(vote.clone());
+            }
+        }
+    }
+    for ((tx, voter), votes) in votes_of {
+        // An equivocator's votes do not count.
+        if votes.len() == 1 && votes.iter().all(|v| v.body.decision.is_approve()) {
+            approvals.entry(tx).or_default().insert(voter);
+        }
+    }
+    for (_, node, o) in &cluster.observations {
+        if let Observation::PartialSignatureReleased { tx, presig, .. } = o {
+            if byzantine.contains(node) {
+                continue;
+            }
+            let have = approvals.get(tx).map_or(0, |a| a.len());
+            if have < cfg.approve_quorum as usize {
+                v.push(Violation(format!(
+                    "{node} released a partial of {presig} for {} with only {have} approvals",
+                    tx.short()
+                )));
+            }
+        }
+    }
+}
+
+/// Invariant 3: every signed transaction passes Bitcoin Core's interpreter
+/// and is the transaction that was voted on.
+fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
+    for (id, host) in &cluster.hosts {
+        let proposals: BTreeMap<TxId, &Vec<u8>> = host
+            .store
+            .iter()
+            .filter_map(|r| match r {
+                Record::TxAccepted { tx, psbt, .. } => Some((*tx, psbt)),
+                _ => None,
+            })
+            .collect();
+        let key = host.store.iter().find_map(|r| match r {
+            Record::KeyShare { public_key, .. } => {
+                <[u8; 33]>::try_from(public_key.as_slice()).ok().and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok())
+            }
+            _ => None,
+        });
+        for r in &host.store {
+            let Record::SignedTx { tx, raw_tx } = r else { continue };
+            let (Some(psbt), Some(key)) = (proposals.get(tx), key.as_ref()) else {
+                v.push(Violation(format!("{id} recorded a signed tx {} it never accepted", tx.short())));
+                continue;
+            };
+            let proposed = ProposedTx::from_psbt(psbt, &key.script_pubkey()).expect("accepted proposals parse");
+            let ok = bitcoin::consensus::encode::deserialize::<bitcoin::Transaction>(raw_tx)
+                .map_err(|e| e.to_string())
+                .and_then(|signed| {
+                    if signed.compute_txid() != proposed.unsigned.compute_txid() {
+                        return Err("not the voted transaction".into());
+                    }
+                    verify_consensus(&signed, &proposed.prevouts).map_err(|e| e.to_string())
+                });
+            if let Err(e) = ok {
+                v.push(Violation(format!("{id} recorded signed tx {} that fails verification: {e}", tx.short())));
+            }
+        }
+    }
+}
+
+/// Invariant 4: no two honest nodes hold conflicting final outcomes.
+fn no_conflicting_outcomes(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
+    let mut outcomes: BTreeMap<TxId, BTreeMap<NodeId, TxState>> = BTreeMap::new();
+    for (id, host) in cluster.hosts.iter().filter(|(id, _)| !byzantine.contains(id)) {
+        for r in &host.store {
+            if let Record::TxState { tx, state } = r {
+                outcomes.entry(*tx).or_default().insert(*id, state.clone());
+            }
+        }
+    }
+    for (tx, states) in outcomes {
+        let signed = states.values().any(|s| matches!(s, TxState::Signed | TxState::Approved | TxState::Signing));
+        let rejected = states.values().any(|s| *s == TxState::Rejected);
+        if signed && rejected {
+            v.push(Violation(format!("conflicting outcomes for {}: {states:?}", tx.short())));
+        }
+    }
+}
+
+/// Invariant 6 (its safety half): blame lands only on Byzantine nodes.
+fn no_honest_node_blamed(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
+    for (observer, accused) in crate::scenario::blame(cluster) {
+        if !byzantine.contains(&accused) && !byzantine.contains(&observer) {
+            v.push(Violation(format!("{observer} blamed honest {accused}")));
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! End-to-end behaviour of five real cores with real cryptography, driven by
+//! the deterministic one-process cluster.
+
+mod common;
+
+use bitcoin::consensus::encode::serialize;
+use common::*;
+use mpc_core::message::{PartialSig, SigningRefusal};
+use mpc_core::vote::{Decision, SignedVote, VoteBody};
+use mpc_core::{Envelope, NodeId, Observation, PeerMessage, Record, TxState};
+use mpc_sim::wallet::Spend;
+use mpc_sim::{scenario, Delivery};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+const SIGN_BUDGET_MS: u64 = 600_000;
+
+#[test]
+fn happy_path_signs_transactions_bitcoin_core_accepts() {
+    let (mut cluster, key) = keyed_cluster(11, |_| {});
+    scenario::fill_pool(&mut cluster, NodeId(1), 3).unwrap();
+
+    // One input, proposed to node 2.
+    let one = Spend::simple("happy-1", &[200_000], &destination(), 120_000, 2_000);
+    let tx1 = scenario::submit(&mut cluster, NodeId(2), one.psbt_bytes(&key)).unwrap();
+    // Two inputs, proposed to node 4: one presignature per input.
+    let two = Spend::simple("happy-2", &[80_000, 90_000], &destination(), 150_000, 3_000);
+    let tx2 = scenario::submit(&mut cluster, NodeId(4), two.psbt_bytes(&key)).unwrap();
+
+    for tx in [tx1, tx2] {
+        assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS), "transaction did not finish");
+        for id in cluster.ids() {
+            assert_eq!(scenario::state_at(&cluster, id, tx), Some(TxState::Signed), "{id}");
+        }
+    }
+    // Independent check with Bitcoin Core's interpreter, from the raw bytes
+    // and the prevouts alone.
+    for (tx, spend) in [(tx1, &one), (tx2, &two)] {
+        let signed = scenario::signed_tx(&cluster, tx).expect("signed transaction recorded");
+        assert_eq!(signed.input.len(), spend.inputs.len());
+        let raw = serialize(&signed);
+        for (i, (_, value)) in spend.inputs.iter().enumerate() {
+            key.script_pubkey().verify(i, *value, &raw).expect("input verifies under libbitcoinconsensus");
+            let witness = &signed.input[i].witness;
+            assert_eq!(witness.len(), 2, "P2WPKH witness: signature and key");
+            assert_eq!(witness.nth(1).unwrap(), key.compressed.as_slice());
+            let sig = bitcoin::ecdsa::Signature::from_slice(witness.nth(0).unwrap()).expect("strict DER + sighash");
+            assert_eq!(sig.sighash_type, bitcoin::EcdsaSighashType::All);
+            let mut normalized = sig.signature;
+            normalized.normalize_s();
+            assert_eq!(normalized, sig.signature, "signature is low-S");
+        }
+        // A tampered signature fails the same check: the check can fail.
+        let mut bad = signed.clone();
+        let mut items = bad.input[0].witness.to_vec();
+        items[0][10] ^= 1;
+        bad.input[0].witness = bitcoin::Witness::from_slice(&items);
+        assert!(key.script_pubkey().verify(0, spend.inputs[0].1, &serialize(&bad)).is_err());
+    }
+    // Three presignatures consumed (1 + 2 inputs), each by its t signers.
+    let consumed: usize = cluster
+        .hosts
+        .values()
+        .map(|h| h.store.iter().filter(|r| matches!(r, Record::PresigConsumed { .. })).count())
+        .sum();
+    assert_eq!(consumed, 3 * T as usize);
+    assert_invariants(&cluster, &[]);
+}
+
+#[test]
+fn equivocating_voter_is_detected_attributed_and_discounted() {
+    let (mut cluster, key) = keyed_cluster(12, |_| {});
+    // Node 5 approves to nodes 1 and 2 but shows nodes 3 and 4 a rejection,
+    // properly signed with its own key: a Byzantine voter.
+    let byzantine_key = mpc_sim::setup::vote_key("test-cluster", NodeId(5));
+    cluster.set_interceptor(move |from, env: &mut Envelope| {
+        if from == NodeId(5) && (env.to == NodeId(3) || env.to == NodeId(4)) {
+            if let PeerMessage::Vote(v) = &env.msg {
+                let body = VoteBody { decision: Decision::Reject("equivocating".into()), ..v.body.clone() };
+                env.msg = PeerMessage::Vote(SignedVote::sign(body, &byzantine_key, "test-cluster"));
+            }
+        }
+        Delivery::Deliver
+    });
+    scenario::fill_pool(&mut cluster, NodeId(1), 1).unwrap();
+    let spend = Spend::simple("equivocation", &[100_000], &destination(), 50_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+
+    let detected = observed_at(&cluster, |o| matches!(o, Observation::Equivocation { voter: NodeId(5), .. }));
+    assert!(detected.len() >= 3, "honest nodes detecting node 5: {detected:?}");
+    assert!(cluster.observed(|o| matches!(o, Observation::Equivocation { voter, .. } if *voter != NodeId(5))).is_empty());
+    // Both signed votes are kept as evidence.
+    let evidence = cluster.hosts[&NodeId(3)].store.iter().find_map(|r| match r {
+        Record::Evidence(e) => Some(e.clone()),
+        _ => None,
+    });
+    let e = evidence.expect("node 3 keeps evidence");
+    assert_eq!(e.voter, NodeId(5));
+    assert_ne!(e.first.body.decision, e.second.body.decision);
+    let cfg = &cluster.hosts[&NodeId(1)].config.cluster;
+    assert!(e.first.verify(cfg).is_ok() && e.second.verify(cfg).is_ok(), "evidence is two valid signatures");
+    // Four honest approvals still certify and sign it.
+    assert_eq!(scenario::state_at(&cluster, NodeId(3), tx), Some(TxState::Signed));
+    assert_invariants(&cluster, &[5]);
+}
+
+#[test]
+fn bad_partial_signature_is_detected_attributed_and_retried() {
+    let (mut cluster, key) = keyed_cluster(13, |_| {});
+    scenario::fill_pool(&mut cluster, NodeId(1), 3).unwrap();
+    // Node 2 answers every signing request with a corrupted partial signature.
+    cluster.set_interceptor(|from, env: &mut Envelope| {
+        if from == NodeId(2) {
+            if let PeerMessage::SigningResponse { result: Ok(PartialSig(sigma)), .. } = &mut env.msg {
+                sigma[31] ^= 0x01;
+            }
+        }
+        Delivery::Deliver
+    });
+    let spend = Spend::simple("bad-partial", &[100_000], &destination(), 50_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+    let named = cluster.observed(|o| matches!(o, Observation::BadPartialSignature { .. }));
+    assert!(!named.is_empty(), "the cheating signer must be named");
+    for (_, o) in &named {
+        assert!(matches!(o, Observation::BadPartialSignature { signer: NodeId(2), .. }), "{o:?}");
+    }
+    assert!(!cluster.observed(|o| matches!(o, Observation::SigningRetried { .. })).is_empty());
+    assert_eq!(scenario::state_at(&cluster, NodeId(1), tx), Some(TxState::Signed));
+    assert_invariants(&cluster, &[2]);
+}
+
+#[test]
+fn crash_right_after_consumption_never_leads_to_reuse() {
+    let (mut cluster, key) = keyed_cluster(14, |_| {});
+    scenario::fill_pool(&mut cluster, NodeId(1), 3).unwrap();
+    // Node 3 crashes right after its consumption is durable, before its
+    // partial signature leaves.
+    let crashed = Rc::new(RefCell::new(None));
+    let seen = crashed.clone();
+    cluster.set_crash_point(move |node, step| {
+        let consumed = step.persist.iter().find_map(|r| match r {
+            Record::PresigConsumed { id, .. } => Some(*id),
+            _ => None,
+        });
+        match consumed {
+            Some(id) if node == NodeId(3) && seen.borrow().is_none() => {
+                *seen.borrow_mut() = Some(id);
+                true
+            }
+            _ => false,
+        }
+    });
+    // Capture what node 3 answers from now on.
+    let answers: Rc<RefCell<Vec<PeerMessage>>> = Rc::default();
+    let sink = answers.clone();
+    cluster.set_interceptor(move |from, env: &mut Envelope| {
+        if from == NodeId(3) && matches!(env.msg, PeerMessage::SigningResponse { .. }) {
+            sink.borrow_mut().push(env.msg.clone());
+        }
+        Delivery::Deliver
+    });
+    let spend = Spend::simple("crash", &[70_000, 80_000], &destination(), 100_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    cluster.run_until(SIGN_BUDGET_MS, |c| !c.is_up(NodeId(3)));
+    let presig = crashed.borrow().expect("node 3 consumed a presignature and crashed");
+    assert!(answers.borrow().is_empty(), "nothing left node 3 after the crash point");
+    cluster.clear_crash_point();
+    cluster.run_for(1_000);
+    cluster.restart(NodeId(3)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+    assert_eq!(scenario::state_at(&cluster, NodeId(1), tx), Some(TxState::Signed));
+
+    // The restarted node still knows the presignature as consumed: asked to
+    // use it for the other input's message, it refuses; asked again for the
+    // original message, it repeats the same partial signature.
+    let (input, certificate) = {
+        let store = &cluster.hosts[&NodeId(3)].store;
+        let input = store
+            .iter()
+            .find_map(|r| match r {
+                Record::PresigConsumed { id, input, .. } if *id == presig => Some(*input),
+                _ => None,
+            })
+            .unwrap();
+        let votes: Vec<SignedVote> = cluster.hosts[&NodeId(1)]
+            .store
+            .iter()
+            .filter_map(|r| match r {
+                Record::OwnVote { vote, .. } | Record::Vote(vote) if vote.body.tx == tx => Some(vote.clone()),
+                _ => None,
+            })
+            .collect();
+        (input, mpc_core::vote::ApprovalCertificate { tx, votes })
+    };
+    answers.borrow_mut().clear();
+    let other = 1 - input;
+    for asked in [other, input] {
+        let msg = PeerMessage::SigningRequest { tx, input: asked, presig, certificate: certificate.clone() };
+        cluster.inject(NodeId(1), NodeId(3), msg);
+    }
+    cluster.run_for(1_000);
+    let answers = answers.borrow();
+    assert_eq!(answers.len(), 2);
+    assert!(matches!(
+        &answers[0],
+        PeerMessage::SigningResponse { result: Err(SigningRefusal::PresignatureUsedElsewhere), .. }
+    ));
+    let stored_sigma = cluster.hosts[&NodeId(3)].store.iter().find_map(|r| match r {
+        Record::PresigConsumed { id, sigma, .. } if *id == presig => Some(*sigma),
+        _ => None,
+    });
+    assert!(matches!(
+        &answers[1],
+        PeerMessage::SigningResponse { result: Ok(PartialSig(s)), .. } if Some(*s) == stored_sigma
+    ));
+    assert_invariants(&cluster, &[]);
+}
+
+#[test]
+fn tampered_foreign_and_misaddressed_votes_are_refused() {
+    let (mut cluster, key) = keyed_cluster(15, |_| {});
+    let spend = Spend::simple("forged", &[100_000], &destination(), 50_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    cluster.run_for(100);
+    // Node 4 relays node 2's vote with the decision flipped: the signature
+    // no longer verifies.
+    let genuine = cluster.hosts[&NodeId(2)]
+        .store
+        .iter()
+        .find_map(|r| match r {
+            Record::OwnVote { vote, .. } => Some(vote.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let mut tampered = genuine.clone();
+    tampered.body.decision = Decision::Reject("forged".into());
+    cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(tampered));
+    // A vote from a key that is not a member, claiming id 9.
+    let stranger = mpc_sim::setup::vote_key("test-cluster", NodeId(9));
+    let foreign = SignedVote::sign(VoteBody { tx, voter: NodeId(9), decision: Decision::Approve }, &stranger, "test-cluster");
+    cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(foreign.clone()));
+    // A vote arriving over a connection from a non-member.
+    cluster.inject(NodeId(9), NodeId(1), PeerMessage::Vote(foreign));
+    // Node 2's genuine vote, re-signed by node 4's key: forged.
+    let mut impersonated = SignedVote::sign(genuine.body.clone(), &mpc_sim::setup::vote_key("test-cluster", NodeId(4)), "test-cluster");
+    impersonated.body.voter = NodeId(2);
+    cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(impersonated));
+    cluster.run_for(100);
+
+    let forged = cluster.observed(|o| matches!(o, Observation::ForgedVote { .. }));
+    assert_eq!(forged.len(), 2, "{forged:?}");
+    assert!(forged.iter().all(|(at, o)| *at == NodeId(1)
+        && matches!(o, Observation::ForgedVote { claimed_voter: NodeId(2), from: NodeId(4) })));
+    assert_eq!(cluster.observed(|o| matches!(o, Observation::ForeignVote { voter: NodeId(9), from: NodeId(4) })).len(), 1);
+    assert_eq!(
+        cluster.observed(|o| matches!(o, Observation::RejectedMessage { from: NodeId(9), .. })).len(),
+        1
+    );
+    // None of it counted: no equivocation blamed on node 2, and the
+    // transaction approved on the genuine votes.
+    assert!(cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).is_empty());
+    let state = scenario::state_at(&cluster, NodeId(1), tx);
+    assert!(matches!(state, Some(TxState::Approved | TxState::Signing | TxState::Signed)), "{state:?}");
+    assert_invariants(&cluster, &[]);
+}
+
+#[test]
+fn same_seed_same_trace_and_restart_resumes_from_records() {
+    let run = |seed: u64| {
+        let (mut cluster, key) = keyed_cluster(seed, |c| {
+            c.pool.low_water = 1;
+            c.pool.target = 1;
+            c.pool.parallel_sessions = 1;
+        });
+        scenario::fill_pool(&mut cluster, NodeId(1), 1).unwrap();
+        let spend = Spend::simple("determinism", &[100_000], &destination(), 50_000, 1_000);
+        let tx = scenario::submit(&mut cluster, NodeId(2), spend.psbt_bytes(&key)).unwrap();
+        // Node 5 crashes mid-vote and comes back from its records.
+        cluster.crash(NodeId(5));
+        cluster.run_for(50);
+        cluster.restart(NodeId(5)).unwrap();
+        assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+        for id in cluster.ids() {
+            assert_eq!(scenario::state_at(&cluster, id, tx), Some(TxState::Signed), "{id} after restart");
+        }
+        assert_eq!(cluster.node(NodeId(5)).group_key(), Some(&key), "key share recovered from records");
+        assert_invariants(&cluster, &[]);
+        cluster.trace_hash()
+    };
+    let a = run(21);
+    let b = run(21);
+    assert_eq!(a, b, "the same seed must give the same trace");
+    let c = run(22);
+    assert_ne!(a, c, "another seed gives another trace");
+}

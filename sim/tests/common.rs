@@ -1,0 +1,40 @@
+//! Shared setup for the cluster tests.
+#![allow(dead_code)]
+
+use mpc_core::tx::GroupKey;
+use mpc_core::NodeId;
+use mpc_sim::{fixtures, scenario, setup, Cluster};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const N: u16 = 5;
+pub const T: u16 = 3;
+
+/// A five-node cluster from the TEST-ONLY aux info fixture, with a fresh key
+/// from live keygen and node 1 as pool coordinator.
+pub fn keyed_cluster(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterConfig)) -> (Cluster, GroupKey) {
+    let mut config = setup::cluster_config("test-cluster", N, T);
+    configure(&mut config);
+    let recovered = fixtures::aux_records(N).expect("fixture aux info (see sim/src/fixtures.rs)");
+    let mut cluster = Cluster::new(seed, setup::node_configs(&config), recovered).expect("cluster starts");
+    let key = scenario::run_dkg(&mut cluster, NodeId(1)).expect("keygen");
+    (cluster, key)
+}
+
+pub fn destination() -> bitcoin::Address {
+    use std::str::FromStr;
+    bitcoin::Address::from_str(setup::TEST_DESTINATION).unwrap().require_network(bitcoin::Network::Regtest).unwrap()
+}
+
+pub fn assert_invariants(cluster: &Cluster, byzantine: &[u16]) {
+    let byz: BTreeSet<NodeId> = byzantine.iter().map(|i| NodeId(*i)).collect();
+    let violations = mpc_sim::checker::check(cluster, &byz);
+    assert!(violations.is_empty(), "invariants violated: {violations:#?}");
+}
+
+pub fn observed_at(cluster: &Cluster, f: impl Fn(&mpc_core::Observation) -> bool) -> BTreeMap<NodeId, usize> {
+    let mut out = BTreeMap::new();
+    for (node, _) in cluster.observed(f) {
+        *out.entry(node).or_default() += 1;
+    }
+    out
+}
