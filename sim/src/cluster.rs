@@ -13,6 +13,53 @@ use mpc_core::{
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+/// One node's protocol engine on a thread of its own (engines are not
+/// `Send`, so each is created on its thread). Jobs go in and results come
+/// out in order, so a host's engine behaves exactly as if run inline.
+struct EngineThread {
+    jobs: mpsc::Sender<EngineCommand>,
+    results: mpsc::Receiver<mpc_core::ComputeResult>,
+}
+
+enum EngineCommand {
+    Run(ComputeJob),
+    /// The node crashed: its running sessions are lost.
+    Reset,
+}
+
+impl EngineThread {
+    fn spawn(name: String) -> EngineThread {
+        let (jobs, job_rx) = mpsc::channel::<EngineCommand>();
+        let (result_tx, results) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let mut engine = Engine::new();
+                for command in job_rx {
+                    match command {
+                        EngineCommand::Run(job) => {
+                            if result_tx.send(engine.run(job)).is_err() {
+                                return;
+                            }
+                        }
+                        EngineCommand::Reset => engine = Engine::new(),
+                    }
+                }
+            })
+            .expect("spawn engine thread");
+        EngineThread { jobs, results }
+    }
+
+    fn submit(&self, job: ComputeJob) {
+        self.jobs.send(EngineCommand::Run(job)).expect("engine thread alive");
+    }
+
+    fn result(&self) -> mpc_core::ComputeResult {
+        self.results.recv().expect("engine thread alive")
+    }
+}
 
 /// What an interceptor decides for a message in flight.
 pub enum Delivery {
@@ -37,7 +84,7 @@ pub struct Host {
     pub node: Option<Node>,
     /// Durable records, in persist order: survives crashes.
     pub store: Vec<Record>,
-    engine: Engine,
+    engine: EngineThread,
     incarnation: u32,
     wake_at: Option<Millis>,
 }
@@ -74,7 +121,15 @@ impl Cluster {
             let node = Node::new(config.clone(), identity.clone(), seed, RecoveredState { records: store.clone() })?;
             hosts.insert(
                 id,
-                Host { config, identity, node: Some(node), store, engine: Engine::new(), incarnation: 0, wake_at: None },
+                Host {
+                    config,
+                    identity,
+                    node: Some(node),
+                    store,
+                    engine: EngineThread::spawn(format!("engine-{}", id.0)),
+                    incarnation: 0,
+                    wake_at: None,
+                },
             );
         }
         let mut cluster = Cluster {
@@ -175,7 +230,7 @@ impl Cluster {
     pub fn crash(&mut self, id: NodeId) {
         let host = self.hosts.get_mut(&id).expect("known node");
         host.node = None;
-        host.engine = Engine::new();
+        host.engine.jobs.send(EngineCommand::Reset).expect("engine thread alive");
         host.wake_at = None;
     }
 
@@ -210,7 +265,51 @@ impl Cluster {
             }
             let event = self.queue.remove(&(at, seq)).expect("just seen");
             self.now = self.now.max(at);
-            self.process(event);
+            if let Event::Compute { .. } = event {
+                self.process_compute_batch(event);
+            } else {
+                self.process(event);
+            }
+        }
+    }
+
+    /// Runs the compute event at the head of the queue together with the
+    /// compute events right behind it, each on its node's engine thread, then
+    /// hands the results to the nodes in queue order. The outcome is the
+    /// same as running them one by one: each engine sees its own jobs in
+    /// order, and nothing a node does with a result can reach a job already
+    /// queued ahead of that node's reaction.
+    fn process_compute_batch(&mut self, first: Event) {
+        let mut batch = vec![first];
+        while let Some((&key, Event::Compute { .. })) = self.queue.iter().next() {
+            if key.0 > self.now {
+                break;
+            }
+            batch.push(self.queue.remove(&key).expect("just seen"));
+        }
+        let mut dispatched = Vec::with_capacity(batch.len());
+        for event in batch {
+            let Event::Compute { node, incarnation, job } = event else { unreachable!("batch holds compute events") };
+            let host = &self.hosts[&node];
+            let live = host.incarnation == incarnation && host.node.is_some();
+            if live {
+                host.engine.submit(job);
+            }
+            dispatched.push((node, incarnation, live));
+        }
+        for (node, incarnation, live) in dispatched {
+            if !live {
+                continue;
+            }
+            let result = self.hosts[&node].engine.result();
+            let now = self.now;
+            let host = self.hosts.get_mut(&node).expect("known node");
+            if host.incarnation != incarnation {
+                continue;
+            }
+            let Some(core) = host.node.as_mut() else { continue };
+            let step = core.handle(now, Input::Compute(result));
+            self.perform(node, step);
         }
     }
 
@@ -231,14 +330,7 @@ impl Cluster {
                 host.wake_at = None;
                 (node, Input::Tick)
             }
-            Event::Compute { node, incarnation, job } => {
-                let host = self.hosts.get_mut(&node).expect("known node");
-                if host.incarnation != incarnation || host.node.is_none() {
-                    return;
-                }
-                let result = host.engine.run(job);
-                (node, Input::Compute(result))
-            }
+            Event::Compute { .. } => unreachable!("compute events run in batches"),
         };
         let now = self.now;
         let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else { return };

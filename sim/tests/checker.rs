@@ -1,0 +1,72 @@
+//! The checker bites: violations planted in a cluster's durable records are
+//! reported. (The simulator's fault sweeps rely on these checks.)
+
+mod common;
+
+use common::*;
+use mpc_core::vote::{Decision, SignedVote, VoteBody};
+use mpc_core::{NodeId, Observation, PresigId, Record, TxId, TxState};
+use std::collections::BTreeSet;
+
+fn violations(cluster: &mpc_sim::Cluster) -> Vec<String> {
+    mpc_sim::checker::check(cluster, &BTreeSet::new()).into_iter().map(|v| v.0).collect()
+}
+
+#[test]
+fn planted_violations_are_each_caught() {
+    let (mut cluster, _key) = keyed_cluster(41, |_| {});
+    assert!(violations(&cluster).is_empty(), "a clean cluster passes");
+    let tx = TxId([5; 32]);
+    let presig = PresigId { origin: NodeId(1), seq: 99 };
+
+    // 1. One presignature consumed for two messages (on two nodes).
+    cluster.hosts.get_mut(&NodeId(2)).unwrap().store.push(Record::PresigConsumed {
+        id: presig,
+        tx,
+        input: 0,
+        message: [1; 32],
+        sigma: [0; 32],
+    });
+    cluster.hosts.get_mut(&NodeId(3)).unwrap().store.push(Record::PresigConsumed {
+        id: presig,
+        tx,
+        input: 0,
+        message: [2; 32],
+        sigma: [0; 32],
+    });
+    assert!(violations(&cluster).iter().any(|v| v.contains("different messages")), "{:?}", violations(&cluster));
+
+    // 2. A partial released without an approval certificate, and without a
+    //    durable consumption.
+    let now = cluster.now();
+    cluster.observations.push((
+        now,
+        NodeId(4),
+        Observation::PartialSignatureReleased { tx: TxId([6; 32]), input: 0, presig, message: [1; 32] },
+    ));
+    let v = violations(&cluster);
+    assert!(v.iter().any(|v| v.contains("approvals")), "{v:?}");
+    assert!(v.iter().any(|v| v.contains("without a durable consumption")), "{v:?}");
+
+    // 3. Conflicting final outcomes on two honest nodes.
+    let other = TxId([7; 32]);
+    cluster.hosts.get_mut(&NodeId(1)).unwrap().store.push(Record::TxState { tx: other, state: TxState::Signed });
+    cluster.hosts.get_mut(&NodeId(2)).unwrap().store.push(Record::TxState { tx: other, state: TxState::Rejected });
+    assert!(violations(&cluster).iter().any(|v| v.contains("conflicting outcomes")));
+
+    // 4. An honest node blamed.
+    cluster.observations.push((now, NodeId(1), Observation::Equivocation { voter: NodeId(3), tx }));
+    assert!(violations(&cluster).iter().any(|v| v.contains("blamed honest")));
+
+    // 5. A signed transaction that fails Bitcoin Core's check.
+    cluster.hosts.get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
+    assert!(violations(&cluster).iter().any(|v| v.contains("never accepted") || v.contains("fails verification")));
+
+    // An equivocator's approvals do not make a certificate.
+    let key = mpc_sim::setup::vote_key("test-cluster", NodeId(5));
+    let body = |d| VoteBody { tx: TxId([6; 32]), voter: NodeId(5), decision: d };
+    let store = &mut cluster.hosts.get_mut(&NodeId(1)).unwrap().store;
+    store.push(Record::Vote(SignedVote::sign(body(Decision::Approve), &key, "test-cluster")));
+    store.push(Record::Vote(SignedVote::sign(body(Decision::Reject("x".into())), &key, "test-cluster")));
+    assert!(violations(&cluster).iter().any(|v| v.contains("approvals")));
+}
