@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use bitcoin::{Address, Network};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use mpc_core::engine::SafePrimes;
+use mpc_core::tx::GroupKey;
 use mpc_core::{Identity, Input, MemberInfo, NodeId, Observation, Record, Secret, TxState};
 use mpc_sim::{scenario, setup, wallet::Spend, Cluster};
 use rand_core::{OsRng, RngCore};
@@ -65,24 +66,88 @@ pub fn run(out: &Path, seed: Option<u64>) -> anyhow::Result<()> {
     bar.finish_with_message(format!("pool ready: {} presignatures", cluster.node(NodeId(1)).status().pool_ready));
     let pool_s = t2.elapsed().as_secs_f64();
 
+    let mut report = sign_and_report(&mut cluster, &key, seed)?;
+    report.timings_s = Timings {
+        safe_primes: primes_s,
+        dkg: dkg_s,
+        pool: pool_s,
+        signing: report.timings_s.signing,
+        total: started.elapsed().as_secs_f64(),
+    };
+    let summary = crate::report::verify(&report)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("signed: txid {}", report.txid);
+    println!("{summary}");
+    println!("report: {}", path.canonicalize().unwrap_or(path).display());
+    Ok(())
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Safe primes for every node, on all cores, with a progress bar. This is
+/// the shell's job: the core never generates primes (DESIGN §3).
+fn generate_primes(n: u16) -> anyhow::Result<BTreeMap<NodeId, SafePrimes>> {
+    let progress = MultiProgress::new();
+    let bar = progress.add(ProgressBar::new(n as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] safe primes {pos}/{len} nodes (about 25 s per node per core)")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let todo = Arc::new(Mutex::new((1..=n).map(NodeId).collect::<Vec<_>>()));
+    let done = Arc::new(Mutex::new(BTreeMap::new()));
+    let workers = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(n as usize);
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (todo, done, bar) = (todo.clone(), done.clone(), bar.clone());
+            std::thread::spawn(move || loop {
+                let Some(id) = todo.lock().expect("queue").pop() else { return };
+                let primes = SafePrimes::generate(&mut OsRng);
+                done.lock().expect("results").insert(id, primes);
+                bar.inc(1);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("prime generation thread panicked"))?;
+    }
+    bar.finish();
+    let primes = std::mem::take(&mut *done.lock().expect("results"));
+    Ok(primes)
+}
+
+/// The demo's second half: a PSBT paying from the cluster address, approved
+/// and signed by the cluster, and the report of it (already verified).
+pub fn sign_and_report(cluster: &mut Cluster, key: &GroupKey, seed: u64) -> anyhow::Result<Report> {
+    let config = cluster.hosts[&NodeId(1)].config.cluster.clone();
+    let members = config.members.clone();
+    let address = key.address(Network::Regtest);
     // Two made-up outputs of the cluster address fund a payment to the
     // test address, with change back to the cluster.
     let t3 = Instant::now();
     let destination = Address::from_str(setup::TEST_DESTINATION)?.require_network(Network::Regtest)?;
     let spend = Spend::simple(&format!("demo-funding-{seed}"), &[150_000, 75_000], &destination, 180_000, 2_500);
-    let psbt = spend.psbt_bytes(&key);
-    let tx = scenario::submit(&mut cluster, NodeId(2), psbt)?;
+    let psbt = spend.psbt_bytes(key);
+    let tx = scenario::submit(cluster, NodeId(2), psbt)?;
     println!("PSBT submitted to node 2: transaction {}", tx.short());
-    if !scenario::wait_final(&mut cluster, tx, 600_000) {
+    if !scenario::wait_final(cluster, tx, 600_000) {
         bail!("transaction did not reach a final state");
     }
-    let state = scenario::state_at(&cluster, NodeId(2), tx);
+    let state = scenario::state_at(cluster, NodeId(2), tx);
     if state != Some(TxState::Signed) {
         bail!("transaction ended {state:?}, not Signed");
     }
     let signing_s = t3.elapsed().as_secs_f64();
-    let signed = scenario::signed_tx(&cluster, tx).context("signed transaction recorded")?;
-    let violations = mpc_sim::checker::check(&cluster, &Default::default());
+    let signed = scenario::signed_tx(cluster, tx).context("signed transaction recorded")?;
+    let violations = mpc_sim::checker::check(cluster, &Default::default());
     if !violations.is_empty() {
         bail!("invariant violations: {violations:?}");
     }
@@ -137,58 +202,19 @@ pub fn run(out: &Path, seed: Option<u64>) -> anyhow::Result<()> {
             })
             .collect(),
         fee_sat: 2_500,
-        cluster: ClusterSummary { nodes: NODES, threshold: THRESHOLD, approve_quorum: config.approve_quorum, reject_quorum: config.reject_quorum },
+        cluster_id: config.cluster_id.clone(),
+        tx_digest_hex: tx.to_hex(),
+        cluster: ClusterSummary {
+            nodes: config.n(),
+            threshold: config.threshold,
+            approve_quorum: config.approve_quorum,
+            reject_quorum: config.reject_quorum,
+        },
         approvals,
         presignatures,
         verified_with: "libbitcoinconsensus (Bitcoin Core's script interpreter, via rust-bitcoin), every input".into(),
-        timings_s: Timings { safe_primes: primes_s, dkg: dkg_s, pool: pool_s, signing: signing_s, total: started.elapsed().as_secs_f64() },
+        timings_s: Timings { signing: signing_s, ..Timings::default() },
     };
-    let summary = crate::report::verify(&report)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let path = out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("signed: txid {}", report.txid);
-    println!("{summary}");
-    println!("report: {}", path.canonicalize().unwrap_or(path).display());
-    Ok(())
-}
-
-fn spinner(message: &str) -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
-    bar.set_message(message.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-/// Safe primes for every node, on all cores, with a progress bar. This is
-/// the shell's job: the core never generates primes (DESIGN §3).
-fn generate_primes(n: u16) -> anyhow::Result<BTreeMap<NodeId, SafePrimes>> {
-    let progress = MultiProgress::new();
-    let bar = progress.add(ProgressBar::new(n as u64));
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] safe primes {pos}/{len} nodes (about 25 s per node per core)")
-            .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    let todo = Arc::new(Mutex::new((1..=n).map(NodeId).collect::<Vec<_>>()));
-    let done = Arc::new(Mutex::new(BTreeMap::new()));
-    let workers = std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1).min(n as usize);
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
-            let (todo, done, bar) = (todo.clone(), done.clone(), bar.clone());
-            std::thread::spawn(move || loop {
-                let Some(id) = todo.lock().expect("queue").pop() else { return };
-                let primes = SafePrimes::generate(&mut OsRng);
-                done.lock().expect("results").insert(id, primes);
-                bar.inc(1);
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("prime generation thread panicked"))?;
-    }
-    bar.finish();
-    let primes = std::mem::take(&mut *done.lock().expect("results"));
-    Ok(primes)
+    crate::report::verify(&report)?;
+    Ok(report)
 }

@@ -3,8 +3,7 @@
 //! defaults: safe primes, DKG, a presignature pool, and a PSBT approved and
 //! signed, with a report anyone can verify.
 
-mod demo;
-mod report;
+use mpc_node::{demo, report};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -18,6 +18,9 @@ pub struct Report {
     pub prevouts: Vec<Prevout>,
     pub outputs: Vec<Output>,
     pub fee_sat: u64,
+    pub cluster_id: String,
+    /// The digest every vote signed (see `mpc_core::tx::ProposedTx::digest`).
+    pub tx_digest_hex: String,
     pub cluster: ClusterSummary,
     /// The signed approve votes that certified the transaction.
     pub approvals: Vec<Approval>,
@@ -88,12 +91,41 @@ pub fn verify(report: &Report) -> anyhow::Result<String> {
             bail!("input {i} is not signed by the cluster key");
         }
     }
+    let approvers = verify_approvals(report)?;
     Ok(format!(
-        "ok: {} inputs of {} verified by libbitcoinconsensus against the cluster key {}",
+        "ok: {} inputs of {} verified by libbitcoinconsensus against the cluster key {}; \
+         {approvers} valid Ed25519 approvals (quorum {})",
         tx.input.len(),
         report.txid,
-        report.public_key_hex
+        report.public_key_hex,
+        report.cluster.approve_quorum
     ))
+}
+
+/// Checks each approval's Ed25519 signature over the exact vote bytes and
+/// that distinct approvers reach the approve quorum.
+fn verify_approvals(report: &Report) -> anyhow::Result<usize> {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    use mpc_core::vote::{Decision, VoteBody};
+    let digest: [u8; 32] = hex::decode(&report.tx_digest_hex)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .context("tx_digest_hex must be 32 bytes of hex")?;
+    let mut approvers = std::collections::BTreeSet::new();
+    for a in &report.approvals {
+        let key: [u8; 32] = hex::decode(&a.vote_key_hex).ok().and_then(|k| k.try_into().ok()).context("vote key")?;
+        let sig: [u8; 64] = hex::decode(&a.signature_hex).ok().and_then(|s| s.try_into().ok()).context("signature")?;
+        let body = VoteBody { tx: mpc_core::TxId(digest), voter: mpc_core::NodeId(a.voter), decision: Decision::Approve };
+        VerifyingKey::from_bytes(&key)
+            .context("vote key is not an Ed25519 key")?
+            .verify(&body.signing_bytes(&report.cluster_id), &Signature::from_bytes(&sig))
+            .map_err(|_| anyhow::anyhow!("approval of node {} does not verify", a.voter))?;
+        approvers.insert(a.voter);
+    }
+    if approvers.len() < report.cluster.approve_quorum as usize {
+        bail!("{} approvals, quorum is {}", approvers.len(), report.cluster.approve_quorum);
+    }
+    Ok(approvers.len())
 }
 
 pub fn verify_file(path: &Path) -> anyhow::Result<String> {

@@ -83,3 +83,20 @@ pub fn blame(cluster: &Cluster) -> Vec<(NodeId, NodeId)> {
         })
         .collect()
 }
+
+/// A cluster of `n` members (threshold `t`) started from the TEST-ONLY aux
+/// info fixture, keyed by live keygen started at node 1.
+pub fn fixture_cluster(
+    label: &str,
+    seed: u64,
+    n: u16,
+    t: u16,
+    configure: impl FnOnce(&mut mpc_core::ClusterConfig),
+) -> anyhow::Result<(Cluster, GroupKey)> {
+    let mut config = crate::setup::cluster_config(label, n, t);
+    configure(&mut config);
+    let recovered = crate::fixtures::aux_records(n)?;
+    let mut cluster = Cluster::new(seed, crate::setup::node_configs(&config), recovered)?;
+    let key = run_dkg(&mut cluster, NodeId(1))?;
+    Ok((cluster, key))
+}

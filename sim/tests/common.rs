@@ -3,21 +3,16 @@
 
 use mpc_core::tx::GroupKey;
 use mpc_core::NodeId;
-use mpc_sim::{fixtures, scenario, setup, Cluster};
+use mpc_sim::{scenario, setup, Cluster};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const N: u16 = 5;
 pub const T: u16 = 3;
 
 /// A five-node cluster from the TEST-ONLY aux info fixture, with a fresh key
-/// from live keygen and node 1 as pool coordinator.
+/// from live keygen.
 pub fn keyed_cluster(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterConfig)) -> (Cluster, GroupKey) {
-    let mut config = setup::cluster_config("test-cluster", N, T);
-    configure(&mut config);
-    let recovered = fixtures::aux_records(N).expect("fixture aux info (see sim/src/fixtures.rs)");
-    let mut cluster = Cluster::new(seed, setup::node_configs(&config), recovered).expect("cluster starts");
-    let key = scenario::run_dkg(&mut cluster, NodeId(1)).expect("keygen");
-    (cluster, key)
+    scenario::fixture_cluster("test-cluster", seed, N, T, configure).expect("fixture cluster (see sim/src/fixtures.rs)")
 }
 
 pub fn destination() -> bitcoin::Address {
