@@ -118,7 +118,9 @@ pub enum ConfigError {
     BadThreshold { t: u16, n: u16 },
     #[error("approve quorum qa={qa} must be at least the threshold t={t}, or approved work could not be signed")]
     ApproveBelowThreshold { qa: u16, t: u16 },
-    #[error("quorums qa={qa} + qr={qr} must exceed n + f = {n} + {f}, or conflicting outcomes could both be certified")]
+    #[error(
+        "quorums qa={qa} + qr={qr} must exceed n + f = {n} + {f}, or conflicting outcomes could both be certified"
+    )]
     QuorumsOverlapTooLittle { qa: u16, qr: u16, n: u16, f: u16 },
     #[error("quorum {name}={q} exceeds n - f = {max}: honest members alone could never reach it")]
     QuorumUnreachable { name: &'static str, q: u16, max: u16 },
@@ -161,16 +163,10 @@ impl ClusterConfig {
             return Err(ConfigError::MemberIdsNotContiguous(format!("{ids:?}")));
         }
         let n = n as u16;
-        let (t, qa, qr, f) = (
-            self.threshold,
-            self.approve_quorum,
-            self.reject_quorum,
-            self.byzantine_tolerance,
-        );
+        let (t, qa, qr, f) = (self.threshold, self.approve_quorum, self.reject_quorum, self.byzantine_tolerance);
         check_quorums(n, t, qa, qr, f)?;
         for (id, m) in &self.members {
-            ed25519_dalek::VerifyingKey::from_bytes(&m.vote_key)
-                .map_err(|_| ConfigError::BadVoteKey(*id))?;
+            ed25519_dalek::VerifyingKey::from_bytes(&m.vote_key).map_err(|_| ConfigError::BadVoteKey(*id))?;
         }
         let p = &self.pool;
         if p.max == 0 || p.low_water > p.target || p.target > p.max {
@@ -244,17 +240,9 @@ impl PolicyConfig {
         let mut allowed_scripts = BTreeSet::new();
         for addr in &self.allowed_destinations {
             let parsed = Address::from_str(addr)
-                .map_err(|e| ConfigError::BadDestination {
-                    addr: addr.clone(),
-                    network,
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| ConfigError::BadDestination { addr: addr.clone(), network, reason: e.to_string() })?
                 .require_network(network)
-                .map_err(|e| ConfigError::BadDestination {
-                    addr: addr.clone(),
-                    network,
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| ConfigError::BadDestination { addr: addr.clone(), network, reason: e.to_string() })?;
             allowed_scripts.insert(parsed.script_pubkey());
         }
         Ok(Policy {
@@ -301,10 +289,7 @@ mod tests {
 
     #[test]
     fn quorums_that_could_certify_both_outcomes_are_refused() {
-        assert!(matches!(
-            check_quorums(5, 3, 3, 3, 1),
-            Err(ConfigError::QuorumsOverlapTooLittle { .. })
-        ));
+        assert!(matches!(check_quorums(5, 3, 3, 3, 1), Err(ConfigError::QuorumsOverlapTooLittle { .. })));
         assert!(matches!(check_quorums(5, 3, 2, 5, 1), Err(ConfigError::ApproveBelowThreshold { .. })));
     }
 

@@ -110,26 +110,50 @@ impl std::fmt::Debug for ProtocolOutput {
 
 /// Which protocol a session runs, with the secret inputs it needs.
 pub enum SessionKind {
-    AuxInfo { i: u16, n: u16, primes: Secret<SafePrimes> },
-    Keygen { i: u16, n: u16, t: u16 },
+    AuxInfo {
+        i: u16,
+        n: u16,
+        primes: Secret<SafePrimes>,
+    },
+    Keygen {
+        i: u16,
+        n: u16,
+        t: u16,
+    },
     /// `i` is the signing index (position in `parties_at_keygen`).
-    Presign { i: u16, parties_at_keygen: Vec<u16>, key_share: Arc<Secret<KeyShare>> },
+    Presign {
+        i: u16,
+        parties_at_keygen: Vec<u16>,
+        key_share: Arc<Secret<KeyShare>>,
+    },
 }
 
 /// Work for an engine. Plain data: it may cross threads.
 pub enum ComputeJob {
-    Start { session: SessionId, execution_id: Vec<u8>, seed: [u8; 32], kind: SessionKind },
+    Start {
+        session: SessionId,
+        execution_id: Vec<u8>,
+        seed: [u8; 32],
+        kind: SessionKind,
+    },
     /// A protocol message from party `from` (protocol index) of the session.
-    Deliver { session: SessionId, from: u16, broadcast: bool, payload: Vec<u8> },
-    Abort { session: SessionId },
+    Deliver {
+        session: SessionId,
+        from: u16,
+        broadcast: bool,
+        payload: Vec<u8>,
+    },
+    Abort {
+        session: SessionId,
+    },
 }
 
 impl ComputeJob {
     pub fn session(&self) -> SessionId {
         match self {
-            ComputeJob::Start { session, .. }
-            | ComputeJob::Deliver { session, .. }
-            | ComputeJob::Abort { session } => *session,
+            ComputeJob::Start { session, .. } | ComputeJob::Deliver { session, .. } | ComputeJob::Abort { session } => {
+                *session
+            }
         }
     }
 }

@@ -30,5 +30,5 @@ pub use ids::{DkgId, Millis, NodeId, PresigId, RequestId, SessionId, TxId};
 pub use io::{Command, Envelope, Input, Observation, Reply, StatusReport, Step};
 pub use message::PeerMessage;
 pub use node::{Identity, Node, NodeError};
-pub use record::{RecoveredState, Record, TxState};
+pub use record::{Record, RecoveredState, TxState};
 pub use secret::Secret;

@@ -9,26 +9,59 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// Join key generation attempt `dkg` (aux info if needed, then keygen).
-    DkgStart { dkg: DkgId },
+    DkgStart {
+        dkg: DkgId,
+    },
     /// A cggmp24 protocol message for one session.
-    Protocol { session: SessionId, broadcast: bool, payload: Vec<u8> },
+    Protocol {
+        session: SessionId,
+        broadcast: bool,
+        payload: Vec<u8>,
+    },
     /// The pool coordinator asks `signers` to generate presignature `id`.
-    PresignStart { id: PresigId, signers: Vec<NodeId> },
+    PresignStart {
+        id: PresigId,
+        signers: Vec<NodeId>,
+    },
     /// The sender holds its share of `id`, with these public commitments.
-    PresigReady { id: PresigId, signers: Vec<NodeId>, public: PresigPublic },
+    PresigReady {
+        id: PresigId,
+        signers: Vec<NodeId>,
+        public: PresigPublic,
+    },
     /// The initiator gave up on `id`: signers discard their share.
-    PresigAbandon { id: PresigId },
+    PresigAbandon {
+        id: PresigId,
+    },
     /// A transaction proposal: the PSBT exactly as submitted.
-    Proposal { psbt: Vec<u8> },
+    Proposal {
+        psbt: Vec<u8>,
+    },
     Vote(SignedVote),
     /// Sign input `input` of `tx` with presignature `presig`.
-    SigningRequest { tx: TxId, input: u32, presig: PresigId, certificate: ApprovalCertificate },
-    SigningResponse { tx: TxId, input: u32, presig: PresigId, result: Result<PartialSig, SigningRefusal> },
+    SigningRequest {
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        certificate: ApprovalCertificate,
+    },
+    SigningResponse {
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        result: Result<PartialSig, SigningRefusal>,
+    },
     /// The finished transaction, for every node to verify and record.
-    TxSigned { tx: TxId, raw_tx: Vec<u8>, presigs: Vec<PresigId> },
+    TxSigned {
+        tx: TxId,
+        raw_tx: Vec<u8>,
+        presigs: Vec<PresigId>,
+    },
     /// Catch-up: send me what you know of transactions other than these
     /// (proposal, signed votes, signed result). The sender verifies all of it.
-    SyncRequest { known_final: Vec<TxId> },
+    SyncRequest {
+        known_final: Vec<TxId>,
+    },
 }
 
 impl PeerMessage {

@@ -9,7 +9,7 @@ use crate::engine::{AuxInfo, ComputeJob, KeyShare, PresigPublic, PresigShare, Sa
 use crate::ids::{DkgId, Millis, NodeId, PresigId, SessionId, TxId};
 use crate::io::{Envelope, Input, Observation, Step};
 use crate::message::PeerMessage;
-use crate::record::{RecoveredState, Record, TxState};
+use crate::record::{Record, RecoveredState, TxState};
 use crate::secret::Secret;
 use crate::tx::{GroupKey, ProposedTx};
 use crate::vote::{Decision, SignedVote, Tally};
@@ -303,7 +303,10 @@ impl Node {
             at(d.deadline);
         }
         self.sessions.values().for_each(|s| at(s.deadline));
-        self.txs.values().filter(|t| matches!(t.state, TxState::Received | TxState::Voting)).for_each(|t| at(t.vote_deadline));
+        self.txs
+            .values()
+            .filter(|t| matches!(t.state, TxState::Received | TxState::Voting))
+            .for_each(|t| at(t.vote_deadline));
         for job in self.signing.values() {
             for input in job.inputs.iter().filter(|i| i.done.is_none()) {
                 at(if input.presig.is_some() { input.deadline } else { self.now.plus(POLL_MS) });

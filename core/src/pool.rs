@@ -25,7 +25,9 @@ impl Node {
     }
 
     pub(crate) fn has_coordination_work(&self) -> bool {
-        self.is_leader() && self.key.is_some() && (self.refilling || self.pool_ready() < self.config.cluster.pool.low_water)
+        self.is_leader()
+            && self.key.is_some()
+            && (self.refilling || self.pool_ready() < self.config.cluster.pool.low_water)
     }
 
     /// Coordinator: start sessions while the pool is refilling.
@@ -129,7 +131,13 @@ impl Node {
     }
 
     /// Anyone: a signer announced its share of `id` ready.
-    pub(crate) fn on_presig_announced(&mut self, from: NodeId, id: PresigId, signers: Vec<NodeId>, public: PresigPublic) {
+    pub(crate) fn on_presig_announced(
+        &mut self,
+        from: NodeId,
+        id: PresigId,
+        signers: Vec<NodeId>,
+        public: PresigPublic,
+    ) {
         if !signers.contains(&from) {
             self.observe(Observation::RejectedMessage {
                 from,

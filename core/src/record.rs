@@ -15,26 +15,72 @@ pub enum Record {
     /// This node's safe primes for aux info generation (secret).
     SafePrimes(Secret<SafePrimes>),
     /// Sequence numbers below `next` are used; ids are never reissued.
-    SequenceReserved { next: u64 },
-    DkgJoined { dkg: DkgId },
-    AuxInfo { dkg: DkgId, aux: Secret<AuxInfo> },
-    KeyShare { dkg: DkgId, share: Secret<KeyShare>, public_key: Vec<u8> },
-    TxAccepted { tx: TxId, psbt: Vec<u8>, proposer: NodeId, at: Millis },
+    SequenceReserved {
+        next: u64,
+    },
+    DkgJoined {
+        dkg: DkgId,
+    },
+    AuxInfo {
+        dkg: DkgId,
+        aux: Secret<AuxInfo>,
+    },
+    KeyShare {
+        dkg: DkgId,
+        share: Secret<KeyShare>,
+        public_key: Vec<u8>,
+    },
+    TxAccepted {
+        tx: TxId,
+        psbt: Vec<u8>,
+        proposer: NodeId,
+        at: Millis,
+    },
     /// This node's own vote, cast at `at` (the daily cap counts by it).
-    OwnVote { vote: SignedVote, at: Millis },
+    OwnVote {
+        vote: SignedVote,
+        at: Millis,
+    },
     /// A verified vote of another member.
     Vote(SignedVote),
     Evidence(Equivocation),
-    TxState { tx: TxId, state: TxState },
-    PresigGenerating { id: PresigId, signers: Vec<NodeId> },
-    PresigReady { id: PresigId, signers: Vec<NodeId>, share: Secret<PresigShare> },
+    TxState {
+        tx: TxId,
+        state: TxState,
+    },
+    PresigGenerating {
+        id: PresigId,
+        signers: Vec<NodeId>,
+    },
+    PresigReady {
+        id: PresigId,
+        signers: Vec<NodeId>,
+        share: Secret<PresigShare>,
+    },
     /// Another signer announced its share of `id` ready.
-    PresigAnnounced { id: PresigId, signers: Vec<NodeId>, from: NodeId, public: PresigPublic },
+    PresigAnnounced {
+        id: PresigId,
+        signers: Vec<NodeId>,
+        from: NodeId,
+        public: PresigPublic,
+    },
     /// Consumed for exactly this message: the partial signature can be
     /// repeated for it, and for nothing else.
-    PresigConsumed { id: PresigId, tx: TxId, input: u32, message: [u8; 32], sigma: [u8; 32] },
-    PresigDiscarded { id: PresigId, reason: String },
-    SignedTx { tx: TxId, raw_tx: Vec<u8> },
+    PresigConsumed {
+        id: PresigId,
+        tx: TxId,
+        input: u32,
+        message: [u8; 32],
+        sigma: [u8; 32],
+    },
+    PresigDiscarded {
+        id: PresigId,
+        reason: String,
+    },
+    SignedTx {
+        tx: TxId,
+        raw_tx: Vec<u8>,
+    },
 }
 
 impl Record {
@@ -84,7 +130,10 @@ impl TxState {
         matches!(self, TxState::Received | TxState::Voting | TxState::Expired)
     }
     pub fn is_final(&self) -> bool {
-        matches!(self, TxState::Rejected | TxState::Signed | TxState::Broadcast | TxState::Confirmed | TxState::Failed(_))
+        matches!(
+            self,
+            TxState::Rejected | TxState::Signed | TxState::Broadcast | TxState::Confirmed | TxState::Failed(_)
+        )
     }
 }
 

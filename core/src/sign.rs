@@ -127,12 +127,13 @@ impl Node {
 
     fn assign_presignatures(&mut self, tx: TxId) {
         let max_attempts = self.config.cluster.timeouts.max_signing_attempts;
-        let certificate = match self.txs.get(&tx).and_then(|t| {
-            t.tally.certified(tx, self.config.cluster.approve_quorum, self.config.cluster.reject_quorum)
-        }) {
-            Some(Certified::Approved(c)) => c,
-            _ => return,
-        };
+        let certificate =
+            match self.txs.get(&tx).and_then(|t| {
+                t.tally.certified(tx, self.config.cluster.approve_quorum, self.config.cluster.reject_quorum)
+            }) {
+                Some(Certified::Approved(c)) => c,
+                _ => return,
+            };
         let inputs = self.signing.get(&tx).map_or(0, |j| j.inputs.len());
         for input in 0..inputs {
             let slot = &self.signing[&tx].inputs[input];
@@ -141,7 +142,10 @@ impl Node {
             }
             if slot.attempts >= max_attempts {
                 self.signing.remove(&tx);
-                self.set_tx_state(tx, TxState::Failed(format!("input {input}: no signature after {max_attempts} attempts")));
+                self.set_tx_state(
+                    tx,
+                    TxState::Failed(format!("input {input}: no signature after {max_attempts} attempts")),
+                );
                 return;
             }
             let Some(presig) = self.pick_presignature(tx, input) else { return };
@@ -156,12 +160,8 @@ impl Node {
             slot.attempts += 1;
             slot.deadline = deadline;
             for s in signers {
-                let msg = PeerMessage::SigningRequest {
-                    tx,
-                    input: input as u32,
-                    presig,
-                    certificate: certificate.clone(),
-                };
+                let msg =
+                    PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
                 self.send(s, msg);
             }
         }
@@ -214,10 +214,8 @@ impl Node {
             .verify(tx, &self.config.cluster, entry.tally.equivocators())
             .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
         // The message comes from this node's own copy, never from the request.
-        let message = entry
-            .proposed
-            .signing_message(input as usize)
-            .map_err(|e| SigningRefusal::BadInput(e.to_string()))?;
+        let message =
+            entry.proposed.signing_message(input as usize).map_err(|e| SigningRefusal::BadInput(e.to_string()))?;
         if entry.state.undecided() {
             // A valid certificate is proof of approval.
             self.set_tx_state(tx, TxState::Approved);
@@ -228,12 +226,8 @@ impl Node {
                     return Err(SigningRefusal::NotASigner);
                 }
                 let partial = share.expose().presignature.clone().issue_partial_signature(data_to_sign(&message));
-                let sigma: [u8; 32] = partial
-                    .sigma
-                    .to_be_bytes()
-                    .as_bytes()
-                    .try_into()
-                    .expect("a secp256k1 scalar is 32 bytes");
+                let sigma: [u8; 32] =
+                    partial.sigma.to_be_bytes().as_bytes().try_into().expect("a secp256k1 scalar is 32 bytes");
                 // Durable before the partial signature leaves: the record is in
                 // this step's `persist`, the response in its `send`.
                 self.persist(Record::PresigConsumed { id: presig, tx, input, message, sigma });

@@ -8,7 +8,7 @@ use bitcoin::consensus::encode::serialize;
 use bitcoin::hashes::Hash;
 use bitcoin::psbt::Psbt;
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::{Amount, CompressedPublicKey, Network, OutPoint, ScriptBuf, Transaction, TxOut, Witness};
+use bitcoin::{Amount, CompressedPublicKey, Network, ScriptBuf, Transaction, TxOut, Witness};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use thiserror::Error;
@@ -70,8 +70,7 @@ pub struct GroupKey {
 
 impl GroupKey {
     pub fn from_compressed(bytes: [u8; 33]) -> Result<Self, TxError> {
-        let key = CompressedPublicKey::from_slice(&bytes)
-            .map_err(|e| TxError::Malformed(format!("group key: {e}")))?;
+        let key = CompressedPublicKey::from_slice(&bytes).map_err(|e| TxError::Malformed(format!("group key: {e}")))?;
         Ok(GroupKey { compressed: bytes, key })
     }
     pub fn script_pubkey(&self) -> ScriptBuf {
@@ -187,12 +186,7 @@ impl ProposedTx {
 
     /// Total paid to outputs other than the cluster's own address (change).
     pub fn payments(&self, cluster_script: &ScriptBuf) -> Vec<(usize, &TxOut)> {
-        self.unsigned
-            .output
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| &o.script_pubkey != cluster_script)
-            .collect()
+        self.unsigned.output.iter().enumerate().filter(|(_, o)| &o.script_pubkey != cluster_script).collect()
     }
 
     /// The digest every vote signs: the unsigned transaction and every
@@ -215,19 +209,10 @@ impl ProposedTx {
     /// this node's own copy of the transaction.
     pub fn bip143_preimage(&self, input: usize) -> Result<Vec<u8>, TxError> {
         let prevout = self.prevouts.get(input).ok_or(TxError::NoSuchInput(input))?;
-        let script_code = prevout
-            .script_pubkey
-            .p2wpkh_script_code()
-            .ok_or(TxError::ForeignInput(input))?;
+        let script_code = prevout.script_pubkey.p2wpkh_script_code().ok_or(TxError::ForeignInput(input))?;
         let mut preimage = Vec::with_capacity(200);
         SighashCache::new(&self.unsigned)
-            .segwit_v0_encode_signing_data_to(
-                &mut preimage,
-                input,
-                &script_code,
-                prevout.value,
-                EcdsaSighashType::All,
-            )
+            .segwit_v0_encode_signing_data_to(&mut preimage, input, &script_code, prevout.value, EcdsaSighashType::All)
             .map_err(|e| TxError::Sighash(e.to_string()))?;
         Ok(preimage)
     }
@@ -284,11 +269,6 @@ pub fn verify_consensus(tx: &Transaction, prevouts: &[TxOut]) -> Result<(), TxEr
         return Err(TxError::NoSuchInput(prevouts.len()));
     }
     Ok(())
-}
-
-/// Looks up which prevout an outpoint refers to, for callers holding a map.
-pub fn prevout_for<'a>(tx: &Transaction, prevouts: &'a [TxOut], op: &OutPoint) -> Option<&'a TxOut> {
-    tx.input.iter().position(|i| &i.previous_output == op).and_then(|i| prevouts.get(i))
 }
 
 fn checked_sum(values: impl Iterator<Item = Amount>) -> Result<Amount, TxError> {

@@ -162,8 +162,7 @@ impl Node {
     /// this way: some honest node ends up holding both signed votes.
     fn relay_vote(&mut self, vote: SignedVote) {
         let voter = vote.body.voter;
-        let others: Vec<NodeId> =
-            self.members().into_iter().filter(|m| *m != self.me && *m != voter).collect();
+        let others: Vec<NodeId> = self.members().into_iter().filter(|m| *m != self.me && *m != voter).collect();
         for to in others {
             self.send(to, PeerMessage::Vote(vote.clone()));
         }

@@ -215,13 +215,8 @@ impl Tally {
     /// first, but the quorum rules make both at once impossible.
     pub fn certified(&self, tx: TxId, qa: u16, qr: u16) -> Option<Certified> {
         if self.approvals() >= qa as usize {
-            let votes = self
-                .votes
-                .values()
-                .filter(|v| v.body.decision.is_approve())
-                .take(qa as usize)
-                .cloned()
-                .collect();
+            let votes =
+                self.votes.values().filter(|v| v.body.decision.is_approve()).take(qa as usize).cloned().collect();
             return Some(Certified::Approved(ApprovalCertificate { tx, votes }));
         }
         if self.rejections() >= qr as usize {

@@ -98,8 +98,10 @@ fn generate_primes(n: u16) -> anyhow::Result<BTreeMap<NodeId, SafePrimes>> {
     let progress = MultiProgress::new();
     let bar = progress.add(ProgressBar::new(n as u64));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] safe primes {pos}/{len} nodes (about 25 s per node per core)")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] safe primes {pos}/{len} nodes (about 25 s per node per core)",
+        )
+        .expect("valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let todo = Arc::new(Mutex::new((1..=n).map(NodeId).collect::<Vec<_>>()));
@@ -156,7 +158,9 @@ pub fn sign_and_report(cluster: &mut Cluster, key: &GroupKey, seed: u64) -> anyh
         .store
         .iter()
         .filter_map(|r| match r {
-            Record::OwnVote { vote, .. } | Record::Vote(vote) if vote.body.tx == tx && vote.body.decision.is_approve() => {
+            Record::OwnVote { vote, .. } | Record::Vote(vote)
+                if vote.body.tx == tx && vote.body.decision.is_approve() =>
+            {
                 Some(Approval {
                     voter: vote.body.voter.0,
                     vote_key_hex: hex::encode(members[&vote.body.voter].vote_key),

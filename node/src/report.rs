@@ -115,7 +115,8 @@ fn verify_approvals(report: &Report) -> anyhow::Result<usize> {
     for a in &report.approvals {
         let key: [u8; 32] = hex::decode(&a.vote_key_hex).ok().and_then(|k| k.try_into().ok()).context("vote key")?;
         let sig: [u8; 64] = hex::decode(&a.signature_hex).ok().and_then(|s| s.try_into().ok()).context("signature")?;
-        let body = VoteBody { tx: mpc_core::TxId(digest), voter: mpc_core::NodeId(a.voter), decision: Decision::Approve };
+        let body =
+            VoteBody { tx: mpc_core::TxId(digest), voter: mpc_core::NodeId(a.voter), decision: Decision::Approve };
         VerifyingKey::from_bytes(&key)
             .context("vote key is not an Ed25519 key")?
             .verify(&body.signing_bytes(&report.cluster_id), &Signature::from_bytes(&sig))

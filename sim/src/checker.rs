@@ -36,9 +36,10 @@ fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>)
     for (_, node, o) in &cluster.observations {
         if let Observation::PartialSignatureReleased { presig, message, .. } = o {
             used.entry(*presig).or_default().insert(*message);
-            let durable = cluster.hosts[node].store.iter().any(
-                |r| matches!(r, Record::PresigConsumed { id, message: m, .. } if id == presig && m == message),
-            );
+            let durable = cluster.hosts[node]
+                .store
+                .iter()
+                .any(|r| matches!(r, Record::PresigConsumed { id, message: m, .. } if id == presig && m == message));
             if !durable {
                 v.push(Violation(format!("{node} released a partial of {presig} without a durable consumption")));
             }
@@ -103,9 +104,9 @@ fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
             })
             .collect();
         let key = host.store.iter().find_map(|r| match r {
-            Record::KeyShare { public_key, .. } => {
-                <[u8; 33]>::try_from(public_key.as_slice()).ok().and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok())
-            }
+            Record::KeyShare { public_key, .. } => <[u8; 33]>::try_from(public_key.as_slice())
+                .ok()
+                .and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok()),
             _ => None,
         });
         for r in &host.store {

@@ -8,8 +8,8 @@
 
 use mpc_core::engine::{ComputeJob, Engine};
 use mpc_core::{
-    Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage,
-    RecoveredState, Record, Reply, RequestId, Step,
+    Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, Record,
+    RecoveredState, Reply, RequestId, Step,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

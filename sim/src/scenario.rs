@@ -55,10 +55,7 @@ pub fn state_at(cluster: &Cluster, node: NodeId, tx: TxId) -> Option<TxState> {
 /// Runs until every up node reports `tx` in a final state, or the budget ends.
 pub fn wait_final(cluster: &mut Cluster, tx: TxId, budget_ms: u64) -> bool {
     cluster.run_until(budget_ms, |c| {
-        c.ids()
-            .into_iter()
-            .filter(|id| c.is_up(*id))
-            .all(|id| state_at(c, id, tx).is_some_and(|s| s.is_final()))
+        c.ids().into_iter().filter(|id| c.is_up(*id)).all(|id| state_at(c, id, tx).is_some_and(|s| s.is_final()))
     })
 }
 

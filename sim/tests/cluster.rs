@@ -89,7 +89,9 @@ fn equivocating_voter_is_detected_attributed_and_discounted() {
 
     let detected = observed_at(&cluster, |o| matches!(o, Observation::Equivocation { voter: NodeId(5), .. }));
     assert!(detected.len() >= 3, "honest nodes detecting node 5: {detected:?}");
-    assert!(cluster.observed(|o| matches!(o, Observation::Equivocation { voter, .. } if *voter != NodeId(5))).is_empty());
+    assert!(cluster
+        .observed(|o| matches!(o, Observation::Equivocation { voter, .. } if *voter != NodeId(5)))
+        .is_empty());
     // Both signed votes are kept as evidence.
     let evidence = cluster.hosts[&NodeId(3)].store.iter().find_map(|r| match r {
         Record::Evidence(e) => Some(e.clone()),
@@ -239,12 +241,14 @@ fn tampered_foreign_and_misaddressed_votes_are_refused() {
     cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(tampered));
     // A vote from a key that is not a member, claiming id 9.
     let stranger = mpc_sim::setup::vote_key("test-cluster", NodeId(9));
-    let foreign = SignedVote::sign(VoteBody { tx, voter: NodeId(9), decision: Decision::Approve }, &stranger, "test-cluster");
+    let foreign =
+        SignedVote::sign(VoteBody { tx, voter: NodeId(9), decision: Decision::Approve }, &stranger, "test-cluster");
     cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(foreign.clone()));
     // A vote arriving over a connection from a non-member.
     cluster.inject(NodeId(9), NodeId(1), PeerMessage::Vote(foreign));
     // Node 2's genuine vote, re-signed by node 4's key: forged.
-    let mut impersonated = SignedVote::sign(genuine.body.clone(), &mpc_sim::setup::vote_key("test-cluster", NodeId(4)), "test-cluster");
+    let mut impersonated =
+        SignedVote::sign(genuine.body.clone(), &mpc_sim::setup::vote_key("test-cluster", NodeId(4)), "test-cluster");
     impersonated.body.voter = NodeId(2);
     cluster.inject(NodeId(4), NodeId(1), PeerMessage::Vote(impersonated));
     cluster.run_for(100);
@@ -253,11 +257,11 @@ fn tampered_foreign_and_misaddressed_votes_are_refused() {
     assert_eq!(forged.len(), 2, "{forged:?}");
     assert!(forged.iter().all(|(at, o)| *at == NodeId(1)
         && matches!(o, Observation::ForgedVote { claimed_voter: NodeId(2), from: NodeId(4) })));
-    assert_eq!(cluster.observed(|o| matches!(o, Observation::ForeignVote { voter: NodeId(9), from: NodeId(4) })).len(), 1);
     assert_eq!(
-        cluster.observed(|o| matches!(o, Observation::RejectedMessage { from: NodeId(9), .. })).len(),
+        cluster.observed(|o| matches!(o, Observation::ForeignVote { voter: NodeId(9), from: NodeId(4) })).len(),
         1
     );
+    assert_eq!(cluster.observed(|o| matches!(o, Observation::RejectedMessage { from: NodeId(9), .. })).len(), 1);
     // None of it counted: no equivocation blamed on node 2, and the
     // transaction approved on the genuine votes.
     assert!(cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).is_empty());

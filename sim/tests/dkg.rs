@@ -18,7 +18,8 @@ fn dkg_runs_aux_info_from_primes_then_keygen_and_survives_restart() {
     for (id, primes) in fixtures::load_primes(5).unwrap() {
         cluster.input(id, Input::SafePrimes(Secret::new(primes)));
     }
-    let done = cluster.run_until(scenario::STEP_BUDGET_MS, |c| c.ids().iter().all(|id| c.node(*id).group_key().is_some()));
+    let done =
+        cluster.run_until(scenario::STEP_BUDGET_MS, |c| c.ids().iter().all(|id| c.node(*id).group_key().is_some()));
     assert!(done, "DKG did not complete");
 
     let completed = cluster.observed(|o| matches!(o, Observation::DkgCompleted { .. }));

@@ -3,7 +3,7 @@
 //! ones are judged by each node's policy.
 
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
-use bitcoin::{Address, Amount, Network, ScriptBuf};
+use bitcoin::{Address, Amount, Network};
 use mpc_core::config::PolicyConfig;
 use mpc_core::tx::{GroupKey, ProposedTx, TxError, MAX_INPUTS};
 use mpc_core::vote::Decision;
@@ -174,7 +174,7 @@ proptest! {
         let spend = Spend::simple("r", &inputs, &dest(), amount, fee);
         let total: u64 = inputs.iter().sum();
         let result = ProposedTx::from_psbt(&spend.psbt_bytes(&k), &k.script_pubkey());
-        let dust = ScriptBuf::from(dest().script_pubkey()).minimal_non_dust().to_sat();
+        let dust = dest().script_pubkey().minimal_non_dust().to_sat();
         let change = total.saturating_sub(amount + fee);
         let change_dust = change > 0 && change < k.script_pubkey().minimal_non_dust().to_sat();
         let sound = amount >= dust && !change_dust && total > amount && total - amount > change;

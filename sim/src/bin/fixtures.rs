@@ -29,9 +29,8 @@ fn main() -> anyhow::Result<()> {
         cluster.input(*id, Input::SafePrimes(Secret::new(p.clone())));
     }
     cluster.command(NodeId(1), mpc_core::Command::StartDkg);
-    let done = cluster.run_until(3_600_000, |c| {
-        c.observed(|o| matches!(o, Observation::DkgCompleted { .. })).len() == n as usize
-    });
+    let done = cluster
+        .run_until(3_600_000, |c| c.observed(|o| matches!(o, Observation::DkgCompleted { .. })).len() == n as usize);
     anyhow::ensure!(done, "DKG did not complete");
     let mut aux = BTreeMap::new();
     for id in cluster.ids() {
