@@ -80,7 +80,9 @@ pub fn run(out: &Path, seed: Option<u64>) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("signed: txid {}", report.txid);
     println!("{summary}");
-    println!("report: {}", path.canonicalize().unwrap_or(path).display());
+    let path = path.canonicalize().unwrap_or(path);
+    println!("report: {}", path.display());
+    println!("check it independently: python3 scripts/verify_report.py {}", path.display());
     Ok(())
 }
 

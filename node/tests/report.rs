@@ -44,3 +44,32 @@ fn report_verifies_and_every_tampering_is_caught() {
     // Another cluster id changes what the votes signed.
     assert!(tampered(&|r| r.cluster_id = "other".into()).is_err());
 }
+
+/// The pure-Python verifier shares no code with the cluster: it recomputes
+/// BIP-143 and checks ECDSA itself. Runs where python3 exists (it does on
+/// the project's machines).
+#[test]
+fn independent_python_verifier_agrees() {
+    let python = std::process::Command::new("python3").arg("--version").output();
+    if python.map(|o| !o.status.success()).unwrap_or(true) {
+        eprintln!("python3 not available: skipping the independent verifier");
+        return;
+    }
+    let report = signed_report();
+    let dir = std::env::temp_dir().join(format!("mpc-report-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/verify_report.py");
+    let run = |r: &Report, name: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_string(r).unwrap()).unwrap();
+        let out = std::process::Command::new("python3").arg(script).arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (ok, text) = run(&report, "good.json");
+    assert!(ok && text.starts_with("ok: 2 inputs"), "{text}");
+    let mut bad: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+    bad.prevouts[1].value_sat += 1;
+    let (ok, text) = run(&bad, "bad.json");
+    assert!(!ok && text.contains("input 1: ECDSA signature does not verify"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -147,7 +147,9 @@ fn main() {
         c.pool.parallel_sessions = 1;
     })
     .unwrap();
+    cluster.handle_timings = Some(BTreeMap::new());
     let core = measure(PRESIGS as u32, || scenario::fill_pool(&mut cluster, NodeId(1), PRESIGS).unwrap());
+    let during_presigning = cluster.handle_timings.take().expect("enabled above");
     let shares = raw_keygen(1000, &aux);
     let mut raw_sets = Vec::new();
     let lib = measure(PRESIGS as u32, || {
@@ -156,6 +158,7 @@ fn main() {
         }
     });
     row("presignature", core, lib, "three signers");
+    let lib_presign = lib.0;
 
     // Signatures: the core takes a PSBT from submission to Signed on all
     // five nodes (votes, certificate checks, partials checked against
@@ -184,4 +187,30 @@ fn main() {
         }
     });
     row("signature", core, lib, "core: submit to Signed on 5 nodes; library: partials + combine + verify");
+
+    // The hot path: every input a node handles, while presignatures were
+    // being generated. Protocol rounds run in the engine, so no call to
+    // `Node::handle` carries presigning work.
+    println!();
+    println!("Node::handle while filling the pool (presigning rounds run in the engine, off this path):");
+    let mut all: Vec<std::time::Duration> = Vec::new();
+    for (kind, mut times) in during_presigning {
+        times.sort();
+        let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
+        let max = *times.last().expect("non-empty");
+        println!("  {kind:<16} {:>6} calls  p99 {:>9.3} ms  max {:>9.3} ms", times.len(), ms(p99), ms(max));
+        all.extend(times);
+    }
+    all.sort();
+    let max = *all.last().expect("calls were timed");
+    println!(
+        "  all inputs: max {:.3} ms = {:.5} of one presignature's CPU ({:.3} s)",
+        ms(max),
+        max.as_secs_f64() / lib_presign,
+        lib_presign
+    );
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }

@@ -105,6 +105,20 @@ pub struct Cluster {
     crash_point: Option<CrashPoint>,
     trace: Sha256,
     pub steps: u64,
+    /// When set, how long each `Node::handle` call took, by input kind. For
+    /// benchmarks only: it never changes what the cluster does.
+    pub handle_timings: Option<BTreeMap<&'static str, Vec<std::time::Duration>>>,
+}
+
+fn input_kind(input: &Input) -> &'static str {
+    match input {
+        Input::Peer { msg, .. } => msg.kind(),
+        Input::Tick => "tick",
+        Input::Command { .. } => "command",
+        Input::Leadership { .. } => "leadership",
+        Input::Compute(_) => "compute_result",
+        Input::SafePrimes(_) => "safe_primes",
+    }
 }
 
 impl Cluster {
@@ -147,6 +161,7 @@ impl Cluster {
             crash_point: None,
             trace: Sha256::new(),
             steps: 0,
+            handle_timings: None,
         };
         let ids: Vec<NodeId> = cluster.hosts.keys().copied().collect();
         for id in ids {
@@ -308,7 +323,7 @@ impl Cluster {
                 continue;
             }
             let Some(core) = host.node.as_mut() else { continue };
-            let step = core.handle(now, Input::Compute(result));
+            let step = Self::timed_handle(&mut self.handle_timings, core, now, Input::Compute(result));
             self.perform(node, step);
         }
     }
@@ -334,8 +349,22 @@ impl Cluster {
         };
         let now = self.now;
         let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else { return };
-        let step = node.handle(now, input);
+        let step = Self::timed_handle(&mut self.handle_timings, node, now, input);
         self.perform(id, step);
+    }
+
+    fn timed_handle(
+        timings: &mut Option<BTreeMap<&'static str, Vec<std::time::Duration>>>,
+        node: &mut Node,
+        now: Millis,
+        input: Input,
+    ) -> Step {
+        let Some(timings) = timings.as_mut() else { return node.handle(now, input) };
+        let kind = input_kind(&input);
+        let started = std::time::Instant::now();
+        let step = node.handle(now, input);
+        timings.entry(kind).or_default().push(started.elapsed());
+        step
     }
 
     /// Executes a step in the order the core's contract requires.

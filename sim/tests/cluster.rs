@@ -173,6 +173,11 @@ fn crash_right_after_consumption_never_leads_to_reuse() {
     cluster.restart(NodeId(3)).unwrap();
     assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
     assert_eq!(scenario::state_at(&cluster, NodeId(1), tx), Some(TxState::Signed));
+    // The coordinator's wait for node 3 timed out, and the input was retried
+    // with another presignature.
+    let retried =
+        cluster.observed(|o| matches!(o, Observation::SigningRetried { reason, .. } if reason.contains("timed out")));
+    assert!(!retried.is_empty(), "signing timeout and retry expected");
 
     // The restarted node still knows the presignature as consumed: asked to
     // use it for the other input's message, it refuses; asked again for the
