@@ -133,3 +133,26 @@ impl Millis {
 /// Identifies an operator command so its reply can be matched to it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn execution_ids_differ_by_protocol_origin_sequence_and_cluster() {
+        let mut seen = BTreeSet::new();
+        for cluster in ["a", "b", "ab"] {
+            for origin in 1..=3 {
+                for seq in 0..3 {
+                    let d = DkgId { origin: NodeId(origin), seq };
+                    let p = PresigId { origin: NodeId(origin), seq };
+                    for s in [SessionId::AuxInfo(d), SessionId::Keygen(d), SessionId::Presign(p)] {
+                        assert!(seen.insert(s.execution_id(cluster)), "{s} in {cluster} repeats an execution id");
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.len(), 3 * 3 * 3 * 3);
+    }
+}

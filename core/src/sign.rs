@@ -195,6 +195,15 @@ impl Node {
         presig: PresigId,
         certificate: ApprovalCertificate,
     ) {
+        // The certificate's votes are votes like any other: absorbing them
+        // first means an equivocation the certificate reveals (an approval
+        // from a member this node saw reject) is caught before signing, and
+        // the certificate is then judged without that member.
+        for vote in certificate.votes.iter().filter(|v| v.body.tx == tx) {
+            if self.txs.contains_key(&tx) {
+                self.on_vote(from, vote.clone());
+            }
+        }
         let result = self.sign_input(tx, input, presig, &certificate);
         if let Err(refusal) = &result {
             self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });

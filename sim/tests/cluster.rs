@@ -304,3 +304,24 @@ fn same_seed_same_trace_and_restart_resumes_from_records() {
     let c = run(22);
     assert_ne!(a, c, "another seed gives another trace");
 }
+
+#[test]
+fn a_two_of_three_cluster_signs_too() {
+    // The threshold and membership are configuration: the same code signs
+    // with two of three nodes (qa = 2, qr = 3, f = 0).
+    let (mut cluster, key) = scenario::fixture_cluster("small-cluster", 16, 3, 2, |_| {}).unwrap();
+    let config = &cluster.hosts[&NodeId(1)].config.cluster;
+    assert_eq!((config.threshold, config.approve_quorum, config.reject_quorum), (2, 2, 3));
+    scenario::fill_pool(&mut cluster, NodeId(1), 1).unwrap();
+    let spend = Spend::simple("small", &[100_000], &destination(), 50_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(3), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+    for id in cluster.ids() {
+        assert_eq!(scenario::state_at(&cluster, id, tx), Some(TxState::Signed));
+    }
+    let signed = scenario::signed_tx(&cluster, tx).unwrap();
+    key.script_pubkey().verify(0, spend.inputs[0].1, &serialize(&signed)).expect("libbitcoinconsensus accepts");
+    let released = cluster.observed(|o| matches!(o, Observation::PartialSignatureReleased { .. }));
+    assert_eq!(released.len(), 2, "exactly t = 2 partial signatures");
+    assert_invariants(&cluster, &[]);
+}
