@@ -12,6 +12,8 @@ use crate::record::Record;
 use crate::secret::Secret;
 use crate::tx::GroupKey;
 use cggmp24::key_share::AnyKeyShare;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 impl Node {
@@ -103,7 +105,7 @@ impl Node {
         });
         let execution_id = session.execution_id(self.cluster_id());
         let seed = self.seed();
-        self.sessions.insert(session, SessionInfo { members, deadline });
+        self.sessions.insert(session, SessionInfo { members, deadline, delivered: BTreeSet::new() });
         self.compute(crate::engine::ComputeJob::Start { session, execution_id, seed, kind });
         for (from, broadcast, payload) in self.buffered.remove(&session).unwrap_or_default() {
             self.on_protocol_message(from, session, broadcast, payload);
@@ -114,7 +116,7 @@ impl Node {
         if self.closed_sessions.contains(&session) {
             return;
         }
-        let Some(info) = self.sessions.get(&session) else {
+        let Some(info) = self.sessions.get_mut(&session) else {
             // Possibly early: buffer, within bounds.
             if self.buffered.len() >= crate::node::MAX_BUFFERED_SESSIONS && !self.buffered.contains_key(&session) {
                 return;
@@ -133,12 +135,16 @@ impl Node {
             });
             return;
         };
+        let digest: [u8; 32] = Sha256::new().chain_update([broadcast as u8]).chain_update(&payload).finalize().into();
+        if !info.delivered.insert((from, digest)) {
+            return;
+        }
         self.compute(crate::engine::ComputeJob::Deliver { session, from: index as u16, broadcast, payload });
     }
 
     pub(crate) fn on_compute(&mut self, result: ComputeResult) {
         let ComputeResult { session, sends, finished } = result;
-        let Some(info) = self.sessions.get(&session) else { return };
+        let Some(info) = self.sessions.get_mut(&session) else { return };
         let members = info.members.clone();
         for send in sends {
             let msg = |payload| PeerMessage::Protocol { session, broadcast: send.to.is_none(), payload };

@@ -63,6 +63,9 @@ pub(crate) struct SessionInfo {
     /// Members in protocol-index order.
     pub members: Vec<NodeId>,
     pub deadline: Millis,
+    /// Digests of messages already handed to the engine: a duplicate would
+    /// make the protocol abort, so each is delivered once.
+    pub delivered: BTreeSet<(NodeId, [u8; 32])>,
 }
 
 /// A transaction as this node knows it.

@@ -65,6 +65,10 @@ impl EngineThread {
 pub enum Delivery {
     Deliver,
     Drop,
+    /// Deliver after this many extra milliseconds (reordering).
+    Delay(u64),
+    /// Deliver twice, the copy after this many extra milliseconds.
+    Duplicate(u64),
 }
 
 type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
@@ -398,9 +402,17 @@ impl Cluster {
                 None => Delivery::Deliver,
             };
             self.trace.update(bincode::serialize(&env.msg).expect("messages serialise"));
-            if let Delivery::Deliver = deliver {
-                let at = self.now.plus(self.latency_ms);
-                self.push(at, Event::Message { from: id, to: env.to, msg: env.msg });
+            let at = self.now.plus(self.latency_ms);
+            match deliver {
+                Delivery::Deliver => self.push(at, Event::Message { from: id, to: env.to, msg: env.msg }),
+                Delivery::Drop => {}
+                Delivery::Delay(extra) => {
+                    self.push(at.plus(extra), Event::Message { from: id, to: env.to, msg: env.msg })
+                }
+                Delivery::Duplicate(extra) => {
+                    self.push(at, Event::Message { from: id, to: env.to, msg: env.msg.clone() });
+                    self.push(at.plus(extra), Event::Message { from: id, to: env.to, msg: env.msg });
+                }
             }
         }
         for job in step.compute {

@@ -325,3 +325,25 @@ fn a_two_of_three_cluster_signs_too() {
     assert_eq!(released.len(), 2, "exactly t = 2 partial signatures");
     assert_invariants(&cluster, &[]);
 }
+
+#[test]
+fn duplicated_and_reordered_messages_are_harmless() {
+    let (mut cluster, key) = keyed_cluster(61, |_| {});
+    let mut k = 0u64;
+    cluster.set_interceptor(move |_, _| {
+        k += 1;
+        match k % 3 {
+            0 => Delivery::Duplicate(k % 17),
+            1 => Delivery::Delay(k % 23),
+            _ => Delivery::Deliver,
+        }
+    });
+    scenario::fill_pool(&mut cluster, NodeId(1), 2).unwrap();
+    let spend = Spend::simple("dup", &[100_000], &destination(), 50_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(2), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, 600_000));
+    assert_eq!(scenario::state_at(&cluster, NodeId(3), tx), Some(TxState::Signed));
+    let discarded = cluster.observed(|o| matches!(o, Observation::PresigDiscarded { .. }));
+    assert!(discarded.is_empty(), "{discarded:?}");
+    assert_invariants(&cluster, &[]);
+}
