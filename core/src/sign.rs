@@ -269,8 +269,20 @@ impl Node {
         result: Result<PartialSig, SigningRefusal>,
     ) {
         let input = input as usize;
-        let Some(slot) = self.signing.get(&tx).and_then(|j| j.inputs.get(input)) else { return };
-        if slot.presig != Some(presig) || slot.done.is_some() {
+        let current = self
+            .signing
+            .get(&tx)
+            .and_then(|j| j.inputs.get(input))
+            .is_some_and(|slot| slot.presig == Some(presig) && slot.done.is_none());
+        if !current {
+            // Late (the input moved on or finished): still check it, so a
+            // cheater is named however the timing fell.
+            if let Ok(PartialSig(sigma)) = result {
+                if self.partial_is_invalid(from, tx, input, presig, sigma) {
+                    self.observe(Observation::BadPartialSignature { signer: from, tx, input: input as u32, presig });
+                    self.suspect(from);
+                }
+            }
             return;
         }
         let Some(entry) = self.pool.get(&presig) else { return };
@@ -310,6 +322,19 @@ impl Node {
         signature.write_to_slice(&mut compact);
         slot.done = Some(compact);
         self.finish_if_complete(tx);
+    }
+
+    /// Whether `sigma`, claimed by `from` for `presig` on input `input` of
+    /// `tx`, fails the check against the presignature's commitments. False
+    /// when it cannot be judged (unknown presignature or transaction).
+    fn partial_is_invalid(&self, from: NodeId, tx: TxId, input: usize, presig: PresigId, sigma: [u8; 32]) -> bool {
+        let Some(entry) = self.pool.get(&presig) else { return false };
+        let (Some(j), Some(public)) = (entry.signers.iter().position(|s| *s == from), entry.public.as_ref()) else {
+            return false;
+        };
+        let Some(Ok(message)) = self.txs.get(&tx).map(|t| t.proposed.signing_message(input)) else { return false };
+        let m = data_to_sign(&message).to_scalar();
+        !Scalar::from_be_bytes(sigma).is_ok_and(|s| public.partial_is_valid(j, &s, &m))
     }
 
     fn finish_if_complete(&mut self, tx: TxId) {

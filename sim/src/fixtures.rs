@@ -22,6 +22,21 @@ pub fn aux_path(n: u16) -> PathBuf {
     dir().join(format!("test-only-aux-info-{n}.json"))
 }
 
+pub fn cluster_path(n: u16) -> PathBuf {
+    dir().join(format!("test-only-cluster-{n}.json"))
+}
+
+/// Cluster id of the fixture cluster: its transactions' digests and its
+/// sessions' execution ids are bound to it.
+pub const FIXTURE_CLUSTER_ID: &str = "fixture-cluster";
+
+/// Every node's records after DKG and a filled presignature pool: key
+/// shares, aux info and real presignatures, made once by the protocol code.
+pub fn load_cluster(n: u16) -> anyhow::Result<BTreeMap<NodeId, Vec<Record>>> {
+    let text = std::fs::read_to_string(cluster_path(n))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// The fixture aux info is recorded under this (never-run) DKG id.
 pub const FIXTURE_DKG: DkgId = DkgId { origin: NodeId(1), seq: u64::MAX };
 

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod scenario;
 pub mod setup;
+pub mod sweep;
 pub mod wallet;
 
 pub use cluster::{Cluster, Delivery};

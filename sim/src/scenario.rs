@@ -67,8 +67,8 @@ pub fn signed_tx(cluster: &Cluster, tx: TxId) -> Option<bitcoin::Transaction> {
     })
 }
 
-/// Every (node, observation) of bad partial signatures, equivocations and
-/// forged votes: the blame the cluster assigned.
+/// (observer, accused) for every bad partial signature, equivocation and
+/// forged vote: the blame the cluster assigned.
 pub fn blame(cluster: &Cluster) -> Vec<(NodeId, NodeId)> {
     cluster
         .observations
@@ -76,6 +76,8 @@ pub fn blame(cluster: &Cluster) -> Vec<(NodeId, NodeId)> {
         .filter_map(|(_, at, o)| match o {
             Observation::BadPartialSignature { signer, .. } => Some((*at, *signer)),
             Observation::Equivocation { voter, .. } => Some((*at, *voter)),
+            // The sender of a forged vote is to blame, not the name it claimed.
+            Observation::ForgedVote { from, .. } => Some((*at, *from)),
             _ => None,
         })
         .collect()

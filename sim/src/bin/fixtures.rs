@@ -7,8 +7,15 @@ use mpc_core::{Input, NodeId, Observation, Record, Secret};
 use mpc_sim::{fixtures, setup, Cluster};
 use std::collections::BTreeMap;
 
+/// Presignatures in the fixture cluster's pool.
+const FIXTURE_POOL: usize = 24;
+
 fn main() -> anyhow::Result<()> {
-    let n: u16 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("cluster") {
+        return make_cluster(args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5));
+    }
+    let n: u16 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(5);
     let t: u16 = 3.min(n);
     let primes: BTreeMap<NodeId, SafePrimes> = if fixtures::primes_path(n).exists() {
         fixtures::load_primes(n)?
@@ -42,5 +49,25 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(fixtures::aux_path(n), serde_json::to_string(&aux)?)?;
     eprintln!("wrote {}", fixtures::aux_path(n).display());
+    Ok(())
+}
+
+/// A keyed cluster with a full pool, from the aux info fixture.
+fn make_cluster(n: u16) -> anyhow::Result<()> {
+    let t = 3.min(n);
+    eprintln!("keygen and {FIXTURE_POOL} presignatures for {n} nodes...");
+    let (mut cluster, _key) = mpc_sim::scenario::fixture_cluster(fixtures::FIXTURE_CLUSTER_ID, 1, n, t, |c| {
+        c.pool.low_water = FIXTURE_POOL;
+        c.pool.target = FIXTURE_POOL;
+        c.pool.max = FIXTURE_POOL;
+        c.pool.parallel_sessions = 4;
+    })?;
+    mpc_sim::scenario::fill_pool(&mut cluster, NodeId(1), FIXTURE_POOL)?;
+    // Let the last announcements land everywhere.
+    cluster.set_leader(None);
+    cluster.run_for(1_000);
+    let records: BTreeMap<NodeId, Vec<Record>> = cluster.hosts.iter().map(|(id, h)| (*id, h.store.clone())).collect();
+    std::fs::write(fixtures::cluster_path(n), serde_json::to_string(&records)?)?;
+    eprintln!("wrote {}", fixtures::cluster_path(n).display());
     Ok(())
 }
