@@ -68,10 +68,15 @@ pub struct Timeouts {
     pub dkg_ms: u64,
     /// How long a signer that timed out or cheated is avoided when picking signer sets.
     pub suspect_ms: u64,
-    /// Signing attempts per input before the transaction is Failed.
+    /// Signing attempts per input before this coordinator gives up and
+    /// records the transaction Failed (retries back off exponentially, up
+    /// to `signing_ms` apart, so this is minutes of trying).
     pub max_signing_attempts: u32,
     /// How often a node asks one peer for transactions it may have missed.
     pub sync_ms: u64,
+    /// How long after a transaction is final its votes are still exchanged
+    /// in catch-up, so evidence of equivocation can meet at one node.
+    pub gossip_window_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -82,8 +87,9 @@ impl Default for Timeouts {
             presign_ms: 120_000,
             dkg_ms: 900_000,
             suspect_ms: 60_000,
-            max_signing_attempts: 5,
+            max_signing_attempts: 12,
             sync_ms: 30_000,
+            gossip_window_ms: 600_000,
         }
     }
 }

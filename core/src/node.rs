@@ -78,6 +78,9 @@ pub(crate) struct TxEntry {
     pub my_vote: Option<Decision>,
     /// When this node saw the approval (it orders coordinator takeover).
     pub approved_at: Option<Millis>,
+    /// When this node saw the transaction reach a final state. Its votes are
+    /// still gossiped for a while after, so an equivocator's two votes meet.
+    pub finalized_at: Option<Millis>,
     pub signed_raw: Option<Vec<u8>>,
 }
 
@@ -116,6 +119,9 @@ pub(crate) struct DkgRun {
 /// Signing of one input, as its coordinator tracks it.
 pub(crate) struct InputSigning {
     pub attempts: u32,
+    /// No new attempt before this time: retries back off, so refusals that
+    /// come back at once cannot burn through attempts and presignatures.
+    pub not_before: Millis,
     pub presig: Option<PresigId>,
     pub partials: BTreeMap<NodeId, [u8; 32]>,
     pub deadline: Millis,
@@ -144,7 +150,9 @@ pub struct Node {
     pub(crate) closed_sessions: BTreeSet<SessionId>,
     pub(crate) buffered: BTreeMap<SessionId, Vec<(NodeId, bool, Vec<u8>)>>,
     pub(crate) txs: BTreeMap<TxId, TxEntry>,
-    pub(crate) orphan_votes: BTreeMap<TxId, Vec<SignedVote>>,
+    /// Verified votes (with who delivered them) for transactions not yet
+    /// proposed to this node; they take the normal vote path once it is.
+    pub(crate) orphan_votes: BTreeMap<TxId, Vec<(NodeId, SignedVote)>>,
     pub(crate) approved_by_day: BTreeMap<u64, u64>,
     pub(crate) own_presigs: BTreeMap<PresigId, OwnPresig>,
     pub(crate) pool: BTreeMap<PresigId, PoolEntry>,
@@ -153,6 +161,12 @@ pub struct Node {
     pub(crate) refilling: bool,
     pub(crate) signing: BTreeMap<TxId, SigningJob>,
     pub(crate) suspects: BTreeMap<NodeId, Millis>,
+    /// How often each member has been suspected: suspicion lasts longer
+    /// each time, so a node that keeps failing stops costing timeouts.
+    pub(crate) strikes: BTreeMap<NodeId, u32>,
+    /// Members proven to cheat (an invalid partial signature): never picked
+    /// as a signer again by this node.
+    pub(crate) convicted: BTreeSet<NodeId>,
     pub(crate) loopback: VecDeque<PeerMessage>,
     /// When this node next asks a peer for missed transactions, and which.
     pub(crate) next_sync: Millis,
@@ -202,6 +216,8 @@ impl Node {
             refilling: false,
             signing: BTreeMap::new(),
             suspects: BTreeMap::new(),
+            strikes: BTreeMap::new(),
+            convicted: BTreeSet::new(),
             loopback: VecDeque::new(),
             next_sync: Millis(0),
             sync_rotation: 0,
@@ -312,7 +328,7 @@ impl Node {
             .for_each(|t| at(t.vote_deadline));
         for job in self.signing.values() {
             for input in job.inputs.iter().filter(|i| i.done.is_none()) {
-                at(if input.presig.is_some() { input.deadline } else { self.now.plus(POLL_MS) });
+                at(if input.presig.is_some() { input.deadline } else { input.not_before.max(self.now.plus(POLL_MS)) });
             }
         }
         self.initiated.values().for_each(|d| at(*d));
@@ -392,6 +408,9 @@ impl Node {
         if to == TxState::Approved && entry.approved_at.is_none() {
             entry.approved_at = Some(self.now);
         }
+        if to.is_final() && entry.finalized_at.is_none() {
+            entry.finalized_at = Some(self.now);
+        }
         self.persist(Record::TxState { tx, state: to.clone() });
         self.observe(Observation::TxStateChanged { tx, from, to });
     }
@@ -401,15 +420,26 @@ impl Node {
         self.suspects.retain(|_, until| *until > now);
     }
 
+    /// Avoids `node` when picking signers for a while: `suspect_ms`, doubled
+    /// for each earlier strike (up to 64 times).
     pub(crate) fn suspect(&mut self, node: NodeId) {
         if node != self.me {
-            let until = self.now.plus(self.config.cluster.timeouts.suspect_ms);
+            let strikes = self.strikes.entry(node).or_default();
+            let until = self.now.plus(self.config.cluster.timeouts.suspect_ms << (*strikes).min(6));
+            *strikes += 1;
             self.suspects.insert(node, until);
         }
     }
 
+    /// A member proven to cheat is avoided for good.
+    pub(crate) fn convict(&mut self, node: NodeId) {
+        if node != self.me {
+            self.convicted.insert(node);
+        }
+    }
+
     pub(crate) fn healthy(&self, node: NodeId) -> bool {
-        !self.suspects.contains_key(&node)
+        !self.suspects.contains_key(&node) && !self.convicted.contains(&node)
     }
 
     // ---- restart ----
@@ -460,7 +490,7 @@ impl Node {
                     Some(entry) => {
                         entry.tally.add(vote);
                     }
-                    None => self.orphan_votes.entry(tx).or_default().push(vote),
+                    None => self.orphan_votes.entry(tx).or_default().push((vote.body.voter, vote)),
                 }
             }
             Record::Evidence(e) => {
@@ -568,6 +598,7 @@ impl TxEntry {
             vote_deadline,
             my_vote: None,
             approved_at: None,
+            finalized_at: None,
             signed_raw: None,
         }
     }

@@ -19,9 +19,15 @@ use crate::secret::Secret;
 use std::collections::BTreeSet;
 
 impl Node {
-    /// Presignatures usable for signing, cluster-wide, as this node sees them.
+    /// Presignatures usable for signing now, cluster-wide, as this node sees
+    /// them: complete, unused, and every signer healthy. Refill counts these,
+    /// so presignatures stranded on a suspect or convicted node are replaced.
     pub(crate) fn pool_ready(&self) -> usize {
-        self.pool.values().filter(|e| e.complete() && !e.used).count()
+        self.pool.values().filter(|e| self.usable(e)).count()
+    }
+
+    pub(crate) fn usable(&self, e: &PoolEntry) -> bool {
+        e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s))
     }
 
     pub(crate) fn has_coordination_work(&self) -> bool {

@@ -70,6 +70,7 @@ impl Node {
                     inputs: (0..inputs)
                         .map(|_| InputSigning {
                             attempts: 0,
+                            not_before: self.now,
                             presig: None,
                             partials: Default::default(),
                             deadline: self.now,
@@ -115,6 +116,8 @@ impl Node {
         let Some(presig) = slot.presig.take() else { return };
         slot.partials.clear();
         let attempt = slot.attempts;
+        let backoff = (500u64 << attempt.min(16)).min(self.config.cluster.timeouts.signing_ms);
+        slot.not_before = self.now.plus(backoff);
         if let Some(e) = self.pool.get_mut(&presig) {
             e.used = true;
         }
@@ -137,7 +140,7 @@ impl Node {
         let inputs = self.signing.get(&tx).map_or(0, |j| j.inputs.len());
         for input in 0..inputs {
             let slot = &self.signing[&tx].inputs[input];
-            if slot.done.is_some() || slot.presig.is_some() {
+            if slot.done.is_some() || slot.presig.is_some() || self.now < slot.not_before {
                 continue;
             }
             if slot.attempts >= max_attempts {
@@ -173,12 +176,7 @@ impl Node {
     /// the same one (a collision is safe, only wasteful: signers refuse a
     /// second message).
     fn pick_presignature(&self, tx: TxId, input: usize) -> Option<PresigId> {
-        let candidates: Vec<PresigId> = self
-            .pool
-            .iter()
-            .filter(|(_, e)| e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s)))
-            .map(|(id, _)| *id)
-            .collect();
+        let candidates: Vec<PresigId> = self.pool.iter().filter(|(_, e)| self.usable(e)).map(|(id, _)| *id).collect();
         if candidates.is_empty() {
             return None;
         }
@@ -205,6 +203,11 @@ impl Node {
             }
         }
         let result = self.sign_input(tx, input, presig, &certificate);
+        if result == Err(SigningRefusal::UnknownTransaction) {
+            // Missed the proposal: catch up from the node that has it.
+            let known_final = self.known_final();
+            self.send(from, PeerMessage::SyncRequest { known_final });
+        }
         if let Err(refusal) = &result {
             self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });
         }
@@ -280,7 +283,7 @@ impl Node {
             if let Ok(PartialSig(sigma)) = result {
                 if self.partial_is_invalid(from, tx, input, presig, sigma) {
                     self.observe(Observation::BadPartialSignature { signer: from, tx, input: input as u32, presig });
-                    self.suspect(from);
+                    self.convict(from);
                 }
             }
             return;
@@ -298,7 +301,7 @@ impl Node {
         let valid = Scalar::from_be_bytes(sigma).is_ok_and(|s| public.partial_is_valid(j, &s, &data.to_scalar()));
         if !valid {
             self.observe(Observation::BadPartialSignature { signer: from, tx, input: input as u32, presig });
-            self.suspect(from);
+            self.convict(from);
             return self.retry_input(tx, input, format!("{from} sent an invalid partial signature"));
         }
         let slot = &mut self.signing.get_mut(&tx).expect("checked above").inputs[input];

@@ -32,7 +32,7 @@ impl Node {
             dkg: self.key.as_ref().map(|k| k.dkg),
             public_key_hex: self.key.as_ref().map(|k| k.group.hex()),
             address: self.key.as_ref().map(|k| k.group.address(self.config.cluster.network).to_string()),
-            pool_ready: self.pool.values().filter(|e| e.complete() && !e.used).count(),
+            pool_ready: self.pool_ready(),
             pool_generating: self.initiated.len(),
             own_ready: own(|p| matches!(p, OwnPresig::Ready { .. })),
             own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
@@ -76,11 +76,12 @@ impl Node {
     fn accept(&mut self, tx: TxId, proposed: ProposedTx, proposer: NodeId) {
         self.persist(Record::TxAccepted { tx, psbt: proposed.psbt_bytes.clone(), proposer, at: self.now });
         let deadline = self.now.plus(self.config.cluster.timeouts.vote_ms);
-        let mut entry = TxEntry::new(proposed, proposer, deadline);
-        for vote in self.orphan_votes.remove(&tx).unwrap_or_default() {
-            entry.tally.add(vote);
+        self.txs.insert(tx, TxEntry::new(proposed, proposer, deadline));
+        // Votes that arrived first take the same path as any other: recorded,
+        // checked for equivocation, relayed if they came from their voter.
+        for (from, vote) in self.orphan_votes.remove(&tx).unwrap_or_default() {
+            self.on_vote(from, vote);
         }
-        self.txs.insert(tx, entry);
         self.cast_vote(tx);
     }
 
@@ -130,8 +131,8 @@ impl Node {
             // The proposal may still be on its way.
             if self.orphan_votes.len() < crate::node::MAX_ORPHAN_TXS || self.orphan_votes.contains_key(&tx) {
                 let votes = self.orphan_votes.entry(tx).or_default();
-                if votes.len() < 2 * self.config.cluster.members.len() && !votes.contains(&vote) {
-                    votes.push(vote);
+                if votes.len() < 2 * self.config.cluster.members.len() && !votes.iter().any(|(_, v)| *v == vote) {
+                    votes.push((from, vote));
                 }
             }
             return;
@@ -208,7 +209,11 @@ impl Node {
     /// The most recent final transactions this node holds: peers need not
     /// send those again.
     pub(crate) fn known_final(&self) -> Vec<TxId> {
-        let mut known: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.state.is_final()).map(|(id, _)| *id).collect();
+        let window = self.config.cluster.timeouts.gossip_window_ms;
+        let settled = |t: &crate::node::TxEntry| {
+            t.state.is_final() && t.finalized_at.is_none_or(|at| self.now >= at.plus(window))
+        };
+        let mut known: Vec<TxId> = self.txs.iter().filter(|(_, t)| settled(t)).map(|(id, _)| *id).collect();
         known.truncate(SYNC_KNOWN_LIMIT);
         known
     }

@@ -153,6 +153,8 @@ pub struct SeedOutcome {
     pub coverage: BTreeMap<&'static str, u64>,
     pub signed: usize,
     pub rejected: usize,
+    /// Every observation, in order, when the run was asked to trace.
+    pub log: Vec<String>,
 }
 
 fn fixture_records() -> &'static BTreeMap<NodeId, Vec<Record>> {
@@ -162,12 +164,17 @@ fn fixture_records() -> &'static BTreeMap<NodeId, Vec<Record>> {
 
 /// Runs one seed and checks it.
 pub fn run_seed(plan: &SeedPlan) -> SeedOutcome {
+    run_seed_traced(plan, false)
+}
+
+/// [`run_seed`], optionally keeping a readable log of every observation.
+pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
     let mut config = setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, N, 3);
     // The fixture pool serves the run; refill (live presigning, seconds of
     // CPU each) starts only if it runs low.
-    config.pool.low_water = 2;
-    config.pool.target = 4;
-    config.pool.max = 30;
+    config.pool.low_water = 1;
+    config.pool.target = 2;
+    config.pool.max = 60;
     let mut nodes = setup::node_configs(&config);
     // One strict node rejects amounts above 100k: a 4-1 split on big payments.
     let strict = NodeId(1 + (plan.seed % N as u64) as u16);
@@ -268,6 +275,12 @@ pub fn run_seed(plan: &SeedPlan) -> SeedOutcome {
             cluster.restart(id).expect("restart from records");
         }
     }
+    // Coordination heals too: some honest node holds the lease again.
+    let byz = plan.byzantine.map(|(b, _)| b);
+    if plan.leader.is_none() || plan.leader == byz {
+        let leader = cluster.ids().into_iter().find(|id| Some(*id) != byz);
+        cluster.set_leader(leader);
+    }
     let byzantine: BTreeSet<NodeId> = plan.byzantine.map(|(b, _)| b).into_iter().collect();
     let accepted: BTreeSet<TxId> = cluster
         .replies
@@ -283,6 +296,10 @@ pub fn run_seed(plan: &SeedPlan) -> SeedOutcome {
     });
 
     let mut outcome = SeedOutcome { trace_hash: cluster.trace_hash(), ..Default::default() };
+    if trace {
+        outcome.log =
+            cluster.observations.iter().map(|(at, node, o)| format!("{:>9} {node} {o:?}", at.0 - start.0)).collect();
+    }
     outcome.violations = checker::check(&cluster, &byzantine).into_iter().map(|v| v.0).collect();
     if !done {
         for tx in &accepted {
@@ -329,6 +346,8 @@ pub fn run_seed(plan: &SeedPlan) -> SeedOutcome {
             .len(),
     );
     cov("presignature split between messages", checker::split_presignatures(&cluster));
+    cov("live presignature generated", cluster.observed(|o| matches!(o, Observation::PresigReady { .. })).len());
+    cov("presignature discarded", cluster.observed(|o| matches!(o, Observation::PresigDiscarded { .. })).len());
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
@@ -370,7 +389,7 @@ struct NetState {
 }
 
 fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<NetState>>) {
-    let mut rng = ChaCha20Rng::seed_from_u64(plan.seed ^ 0x6e65_7477_6f72_6b);
+    let mut rng = ChaCha20Rng::seed_from_u64(plan.seed ^ 0x006e_6574_776f_726b);
     let (loss, dup, delay) = (plan.loss_permille as u64, plan.duplicate_permille as u64, plan.max_delay_ms);
     let byzantine = plan.byzantine;
     let cluster_id = fixtures::FIXTURE_CLUSTER_ID;
@@ -392,7 +411,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                     }
                     ByzantineAct::EquivocateVotes => {
                         if let PeerMessage::Vote(v) = &env.msg {
-                            if v.body.voter == b && env.to.0 % 2 == 0 {
+                            if v.body.voter == b && env.to.0.is_multiple_of(2) {
                                 let flipped = match v.body.decision {
                                     Decision::Approve => Decision::Reject("equivocation".into()),
                                     Decision::Reject(_) => Decision::Approve,

@@ -272,7 +272,9 @@ fn tampered_foreign_and_misaddressed_votes_are_refused() {
     assert!(cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).is_empty());
     let state = scenario::state_at(&cluster, NodeId(1), tx);
     assert!(matches!(state, Some(TxState::Approved | TxState::Signing | TxState::Signed)), "{state:?}");
-    assert_invariants(&cluster, &[]);
+    // Node 4 sent the forgeries: it is the one blamed, node 2 is not.
+    assert_invariants(&cluster, &[4]);
+    assert!(mpc_sim::scenario::blame(&cluster).iter().all(|(_, accused)| *accused == NodeId(4)));
 }
 
 #[test]

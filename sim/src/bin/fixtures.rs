@@ -8,7 +8,7 @@ use mpc_sim::{fixtures, setup, Cluster};
 use std::collections::BTreeMap;
 
 /// Presignatures in the fixture cluster's pool.
-const FIXTURE_POOL: usize = 24;
+const FIXTURE_POOL: usize = 40;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -2,7 +2,7 @@
 //! of five-node fixture clusters under faults, checking the invariants.
 
 use anyhow::{bail, Context};
-use mpc_sim::sweep::{run_seed, SeedPlan};
+use mpc_sim::sweep::{run_seed_traced, SeedPlan};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -30,7 +30,11 @@ fn main() -> anyhow::Result<()> {
     let (mut signed, mut rejected) = (0, 0);
     for seed in first..end {
         let plan = SeedPlan::from_seed(seed);
-        let outcome = run_seed(&plan);
+        let trace = single && std::env::var_os("MPC_SIM_TRACE").is_some();
+        let outcome = run_seed_traced(&plan, trace);
+        for line in &outcome.log {
+            println!("{line}");
+        }
         for (k, v) in &outcome.coverage {
             *coverage.entry(k).or_default() += v;
         }
