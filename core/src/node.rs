@@ -174,6 +174,10 @@ pub struct Node {
     /// Work found during recovery, emitted with the first step.
     pub(crate) startup: Option<Step>,
     pub(crate) step: Step,
+    /// Always `PlantedBugs::NONE` outside the simulator's bug-planting tests.
+    pub(crate) bugs: crate::planted::PlantedBugs,
+    /// Consumption records held back by the `persist_consumption_late` bug.
+    pub(crate) late_records: Vec<Record>,
 }
 
 impl Node {
@@ -184,6 +188,19 @@ impl Node {
         identity: Identity,
         seed: [u8; 32],
         recovered: RecoveredState,
+    ) -> Result<Node, NodeError> {
+        Self::with_bugs(config, identity, seed, recovered, crate::planted::PlantedBugs::NONE)
+    }
+
+    /// [`Node::new`] with planted bugs. Only the simulator's checker tests
+    /// pass anything but `PlantedBugs::NONE`, which is all a build without
+    /// the `planted-bugs` feature can construct.
+    pub fn with_bugs(
+        config: NodeConfig,
+        identity: Identity,
+        seed: [u8; 32],
+        recovered: RecoveredState,
+        bugs: crate::planted::PlantedBugs,
     ) -> Result<Node, NodeError> {
         let policy = config.validate(identity.id)?;
         let expected = config.cluster.members[&identity.id].vote_key;
@@ -223,6 +240,8 @@ impl Node {
             sync_rotation: 0,
             startup: None,
             step: Step::default(),
+            bugs,
+            late_records: Vec::new(),
         };
         for record in recovered.records {
             node.replay(record)?;
@@ -244,6 +263,8 @@ impl Node {
     pub fn handle(&mut self, now: Millis, input: Input) -> Step {
         self.now = self.now.max(now);
         self.step = self.startup.take().unwrap_or_default();
+        // Planted bug only: consumption recorded a step after it was used.
+        self.step.persist.append(&mut self.late_records);
         match input {
             Input::Peer { from, msg } => self.on_peer(from, msg),
             Input::Tick => {}
@@ -469,7 +490,9 @@ impl Node {
                 let proposed = ProposedTx::from_psbt(&psbt, &script)
                     .map_err(|e| NodeError::Recovery(format!("stored proposal {}: {e}", tx.short())))?;
                 let deadline = at.plus(self.config.cluster.timeouts.vote_ms);
-                self.txs.insert(tx, TxEntry::new(proposed, proposer, deadline));
+                let mut entry = TxEntry::new(proposed, proposer, deadline);
+                entry.tally.count_equivocators = self.bugs.count_equivocators();
+                self.txs.insert(tx, entry);
             }
             Record::OwnVote { vote, at } => {
                 let tx = vote.body.tx;
@@ -515,6 +538,7 @@ impl Node {
                 }
             }
             Record::PresigAnnounced { id, signers, from, public } => self.note_ready(id, signers, from, public),
+            Record::PresigConsumed { .. } if self.bugs.forget_consumed_on_recovery() => {}
             Record::PresigConsumed { id, tx, input, message, sigma } => {
                 self.own_presigs.insert(id, OwnPresig::Consumed { tx, input, message, sigma });
                 if let Some(e) = self.pool.get_mut(&id) {

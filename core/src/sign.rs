@@ -222,9 +222,11 @@ impl Node {
         certificate: &ApprovalCertificate,
     ) -> Result<PartialSig, SigningRefusal> {
         let entry = self.txs.get(&tx).ok_or(SigningRefusal::UnknownTransaction)?;
-        certificate
-            .verify(tx, &self.config.cluster, entry.tally.equivocators())
-            .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
+        if !self.bugs.skip_certificate_check() {
+            certificate
+                .verify(tx, &self.config.cluster, entry.tally.equivocators())
+                .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
+        }
         // The message comes from this node's own copy, never from the request.
         let message =
             entry.proposed.signing_message(input as usize).map_err(|e| SigningRefusal::BadInput(e.to_string()))?;
@@ -242,7 +244,12 @@ impl Node {
                     partial.sigma.to_be_bytes().as_bytes().try_into().expect("a secp256k1 scalar is 32 bytes");
                 // Durable before the partial signature leaves: the record is in
                 // this step's `persist`, the response in its `send`.
-                self.persist(Record::PresigConsumed { id: presig, tx, input, message, sigma });
+                let consumed = Record::PresigConsumed { id: presig, tx, input, message, sigma };
+                if self.bugs.persist_consumption_late() {
+                    self.late_records.push(consumed);
+                } else {
+                    self.persist(consumed);
+                }
                 self.own_presigs.insert(presig, OwnPresig::Consumed { tx, input, message, sigma });
                 if let Some(e) = self.pool.get_mut(&presig) {
                     e.used = true;

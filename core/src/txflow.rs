@@ -76,7 +76,9 @@ impl Node {
     fn accept(&mut self, tx: TxId, proposed: ProposedTx, proposer: NodeId) {
         self.persist(Record::TxAccepted { tx, psbt: proposed.psbt_bytes.clone(), proposer, at: self.now });
         let deadline = self.now.plus(self.config.cluster.timeouts.vote_ms);
-        self.txs.insert(tx, TxEntry::new(proposed, proposer, deadline));
+        let mut entry = TxEntry::new(proposed, proposer, deadline);
+        entry.tally.count_equivocators = self.bugs.count_equivocators();
+        self.txs.insert(tx, entry);
         // Votes that arrived first take the same path as any other: recorded,
         // checked for equivocation, relayed if they came from their voter.
         for (from, vote) in self.orphan_votes.remove(&tx).unwrap_or_default() {
@@ -154,8 +156,29 @@ impl Node {
                 if direct {
                     self.relay_vote(vote);
                 }
+                self.withdraw_unsupported_approval(tx);
             }
         }
+    }
+
+    /// An approval not yet signed stands only while its votes do: once an
+    /// approver is shown to have equivocated its votes stop counting, and if
+    /// the rest fall short of `qa` the transaction is undecided again
+    /// (Voting before the deadline, Expired after) and its signing stops.
+    /// Signers that know of the equivocation would refuse the certificate
+    /// anyway; withdrawing keeps this node consistent with them.
+    fn withdraw_unsupported_approval(&mut self, tx: TxId) {
+        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
+        let Some(entry) = self.txs.get(&tx) else { return };
+        if !matches!(entry.state, TxState::Approved | TxState::Signing) {
+            return;
+        }
+        if matches!(entry.tally.certified(tx, qa, qr), Some(Certified::Approved(_))) {
+            return;
+        }
+        let back = if self.now < entry.vote_deadline { TxState::Voting } else { TxState::Expired };
+        self.signing.remove(&tx);
+        self.set_tx_state(tx, back);
     }
 
     /// Forwards a vote received from its own voter to the other members, once.

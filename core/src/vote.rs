@@ -166,6 +166,9 @@ pub enum TallyEvent {
 pub struct Tally {
     votes: BTreeMap<NodeId, SignedVote>,
     equivocators: BTreeSet<NodeId>,
+    /// Planted bug only: keep counting a member's first vote after it
+    /// equivocated.
+    pub(crate) count_equivocators: bool,
 }
 
 impl Tally {
@@ -182,7 +185,9 @@ impl Tally {
             Some(existing) if *existing == vote => TallyEvent::Duplicate,
             Some(existing) => {
                 let first = existing.clone();
-                self.votes.remove(&voter);
+                if !self.count_equivocators {
+                    self.votes.remove(&voter);
+                }
                 self.equivocators.insert(voter);
                 TallyEvent::Equivocation(Box::new(Equivocation { voter, tx: vote.body.tx, first, second: vote }))
             }
@@ -191,7 +196,9 @@ impl Tally {
 
     /// Marks a voter as an equivocator (used when evidence is recovered).
     pub fn mark_equivocator(&mut self, voter: NodeId) {
-        self.votes.remove(&voter);
+        if !self.count_equivocators {
+            self.votes.remove(&voter);
+        }
         self.equivocators.insert(voter);
     }
 

@@ -4,7 +4,6 @@
 
 use crate::cluster::Cluster;
 use mpc_core::tx::{verify_consensus, ProposedTx};
-use mpc_core::vote::SignedVote;
 use mpc_core::{NodeId, Observation, PresigId, Record, TxId, TxState};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,9 +15,12 @@ pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> 
     let mut v = Vec::new();
     no_presignature_signs_two_messages(cluster, &mut v);
     partials_only_with_certificates(cluster, byzantine, &mut v);
+    no_certification_with_known_equivocators(cluster, byzantine, &mut v);
     signed_transactions_verify(cluster, &mut v);
     no_conflicting_outcomes(cluster, byzantine, &mut v);
     no_honest_node_blamed(cluster, byzantine, &mut v);
+    // Invariant 5's durability half: a restart brings back what was known.
+    v.extend(cluster.recovery_violations.iter().map(|r| Violation(format!("recovery: {r}"))));
     v
 }
 
@@ -36,11 +38,12 @@ fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>)
             }
         }
     }
-    for (_, node, o) in &cluster.observations {
+    for ((_, node, o), durable_len) in cluster.observations.iter().zip(&cluster.observation_store_len) {
         if let Observation::PartialSignatureReleased { presig, message, .. } = o {
             used.entry((*node, *presig)).or_default().insert(*message);
-            let durable = cluster.hosts[node]
-                .store
+            // Durable when released: among the records made durable by then.
+            let store = &cluster.hosts[node].store;
+            let durable = store[..(*durable_len).min(store.len())]
                 .iter()
                 .any(|r| matches!(r, Record::PresigConsumed { id, message: m, .. } if id == presig && m == message));
             if !durable {
@@ -69,26 +72,21 @@ pub fn split_presignatures(cluster: &Cluster) -> usize {
 }
 
 /// Invariant 2: a partial signature is released only for a transaction
-/// that `qa` distinct members approved with valid signed votes.
+/// that `qa` distinct members approved with validly signed votes (what a
+/// signer can check). Whether a node wrongly counted a member it already
+/// knew equivocated is checked per node by [`no_certification_with_known_equivocators`].
 fn partials_only_with_certificates(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
     let cfg = &cluster.hosts.values().next().expect("a host").config.cluster;
     let mut approvals: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
-    let mut votes_of: BTreeMap<(TxId, NodeId), BTreeSet<SignedVote>> = BTreeMap::new();
     for host in cluster.hosts.values() {
         for r in &host.store {
             let vote = match r {
                 Record::OwnVote { vote, .. } | Record::Vote(vote) => vote,
                 _ => continue,
             };
-            if vote.verify(cfg).is_ok() {
-                votes_of.entry((vote.body.tx, vote.body.voter)).or_default().insert(vote.clone());
+            if vote.body.decision.is_approve() && vote.verify(cfg).is_ok() {
+                approvals.entry(vote.body.tx).or_default().insert(vote.body.voter);
             }
-        }
-    }
-    for ((tx, voter), votes) in votes_of {
-        // An equivocator's votes do not count.
-        if votes.len() == 1 && votes.iter().all(|v| v.body.decision.is_approve()) {
-            approvals.entry(tx).or_default().insert(voter);
         }
     }
     for (_, node, o) in &cluster.observations {
@@ -102,6 +100,41 @@ fn partials_only_with_certificates(cluster: &Cluster, byzantine: &BTreeSet<NodeI
                     "{node} released a partial of {presig} for {} with only {have} approvals",
                     tx.short()
                 )));
+            }
+        }
+    }
+}
+
+/// An honest node never certifies an approval that needs the vote of a
+/// member it already holds equivocation evidence against: reading each
+/// node's records in the order they were made durable, when it records
+/// Approved it holds `qa` approvals from members without evidence.
+fn no_certification_with_known_equivocators(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
+    let cfg = &cluster.hosts.values().next().expect("a host").config.cluster;
+    for (id, host) in cluster.hosts.iter().filter(|(id, _)| !byzantine.contains(id)) {
+        let mut approvals: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
+        let mut evidence: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
+        for r in &host.store {
+            match r {
+                Record::OwnVote { vote, .. } | Record::Vote(vote) if vote.body.decision.is_approve() => {
+                    approvals.entry(vote.body.tx).or_default().insert(vote.body.voter);
+                }
+                Record::Evidence(e) => {
+                    evidence.entry(e.tx).or_default().insert(e.voter);
+                }
+                Record::TxState { tx, state: TxState::Approved } => {
+                    let known_bad = evidence.get(tx).cloned().unwrap_or_default();
+                    // Certificates a signer is shown are absorbed as votes
+                    // first, so every approval path leaves its votes here.
+                    let counted = approvals.get(tx).map_or(0, |a| a.difference(&known_bad).count());
+                    if counted < cfg.approve_quorum as usize {
+                        v.push(Violation(format!(
+                            "{id} approved {} counting a member it knew equivocated ({counted} clean approvals)",
+                            tx.short()
+                        )));
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -8,8 +8,8 @@
 
 use mpc_core::engine::{ComputeJob, Engine};
 use mpc_core::{
-    Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, Record,
-    RecoveredState, Reply, RequestId, Step,
+    Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
+    Record, RecoveredState, Reply, RequestId, Step, TxId, TxState,
 };
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -91,6 +91,23 @@ pub struct Host {
     engine: EngineThread,
     incarnation: u32,
     wake_at: Option<Millis>,
+    bugs: PlantedBugs,
+    /// What the node knew when it crashed, to compare after its restart.
+    before_crash: Option<Snapshot>,
+}
+
+/// The durable part of a node's view: what a restart must bring back.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    consumed: usize,
+    transactions: Vec<(TxId, TxState)>,
+}
+
+impl Snapshot {
+    fn of(node: &Node) -> Snapshot {
+        let status = node.status();
+        Snapshot { consumed: status.own_consumed, transactions: status.transactions }
+    }
 }
 
 pub struct Cluster {
@@ -104,6 +121,11 @@ pub struct Cluster {
     leader: Option<NodeId>,
     next_request: u64,
     pub observations: Vec<(Millis, NodeId, Observation)>,
+    /// For each observation, how many records its node had made durable
+    /// when it was observed: what was durable at that moment.
+    pub observation_store_len: Vec<usize>,
+    /// Restarts that did not bring back what the node knew before its crash.
+    pub recovery_violations: Vec<String>,
     pub replies: Vec<(NodeId, RequestId, Reply)>,
     interceptor: Option<Interceptor>,
     crash_point: Option<CrashPoint>,
@@ -130,13 +152,25 @@ impl Cluster {
     pub fn new(
         run_seed: u64,
         nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
+        recovered: BTreeMap<NodeId, Vec<Record>>,
+    ) -> anyhow::Result<Cluster> {
+        Self::with_bugs(run_seed, nodes, recovered, PlantedBugs::NONE)
+    }
+
+    /// A cluster whose nodes all carry `bugs` (TEST ONLY: only a build with
+    /// mpc-core's `planted-bugs` feature can make anything but `NONE`).
+    pub fn with_bugs(
+        run_seed: u64,
+        nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
         mut recovered: BTreeMap<NodeId, Vec<Record>>,
+        bugs: PlantedBugs,
     ) -> anyhow::Result<Cluster> {
         let mut hosts = BTreeMap::new();
         for (id, (config, identity)) in nodes {
             let store = recovered.remove(&id).unwrap_or_default();
             let seed = crate::setup::node_seed(run_seed, id, 0);
-            let node = Node::new(config.clone(), identity.clone(), seed, RecoveredState { records: store.clone() })?;
+            let records = RecoveredState { records: store.clone() };
+            let node = Node::with_bugs(config.clone(), identity.clone(), seed, records, bugs)?;
             hosts.insert(
                 id,
                 Host {
@@ -147,6 +181,8 @@ impl Cluster {
                     engine: EngineThread::spawn(format!("engine-{}", id.0)),
                     incarnation: 0,
                     wake_at: None,
+                    bugs,
+                    before_crash: None,
                 },
             );
         }
@@ -160,6 +196,8 @@ impl Cluster {
             leader: None,
             next_request: 0,
             observations: Vec::new(),
+            observation_store_len: Vec::new(),
+            recovery_violations: Vec::new(),
             replies: Vec::new(),
             interceptor: None,
             crash_point: None,
@@ -248,6 +286,9 @@ impl Cluster {
     /// Crashes a node: volatile state and its engine are lost, the store is kept.
     pub fn crash(&mut self, id: NodeId) {
         let host = self.hosts.get_mut(&id).expect("known node");
+        if let Some(node) = &host.node {
+            host.before_crash = Some(Snapshot::of(node));
+        }
         host.node = None;
         host.engine.jobs.send(EngineCommand::Reset).expect("engine thread alive");
         host.wake_at = None;
@@ -262,7 +303,16 @@ impl Cluster {
         host.incarnation += 1;
         let seed = crate::setup::node_seed(run_seed, id, host.incarnation);
         let recovered = RecoveredState { records: host.store.clone() };
-        host.node = Some(Node::new(host.config.clone(), host.identity.clone(), seed, recovered)?);
+        let node = Node::with_bugs(host.config.clone(), host.identity.clone(), seed, recovered, host.bugs)?;
+        if let Some(before) = host.before_crash.take() {
+            let after = Snapshot::of(&node);
+            if after != before {
+                self.recovery_violations
+                    .push(format!("{id} restarted with {after:?}, had {before:?} before its crash"));
+            }
+        }
+        let host = self.hosts.get_mut(&id).expect("known node");
+        host.node = Some(node);
         let incarnation = host.incarnation;
         self.push(now, Event::Input { node: id, input: Input::Leadership { leader } });
         self.push(now, Event::Tick { node: id, incarnation });
@@ -387,9 +437,11 @@ impl Cluster {
                 return;
             }
         }
+        let durable = self.hosts[&id].store.len();
         for o in &step.observations {
             self.trace.update(serde_json::to_vec(o).expect("observations serialise"));
             self.observations.push((self.now, id, o.clone()));
+            self.observation_store_len.push(durable);
         }
         for (request, reply) in step.replies {
             self.trace.update(format!("{request:?}{reply:?}").as_bytes());

@@ -62,6 +62,9 @@ pub struct SeedPlan {
     /// Crash this node right after it persists a record of this kind.
     pub crash_after_persist: Option<(NodeId, &'static str)>,
     pub byzantine: Option<(NodeId, ByzantineAct)>,
+    /// Nodes whose policy rejects payments above 100k sat: 4-1 and 3-2
+    /// splits on big payments.
+    pub strict: Vec<NodeId>,
     pub txs: Vec<TxPlan>,
 }
 
@@ -106,6 +109,8 @@ impl SeedPlan {
             3 => Some((node(pick(5)), ByzantineAct::Silence)),
             _ => None,
         };
+        let first_strict = pick(5);
+        let strict = (0..pick(3)).map(|k| node(first_strict + k)).collect();
         let txs = (0..1 + pick(3))
             .map(|_| TxPlan {
                 at_ms: pick(20_000),
@@ -124,6 +129,7 @@ impl SeedPlan {
             crashes,
             crash_after_persist,
             byzantine,
+            strict,
             txs,
         };
         // A Byzantine node's own crash or submission would blur what the
@@ -169,6 +175,11 @@ pub fn run_seed(plan: &SeedPlan) -> SeedOutcome {
 
 /// [`run_seed`], optionally keeping a readable log of every observation.
 pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
+    run_seed_with_bugs(plan, trace, mpc_core::PlantedBugs::NONE)
+}
+
+/// [`run_seed_traced`] with bugs planted in every node (TEST ONLY).
+pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs) -> SeedOutcome {
     let mut config = setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, N, 3);
     // The fixture pool serves the run; refill (live presigning, seconds of
     // CPU each) starts only if it runs low.
@@ -176,12 +187,13 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
     config.pool.target = 2;
     config.pool.max = 60;
     let mut nodes = setup::node_configs(&config);
-    // One strict node rejects amounts above 100k: a 4-1 split on big payments.
-    let strict = NodeId(1 + (plan.seed % N as u64) as u16);
-    if let Some((cfg, _)) = nodes.get_mut(&strict) {
-        cfg.policy.max_amount_sat = 100_000;
+    for strict in &plan.strict {
+        if let Some((cfg, _)) = nodes.get_mut(strict) {
+            cfg.policy.max_amount_sat = 100_000;
+        }
     }
-    let mut cluster = Cluster::new(plan.seed, nodes, fixture_records().clone()).expect("fixture cluster starts");
+    let mut cluster =
+        Cluster::with_bugs(plan.seed, nodes, fixture_records().clone(), bugs).expect("fixture cluster starts");
     let key = cluster.node(NodeId(1)).group_key().expect("fixture is keyed").clone();
     cluster.set_leader(plan.leader);
 
@@ -305,7 +317,7 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
         for tx in &accepted {
             let states: Vec<(NodeId, Option<TxState>)> =
                 honest.iter().map(|id| (*id, scenario::state_at(&cluster, *id, *tx))).collect();
-            if states.iter().any(|(_, s)| !s.as_ref().is_some_and(|s| s.is_final())) {
+            if states.iter().any(|(_, s)| !s.as_ref().is_some_and(settled)) {
                 outcome.violations.push(format!("liveness: {} not final at every honest node: {states:?}", tx.short()));
             }
         }
@@ -351,6 +363,13 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
+}
+
+/// Where a transaction may rest at the end of a run: a final state, or
+/// Expired (no certificate by the vote deadline, as when honest nodes split
+/// 2-2 and the fifth vote is an equivocator's).
+fn settled(s: &TxState) -> bool {
+    s.is_final() || *s == TxState::Expired
 }
 
 /// Invariant 6's other half: an act that reached an honest node was seen

@@ -38,6 +38,7 @@ fn planted_violations_are_each_caught() {
         NodeId(4),
         Observation::PartialSignatureReleased { tx: TxId([6; 32]), input: 0, presig, message: [1; 32] },
     ));
+    cluster.observation_store_len.push(0);
     let v = violations(&cluster);
     assert!(v.iter().any(|v| v.contains("approvals")), "{v:?}");
     assert!(v.iter().any(|v| v.contains("without a durable consumption")), "{v:?}");
@@ -50,6 +51,7 @@ fn planted_violations_are_each_caught() {
 
     // 4. An honest node blamed.
     cluster.observations.push((now, NodeId(1), Observation::Equivocation { voter: NodeId(3), tx }));
+    cluster.observation_store_len.push(0);
     assert!(violations(&cluster).iter().any(|v| v.contains("blamed honest")));
 
     // 5. A signed transaction that fails Bitcoin Core's check.
