@@ -112,6 +112,12 @@ pub enum Observation {
         claimed_voter: NodeId,
         from: NodeId,
     },
+    /// A signing request whose certificate is for another transaction: no
+    /// honest coordinator sends one, so `from` is to blame.
+    ForgedCertificate {
+        tx: TxId,
+        from: NodeId,
+    },
     /// A vote from a node that is not a member.
     ForeignVote {
         voter: NodeId,

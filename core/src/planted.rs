@@ -48,6 +48,7 @@ impl PlantedBugs {
 
 #[cfg(feature = "planted-bugs")]
 impl PlantedBugs {
+    /// A signer signs whatever it is asked to.
     pub fn skipping_certificate_check() -> Self {
         PlantedBugs { skip_certificate_check: true, ..Self::NONE }
     }

@@ -202,6 +202,9 @@ impl Node {
                 self.on_vote(from, vote.clone());
             }
         }
+        if certificate.tx != tx || certificate.votes.iter().any(|v| v.body.tx != tx) {
+            self.observe(Observation::ForgedCertificate { tx, from });
+        }
         let result = self.sign_input(tx, input, presig, &certificate);
         if result == Err(SigningRefusal::UnknownTransaction) {
             // Missed the proposal: catch up from the node that has it.

@@ -78,6 +78,7 @@ pub fn blame(cluster: &Cluster) -> Vec<(NodeId, NodeId)> {
             Observation::Equivocation { voter, .. } => Some((*at, *voter)),
             // The sender of a forged vote is to blame, not the name it claimed.
             Observation::ForgedVote { from, .. } => Some((*at, *from)),
+            Observation::ForgedCertificate { from, .. } => Some((*at, *from)),
             _ => None,
         })
         .collect()

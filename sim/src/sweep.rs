@@ -36,6 +36,9 @@ pub enum ByzantineAct {
     BadPartialSignatures,
     /// Sends nothing at all.
     Silence,
+    /// As lease holder, redirects its signing requests to a transaction the
+    /// cluster rejected, keeping the certificate of an approved one.
+    SignRejected,
 }
 
 #[derive(Clone, Debug)]
@@ -102,11 +105,12 @@ impl SeedPlan {
         } else {
             None
         };
-        let byzantine = match pick(8) {
+        let byzantine = match pick(9) {
             0 => Some((node(pick(5)), ByzantineAct::EquivocateVotes)),
             1 => Some((node(pick(5)), ByzantineAct::ForgeVoteSignatures)),
             2 => Some((node(pick(5)), ByzantineAct::BadPartialSignatures)),
             3 => Some((node(pick(5)), ByzantineAct::Silence)),
+            4 => Some((node(pick(5)), ByzantineAct::SignRejected)),
             _ => None,
         };
         let first_strict = pick(5);
@@ -346,6 +350,7 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     cov("partition", plan.partitions.len());
     cov("equivocation detected", cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).len());
     cov("forged vote refused", cluster.observed(|o| matches!(o, Observation::ForgedVote { .. })).len());
+    cov("forged certificate refused", cluster.observed(|o| matches!(o, Observation::ForgedCertificate { .. })).len());
     cov(
         "bad partial signature named",
         cluster.observed(|o| matches!(o, Observation::BadPartialSignature { .. })).len(),
@@ -390,6 +395,9 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
             .observed(|o| matches!(o, Observation::BadPartialSignature { signer, .. } if *signer == b))
             .is_empty(),
         ByzantineAct::Silence => true,
+        ByzantineAct::SignRejected => {
+            !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
+        }
     };
     if !detected {
         outcome
@@ -412,7 +420,15 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
     let (loss, dup, delay) = (plan.loss_permille as u64, plan.duplicate_permille as u64, plan.max_delay_ms);
     let byzantine = plan.byzantine;
     let cluster_id = fixtures::FIXTURE_CLUSTER_ID;
+    // Reject votes seen in flight, per transaction: what a Byzantine node
+    // could learn by listening.
+    let mut rejections: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
     cluster.set_interceptor(move |from, env: &mut Envelope| {
+        if let PeerMessage::Vote(v) = &env.msg {
+            if !v.body.decision.is_approve() {
+                rejections.entry(v.body.tx).or_default().insert(v.body.voter);
+            }
+        }
         let mut net = net.borrow_mut();
         if net.cut.contains(&from) != net.cut.contains(&env.to) {
             return Delivery::Drop;
@@ -458,6 +474,12 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                     ByzantineAct::BadPartialSignatures => {
                         if let PeerMessage::SigningResponse { result: Ok(p), .. } = &mut env.msg {
                             p.0[31] ^= 0x01;
+                        }
+                    }
+                    ByzantineAct::SignRejected => {
+                        let rejected = rejections.iter().find(|(_, voters)| voters.len() >= 4).map(|(tx, _)| *tx);
+                        if let (PeerMessage::SigningRequest { tx, .. }, Some(rejected)) = (&mut env.msg, rejected) {
+                            *tx = rejected;
                         }
                     }
                 }

@@ -40,6 +40,13 @@ fn vote_counting_that_ignores_equivocation_is_caught() {
 }
 
 #[test]
+fn signer_skipping_the_certificate_check_is_caught() {
+    let (seed, violation) = first_catch(PlantedBugs::skipping_certificate_check()).expect("caught in the batch");
+    println!("seed {seed}: {violation}");
+    assert!(violation.contains("approvals"), "{violation}");
+}
+
+#[test]
 fn without_planted_bugs_the_same_seeds_pass() {
     for seed in 0..20 {
         let outcome = run_seed_with_bugs(&SeedPlan::from_seed(seed), false, PlantedBugs::NONE);

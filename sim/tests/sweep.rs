@@ -45,6 +45,7 @@ fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
         "partition",
         "equivocation detected",
         "forged vote refused",
+        "forged certificate refused",
         "bad partial signature named",
         "signing retried",
         "transaction signed",
