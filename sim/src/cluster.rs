@@ -126,6 +126,8 @@ pub struct Cluster {
     pub observation_store_len: Vec<usize>,
     /// Restarts that did not bring back what the node knew before its crash.
     pub recovery_violations: Vec<String>,
+    /// Messages that arrived while their recipient was down: (to, message).
+    pub dropped_at_down_nodes: Vec<(NodeId, PeerMessage)>,
     pub replies: Vec<(NodeId, RequestId, Reply)>,
     interceptor: Option<Interceptor>,
     crash_point: Option<CrashPoint>,
@@ -198,6 +200,7 @@ impl Cluster {
             observations: Vec::new(),
             observation_store_len: Vec::new(),
             recovery_violations: Vec::new(),
+            dropped_at_down_nodes: Vec::new(),
             replies: Vec::new(),
             interceptor: None,
             crash_point: None,
@@ -402,7 +405,12 @@ impl Cluster {
             Event::Compute { .. } => unreachable!("compute events run in batches"),
         };
         let now = self.now;
-        let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else { return };
+        let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else {
+            if let Input::Peer { msg, .. } = input {
+                self.dropped_at_down_nodes.push((id, msg));
+            }
+            return;
+        };
         let step = Self::timed_handle(&mut self.handle_timings, node, now, input);
         self.perform(id, step);
     }

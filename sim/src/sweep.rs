@@ -201,7 +201,7 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     let key = cluster.node(NodeId(1)).group_key().expect("fixture is keyed").clone();
     cluster.set_leader(plan.leader);
 
-    let net = Rc::new(RefCell::new(NetState { cut: BTreeSet::new(), lossy: true, fired: 0 }));
+    let net = Rc::new(RefCell::new(NetState { cut: BTreeSet::new(), lossy: true, tampered: Vec::new() }));
     install_interceptor(&mut cluster, plan, net.clone());
     let crash_hits = Rc::new(RefCell::new(0u64));
     if let Some((victim, kind)) = plan.crash_after_persist {
@@ -327,7 +327,22 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         }
     }
     if let Some((b, act)) = plan.byzantine {
-        let fired = net.borrow().fired;
+        // Acts that reached a live node: tampered messages sent, less those
+        // that arrived while their recipient was down.
+        let fired = {
+            let net = net.borrow();
+            let mut lost = cluster.dropped_at_down_nodes.clone();
+            net.tampered
+                .iter()
+                .filter(|sent| match lost.iter().position(|d| d == *sent) {
+                    Some(i) => {
+                        lost.swap_remove(i);
+                        false
+                    }
+                    None => true,
+                })
+                .count() as u64
+        };
         check_attribution(&cluster, b, act, fired, &mut outcome);
         if fired > 0 {
             *outcome.coverage.entry("byzantine act delivered").or_default() += fired;
@@ -411,8 +426,9 @@ struct NetState {
     cut: BTreeSet<NodeId>,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
-    /// Messages the Byzantine act changed (or withheld) that were delivered.
-    fired: u64,
+    /// Messages the Byzantine act changed that were handed to the network
+    /// (recipient, message), and how many it withheld (silence).
+    tampered: Vec<(NodeId, PeerMessage)>,
 }
 
 fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<NetState>>) {
@@ -440,7 +456,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                 match act {
                     ByzantineAct::Silence => {
                         if !matches!(decision, Delivery::Drop) {
-                            net.fired += 1;
+                            net.tampered.push((env.to, env.msg.clone()));
                         }
                         return Delivery::Drop;
                     }
@@ -486,7 +502,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
             }
         }
         if env.msg != before && !matches!(decision, Delivery::Drop) {
-            net.fired += 1;
+            net.tampered.push((env.to, env.msg.clone()));
         }
         decision
     });
