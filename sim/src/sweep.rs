@@ -426,8 +426,8 @@ struct NetState {
     cut: BTreeSet<NodeId>,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
-    /// Messages the Byzantine act changed that were handed to the network
-    /// (recipient, message), and how many it withheld (silence).
+    /// Messages the Byzantine act changed, or withheld (silence), that the
+    /// network would have delivered: (recipient, message).
     tampered: Vec<(NodeId, PeerMessage)>,
 }
 
