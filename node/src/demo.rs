@@ -131,7 +131,7 @@ fn generate_primes(n: u16) -> anyhow::Result<BTreeMap<NodeId, SafePrimes>> {
 /// The demo's second half: a PSBT paying from the cluster address, approved
 /// and signed by the cluster, and the report of it (already verified).
 pub fn sign_and_report(cluster: &mut Cluster, key: &GroupKey, seed: u64) -> anyhow::Result<Report> {
-    let config = cluster.hosts[&NodeId(1)].config.cluster.clone();
+    let config = cluster.hosts()[&NodeId(1)].config.cluster.clone();
     let members = config.members.clone();
     let address = key.address(Network::Regtest);
     // Two made-up outputs of the cluster address fund a payment to the
@@ -156,7 +156,7 @@ pub fn sign_and_report(cluster: &mut Cluster, key: &GroupKey, seed: u64) -> anyh
         bail!("invariant violations: {violations:?}");
     }
 
-    let approvals = cluster.hosts[&NodeId(2)]
+    let approvals = cluster.hosts()[&NodeId(2)]
         .store
         .iter()
         .filter_map(|r| match r {

@@ -147,9 +147,9 @@ fn main() {
         c.pool.parallel_sessions = 1;
     })
     .unwrap();
-    cluster.handle_timings = Some(BTreeMap::new());
+    cluster.time_handles();
     let core = measure(PRESIGS as u32, || scenario::fill_pool(&mut cluster, NodeId(1), PRESIGS).unwrap());
-    let during_presigning = cluster.handle_timings.take().expect("enabled above");
+    let during_presigning = cluster.take_handle_timings();
     let shares = raw_keygen(1000, &aux);
     let mut raw_sets = Vec::new();
     let lib = measure(PRESIGS as u32, || {

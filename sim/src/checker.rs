@@ -31,7 +31,7 @@ pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> 
 /// counted separately by [`split_presignatures`].
 fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>) {
     let mut used: BTreeMap<(NodeId, PresigId), BTreeSet<[u8; 32]>> = BTreeMap::new();
-    for (node, host) in &cluster.hosts {
+    for (node, host) in cluster.hosts().iter() {
         for r in &host.store {
             if let Record::PresigConsumed { id, message, .. } = r {
                 used.entry((*node, *id)).or_default().insert(*message);
@@ -42,7 +42,7 @@ fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>)
         if let Observation::PartialSignatureReleased { presig, message, .. } = o {
             used.entry((*node, *presig)).or_default().insert(*message);
             // Durable when released: among the records made durable by then.
-            let store = &cluster.hosts[node].store;
+            let store = &cluster.hosts()[node].store;
             let durable = store[..(*durable_len).min(store.len())]
                 .iter()
                 .any(|r| matches!(r, Record::PresigConsumed { id, message: m, .. } if id == presig && m == message));
@@ -61,7 +61,7 @@ fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>)
 /// Presignatures whose signers answered different messages (wasted, safe).
 pub fn split_presignatures(cluster: &Cluster) -> usize {
     let mut used: BTreeMap<PresigId, BTreeSet<[u8; 32]>> = BTreeMap::new();
-    for host in cluster.hosts.values() {
+    for host in cluster.hosts().values() {
         for r in &host.store {
             if let Record::PresigConsumed { id, message, .. } = r {
                 used.entry(*id).or_default().insert(*message);
@@ -76,9 +76,10 @@ pub fn split_presignatures(cluster: &Cluster) -> usize {
 /// signer can check). Whether a node wrongly counted a member it already
 /// knew equivocated is checked per node by [`no_certification_with_known_equivocators`].
 fn partials_only_with_certificates(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
-    let cfg = &cluster.hosts.values().next().expect("a host").config.cluster;
+    let cfg = cluster.hosts().values().next().expect("a host").config.cluster.clone();
+    let cfg = &cfg;
     let mut approvals: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
-    for host in cluster.hosts.values() {
+    for host in cluster.hosts().values() {
         for r in &host.store {
             let vote = match r {
                 Record::OwnVote { vote, .. } | Record::Vote(vote) => vote,
@@ -110,8 +111,9 @@ fn partials_only_with_certificates(cluster: &Cluster, byzantine: &BTreeSet<NodeI
 /// node's records in the order they were made durable, when it records
 /// Approved it holds `qa` approvals from members without evidence.
 fn no_certification_with_known_equivocators(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
-    let cfg = &cluster.hosts.values().next().expect("a host").config.cluster;
-    for (id, host) in cluster.hosts.iter().filter(|(id, _)| !byzantine.contains(id)) {
+    let cfg = cluster.hosts().values().next().expect("a host").config.cluster.clone();
+    let cfg = &cfg;
+    for (id, host) in cluster.hosts().iter().filter(|(id, _)| !byzantine.contains(id)) {
         let mut approvals: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
         let mut evidence: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
         for r in &host.store {
@@ -143,7 +145,7 @@ fn no_certification_with_known_equivocators(cluster: &Cluster, byzantine: &BTree
 /// Invariant 3: every signed transaction passes Bitcoin Core's interpreter
 /// and is the transaction that was voted on.
 fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
-    for (id, host) in &cluster.hosts {
+    for (id, host) in cluster.hosts().iter() {
         let proposals: BTreeMap<TxId, &Vec<u8>> = host
             .store
             .iter()
@@ -183,7 +185,7 @@ fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
 /// Invariant 4: no two honest nodes hold conflicting final outcomes.
 fn no_conflicting_outcomes(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
     let mut outcomes: BTreeMap<TxId, BTreeMap<NodeId, TxState>> = BTreeMap::new();
-    for (id, host) in cluster.hosts.iter().filter(|(id, _)| !byzantine.contains(id)) {
+    for (id, host) in cluster.hosts().iter().filter(|(id, _)| !byzantine.contains(id)) {
         for r in &host.store {
             if let Record::TxState { tx, state } = r {
                 outcomes.entry(*tx).or_default().insert(*id, state.clone());

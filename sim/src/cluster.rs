@@ -1,30 +1,51 @@
-//! A deterministic one-process cluster: n nodes, one ordered event queue,
-//! a virtual clock, an inline engine and a durable store per node.
+//! A deterministic cluster on turmoil: five node hosts and one host that
+//! plays etcd's lease, on a simulated network and a simulated clock.
 //!
-//! The driver follows the core's contract exactly: for every step it makes
-//! `persist` durable first, then sends, then queues compute jobs and the
-//! wake-up. A crash can be injected between the two halves, which is where
-//! a presignature's consumption must already be durable.
+//! Each node host runs the unchanged `mpc_core::Node` behind a thin shell
+//! ([`crate::host`]): datagrams in, `Node::handle`, then the step's records
+//! made durable in the harness-owned store, then its sends. A crash (turmoil
+//! cancels the host's tasks) loses exactly the volatile state; the restart
+//! rebuilds the node from its records, the path the production node takes.
+//!
+//! Everything runs on one thread, and turmoil's clock moves only when the
+//! harness steps it, so one seed replays one run. Protocol computations
+//! (cggmp24 sessions) run on an engine thread per node and take a fixed
+//! simulated time: their results are delivered at that simulated time
+//! whatever the CPU took, so runs stay exact while engines work in parallel.
 
+use crate::host::{self, Clock, LeaseState};
 use mpc_core::engine::{ComputeJob, Engine};
 use mpc_core::{
     Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
-    Record, RecoveredState, Reply, RequestId, Step, TxId, TxState,
+    Record, Reply, RequestId, Step, TxId, TxState,
 };
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::cell::{Ref, RefCell, RefMut};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::mpsc;
+use std::time::Duration;
+
+/// Simulated wall-clock start of every run (2023-11-14): nodes' clocks are
+/// this plus simulated time, plus their drift.
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+/// How far simulated time moves per turmoil step.
+pub const TICK_MS: u64 = 10;
+/// `run_until` checks its condition this often (simulated ms): conditions
+/// read every node's status, which costs more than a quiet step.
+const CHECK_EVERY_MS: u64 = 100;
 
 /// One node's protocol engine on a thread of its own (engines are not
-/// `Send`, so each is created on its thread). Jobs go in and results come
-/// out in order, so a host's engine behaves exactly as if run inline.
-struct EngineThread {
+/// `Send`, so each is created on its thread). Jobs carry the incarnation
+/// that asked for them, so results of a crashed incarnation are discarded.
+pub(crate) struct EngineThread {
     jobs: mpsc::Sender<EngineCommand>,
-    results: mpsc::Receiver<mpc_core::ComputeResult>,
+    results: mpsc::Receiver<(u32, mpc_core::ComputeResult)>,
 }
 
 enum EngineCommand {
-    Run(ComputeJob),
+    Run(u32, ComputeJob),
     /// The node crashed: its running sessions are lost.
     Reset,
 }
@@ -39,8 +60,8 @@ impl EngineThread {
                 let mut engine = Engine::new();
                 for command in job_rx {
                     match command {
-                        EngineCommand::Run(job) => {
-                            if result_tx.send(engine.run(job)).is_err() {
+                        EngineCommand::Run(incarnation, job) => {
+                            if result_tx.send((incarnation, engine.run(job))).is_err() {
                                 return;
                             }
                         }
@@ -52,34 +73,40 @@ impl EngineThread {
         EngineThread { jobs, results }
     }
 
-    fn submit(&self, job: ComputeJob) {
-        self.jobs.send(EngineCommand::Run(job)).expect("engine thread alive");
+    pub(crate) fn submit(&self, incarnation: u32, job: ComputeJob) {
+        self.jobs.send(EngineCommand::Run(incarnation, job)).expect("engine thread alive");
     }
 
-    fn result(&self) -> mpc_core::ComputeResult {
-        self.results.recv().expect("engine thread alive")
+    /// Blocks until the engine has the result of this incarnation's oldest
+    /// outstanding job.
+    pub(crate) fn result(&self, incarnation: u32) -> mpc_core::ComputeResult {
+        loop {
+            let (from, result) = self.results.recv().expect("engine thread alive");
+            if from == incarnation {
+                return result;
+            }
+        }
+    }
+
+    fn reset(&self) {
+        self.jobs.send(EngineCommand::Reset).expect("engine thread alive");
     }
 }
 
-/// What an interceptor decides for a message in flight.
+/// What an interceptor decides for a message leaving a host.
 pub enum Delivery {
     Deliver,
     Drop,
-    /// Deliver after this many extra milliseconds (reordering).
+    /// Send after this many extra milliseconds (reordering).
     Delay(u64),
-    /// Deliver twice, the copy after this many extra milliseconds.
+    /// Send twice, the copy after this many extra milliseconds.
     Duplicate(u64),
+    /// Send it, then this other message to the same recipient (a replay).
+    WithReplay(Box<PeerMessage>),
 }
 
-type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
-type CrashPoint = Box<dyn FnMut(NodeId, &Step) -> bool>;
-
-enum Event {
-    Message { from: NodeId, to: NodeId, msg: PeerMessage },
-    Compute { node: NodeId, incarnation: u32, job: ComputeJob },
-    Tick { node: NodeId, incarnation: u32 },
-    Input { node: NodeId, input: Input },
-}
+pub(crate) type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
+pub(crate) type CrashPoint = Box<dyn FnMut(NodeId, &Step) -> bool>;
 
 pub struct Host {
     pub config: NodeConfig,
@@ -88,37 +115,58 @@ pub struct Host {
     pub node: Option<Node>,
     /// Durable records, in persist order: survives crashes.
     pub store: Vec<Record>,
-    engine: EngineThread,
-    incarnation: u32,
-    wake_at: Option<Millis>,
-    bugs: PlantedBugs,
+    pub(crate) engine: EngineThread,
+    pub(crate) incarnation: u32,
+    pub(crate) bugs: PlantedBugs,
     /// What the node knew when it crashed, to compare after its restart.
-    before_crash: Option<Snapshot>,
+    pub(crate) before_crash: Option<Snapshot>,
+    /// Inputs from the harness and the shell's own tasks (commands, lease
+    /// changes, engine results); None while crashed.
+    pub(crate) inbox: Option<tokio::sync::mpsc::UnboundedSender<Input>>,
+    pub(crate) clock: Clock,
+    pub(crate) name: String,
 }
 
 /// The durable part of a node's view: what a restart must bring back.
 #[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
+pub(crate) struct Snapshot {
     consumed: usize,
     transactions: Vec<(TxId, TxState)>,
 }
 
 impl Snapshot {
-    fn of(node: &Node) -> Snapshot {
+    pub(crate) fn of(node: &Node) -> Snapshot {
         let status = node.status();
         Snapshot { consumed: status.own_consumed, transactions: status.transactions }
     }
 }
 
-pub struct Cluster {
+/// State shared by the harness and the hosts' software. Hosts borrow it
+/// only between awaits, so the harness sees it whole between steps.
+pub(crate) struct Shared {
     pub hosts: BTreeMap<NodeId, Host>,
-    queue: BTreeMap<(Millis, u64), Event>,
-    now: Millis,
-    next_event: u64,
-    run_seed: u64,
-    /// Virtual network latency per message.
-    pub latency_ms: u64,
-    leader: Option<NodeId>,
+    pub addrs: BTreeMap<IpAddr, NodeId>,
+    pub run_seed: u64,
+    pub observations: Vec<(Millis, NodeId, Observation, usize)>,
+    pub replies: Vec<(NodeId, RequestId, Reply)>,
+    pub recovery_violations: Vec<String>,
+    /// Messages a node handled from the watched sender: (from, to, message).
+    pub watched: Option<NodeId>,
+    pub delivered_from_watched: Vec<(NodeId, PeerMessage)>,
+    pub garbage_frames: u64,
+    pub interceptor: Option<Interceptor>,
+    pub crash_point: Option<CrashPoint>,
+    /// Hosts that asked to be crashed (at a crash point) this step.
+    pub crash_requested: Vec<NodeId>,
+    pub lease: LeaseState,
+    pub trace: Sha256,
+    pub steps: u64,
+    pub handle_timings: Option<BTreeMap<&'static str, Vec<Duration>>>,
+}
+
+pub struct Cluster {
+    sim: turmoil::Sim<'static>,
+    shared: Rc<RefCell<Shared>>,
     next_request: u64,
     pub observations: Vec<(Millis, NodeId, Observation)>,
     /// For each observation, how many records its node had made durable
@@ -126,26 +174,25 @@ pub struct Cluster {
     pub observation_store_len: Vec<usize>,
     /// Restarts that did not bring back what the node knew before its crash.
     pub recovery_violations: Vec<String>,
-    /// Messages that arrived while their recipient was down: (to, message).
-    pub dropped_at_down_nodes: Vec<(NodeId, PeerMessage)>,
     pub replies: Vec<(NodeId, RequestId, Reply)>,
-    interceptor: Option<Interceptor>,
-    crash_point: Option<CrashPoint>,
-    trace: Sha256,
-    pub steps: u64,
-    /// When set, how long each `Node::handle` call took, by input kind. For
-    /// benchmarks only: it never changes what the cluster does.
-    pub handle_timings: Option<BTreeMap<&'static str, Vec<std::time::Duration>>>,
+    /// Lease holder changes seen by the lease host: (old, new).
+    pub lease_changes: Vec<(Option<NodeId>, Option<NodeId>)>,
+    partitioned: BTreeSet<NodeId>,
 }
 
-fn input_kind(input: &Input) -> &'static str {
-    match input {
-        Input::Peer { msg, .. } => msg.kind(),
-        Input::Tick => "tick",
-        Input::Command { .. } => "command",
-        Input::Leadership { .. } => "leadership",
-        Input::Compute(_) => "compute_result",
-        Input::SafePrimes(_) => "safe_primes",
+/// Network and clock settings of a run.
+#[derive(Clone, Debug)]
+pub struct NetOptions {
+    /// Message latency bounds of turmoil's network (ms).
+    pub min_latency_ms: u64,
+    pub max_latency_ms: u64,
+    /// Per-node clock offset (ms) and drift (parts per million).
+    pub clocks: BTreeMap<NodeId, Clock>,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions { min_latency_ms: 1, max_latency_ms: 5, clocks: BTreeMap::new() }
     }
 }
 
@@ -156,7 +203,7 @@ impl Cluster {
         nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
         recovered: BTreeMap<NodeId, Vec<Record>>,
     ) -> anyhow::Result<Cluster> {
-        Self::with_bugs(run_seed, nodes, recovered, PlantedBugs::NONE)
+        Self::with_options(run_seed, nodes, recovered, PlantedBugs::NONE, NetOptions::default())
     }
 
     /// A cluster whose nodes all carry `bugs` (TEST ONLY: only a build with
@@ -164,331 +211,331 @@ impl Cluster {
     pub fn with_bugs(
         run_seed: u64,
         nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
-        mut recovered: BTreeMap<NodeId, Vec<Record>>,
+        recovered: BTreeMap<NodeId, Vec<Record>>,
         bugs: PlantedBugs,
     ) -> anyhow::Result<Cluster> {
+        Self::with_options(run_seed, nodes, recovered, bugs, NetOptions::default())
+    }
+
+    pub fn with_options(
+        run_seed: u64,
+        nodes: BTreeMap<NodeId, (NodeConfig, Identity)>,
+        mut recovered: BTreeMap<NodeId, Vec<Record>>,
+        bugs: PlantedBugs,
+        options: NetOptions,
+    ) -> anyhow::Result<Cluster> {
+        let mut sim = turmoil::Builder::new()
+            .tick_duration(Duration::from_millis(TICK_MS))
+            .simulation_duration(Duration::from_secs(365 * 24 * 3600))
+            .min_message_latency(Duration::from_millis(options.min_latency_ms))
+            .max_message_latency(Duration::from_millis(options.max_latency_ms.max(options.min_latency_ms)))
+            .udp_capacity(1 << 16)
+            .rng_seed(run_seed)
+            .build();
         let mut hosts = BTreeMap::new();
         for (id, (config, identity)) in nodes {
             let store = recovered.remove(&id).unwrap_or_default();
-            let seed = crate::setup::node_seed(run_seed, id, 0);
-            let records = RecoveredState { records: store.clone() };
-            let node = Node::with_bugs(config.clone(), identity.clone(), seed, records, bugs)?;
             hosts.insert(
                 id,
                 Host {
                     config,
                     identity,
-                    node: Some(node),
+                    node: None,
                     store,
                     engine: EngineThread::spawn(format!("engine-{}", id.0)),
                     incarnation: 0,
-                    wake_at: None,
                     bugs,
                     before_crash: None,
+                    inbox: None,
+                    clock: options.clocks.get(&id).copied().unwrap_or_default(),
+                    name: host::node_host_name(id),
                 },
             );
         }
-        let mut cluster = Cluster {
+        let shared = Rc::new(RefCell::new(Shared {
             hosts,
-            queue: BTreeMap::new(),
-            now: Millis(1_700_000_000_000),
-            next_event: 0,
+            addrs: BTreeMap::new(),
             run_seed,
-            latency_ms: 5,
-            leader: None,
+            observations: Vec::new(),
+            replies: Vec::new(),
+            recovery_violations: Vec::new(),
+            watched: None,
+            delivered_from_watched: Vec::new(),
+            garbage_frames: 0,
+            interceptor: None,
+            crash_point: None,
+            crash_requested: Vec::new(),
+            lease: LeaseState::default(),
+            trace: Sha256::new(),
+            steps: 0,
+            handle_timings: None,
+        }));
+        let lease_shared = shared.clone();
+        sim.host(host::LEASE_HOST, move || host::lease_host(lease_shared.clone()));
+        let ids: Vec<NodeId> = shared.borrow().hosts.keys().copied().collect();
+        for id in ids {
+            let name = host::node_host_name(id);
+            let node_shared = shared.clone();
+            sim.host(name.as_str(), move || host::node_host(node_shared.clone(), id));
+            let addr = sim.lookup(name.as_str());
+            shared.borrow_mut().addrs.insert(addr, id);
+        }
+        let mut cluster = Cluster {
+            sim,
+            shared,
             next_request: 0,
             observations: Vec::new(),
             observation_store_len: Vec::new(),
             recovery_violations: Vec::new(),
-            dropped_at_down_nodes: Vec::new(),
             replies: Vec::new(),
-            interceptor: None,
-            crash_point: None,
-            trace: Sha256::new(),
-            steps: 0,
-            handle_timings: None,
+            lease_changes: Vec::new(),
+            partitioned: BTreeSet::new(),
         };
-        let ids: Vec<NodeId> = cluster.hosts.keys().copied().collect();
-        for id in ids {
-            cluster.push(cluster.now, Event::Tick { node: id, incarnation: 0 });
+        // One step starts every host: each recovers its node from its records.
+        cluster.step();
+        if let Some(id) = cluster.ids().into_iter().find(|id| !cluster.is_up(*id)) {
+            anyhow::bail!("{id} did not start from its records");
         }
         Ok(cluster)
     }
 
+    /// True (simulated) time; each node's own clock adds its drift.
     pub fn now(&self) -> Millis {
-        self.now
+        Millis(EPOCH_MS + self.sim.elapsed().as_millis() as u64)
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
-        self.hosts.keys().copied().collect()
+        self.shared.borrow().hosts.keys().copied().collect()
     }
 
-    pub fn node(&self, id: NodeId) -> &Node {
-        self.hosts[&id].node.as_ref().expect("node is up")
+    pub fn hosts(&self) -> Ref<'_, BTreeMap<NodeId, Host>> {
+        Ref::map(self.shared.borrow(), |s| &s.hosts)
+    }
+
+    /// For tests that plant records to show the checker catches them.
+    pub fn hosts_mut(&mut self) -> RefMut<'_, BTreeMap<NodeId, Host>> {
+        RefMut::map(self.shared.borrow_mut(), |s| &mut s.hosts)
+    }
+
+    pub fn node(&self, id: NodeId) -> Ref<'_, Node> {
+        Ref::map(self.shared.borrow(), |s| s.hosts[&id].node.as_ref().expect("node is up"))
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.hosts[&id].node.is_some()
+        self.shared.borrow().hosts[&id].node.is_some()
     }
 
-    /// Every message in flight passes through `f`, which may alter or drop it.
+    /// Every message leaving a node host passes through `f`, which may alter
+    /// or drop it (the host's faulty network card, or a Byzantine shell).
     pub fn set_interceptor(&mut self, f: impl FnMut(NodeId, &mut Envelope) -> Delivery + 'static) {
-        self.interceptor = Some(Box::new(f));
+        self.shared.borrow_mut().interceptor = Some(Box::new(f));
     }
 
     /// After a step's records are durable and before anything else of it is
     /// performed, `f` may crash the node (returning true).
     pub fn set_crash_point(&mut self, f: impl FnMut(NodeId, &Step) -> bool + 'static) {
-        self.crash_point = Some(Box::new(f));
+        self.shared.borrow_mut().crash_point = Some(Box::new(f));
     }
 
     pub fn clear_crash_point(&mut self) {
-        self.crash_point = None;
+        self.shared.borrow_mut().crash_point = None;
+    }
+
+    /// Records every message nodes handle from `sender` (for accounting of a
+    /// Byzantine node's acts that reached a live node).
+    pub fn watch_deliveries_from(&mut self, sender: NodeId) {
+        self.shared.borrow_mut().watched = Some(sender);
+    }
+
+    /// (recipient, message) for every message a live node handled from the
+    /// watched sender.
+    pub fn delivered_from_watched(&self) -> Vec<(NodeId, PeerMessage)> {
+        self.shared.borrow().delivered_from_watched.clone()
+    }
+
+    /// Frames that did not decode as a peer message (dropped by the shell).
+    pub fn garbage_frames(&self) -> u64 {
+        self.shared.borrow().garbage_frames
     }
 
     /// A digest of everything every node did: same seed, same hash.
     pub fn trace_hash(&self) -> String {
-        hex::encode(self.trace.clone().finalize())
+        hex::encode(self.shared.borrow().trace.clone().finalize())
     }
 
-    fn push(&mut self, at: Millis, event: Event) {
-        self.queue.insert((at, self.next_event), event);
-        self.next_event += 1;
+    pub fn steps(&self) -> u64 {
+        self.shared.borrow().steps
     }
 
-    /// Tells every node who holds the coordination lease.
+    /// Starts timing every `Node::handle` call, by input kind (benchmarks
+    /// only: it never changes what the cluster does).
+    pub fn time_handles(&mut self) {
+        self.shared.borrow_mut().handle_timings = Some(BTreeMap::new());
+    }
+
+    pub fn take_handle_timings(&mut self) -> BTreeMap<&'static str, Vec<Duration>> {
+        self.shared.borrow_mut().handle_timings.take().unwrap_or_default()
+    }
+
+    /// Makes `leader` hold the coordination lease now (as if it had won the
+    /// election), and the only candidate; `None` leaves the lease free with
+    /// no candidate: coordination unavailable. Nodes learn it from the lease
+    /// host, as from an etcd watch.
     pub fn set_leader(&mut self, leader: Option<NodeId>) {
-        self.leader = leader;
-        for id in self.ids() {
-            self.push(self.now, Event::Input { node: id, input: Input::Leadership { leader } });
-        }
+        let now = self.sim.elapsed().as_millis() as u64;
+        let mut shared = self.shared.borrow_mut();
+        shared.lease.force(leader, now);
+    }
+
+    /// Nodes that campaign for the lease: when the holder's lease lapses
+    /// (crash, partition), one of them takes it over.
+    pub fn set_lease_candidates(&mut self, candidates: BTreeSet<NodeId>) {
+        self.shared.borrow_mut().lease.candidates = candidates;
+    }
+
+    pub fn lease_holder(&self) -> Option<NodeId> {
+        self.shared.borrow().lease.holder.map(|(n, _)| n)
     }
 
     /// Queues an operator command at `node`; the reply lands in `replies`.
     pub fn command(&mut self, node: NodeId, command: Command) -> RequestId {
         let request = RequestId(self.next_request);
         self.next_request += 1;
-        self.push(self.now, Event::Input { node, input: Input::Command { request, command } });
+        self.input(node, Input::Command { request, command });
         request
     }
 
-    /// Queues any input at a node (safe primes, for instance).
+    /// Queues any input at a node (safe primes, for instance). Lost if the
+    /// node is down, like a request to a crashed process.
     pub fn input(&mut self, node: NodeId, input: Input) {
-        self.push(self.now, Event::Input { node, input });
+        if let Some(inbox) = &self.shared.borrow().hosts[&node].inbox {
+            let _ = inbox.send(input);
+        }
     }
 
     /// Delivers a message as if `from` had sent it (for Byzantine tests).
     pub fn inject(&mut self, from: NodeId, to: NodeId, msg: PeerMessage) {
-        self.push(self.now, Event::Message { from, to, msg });
+        self.input(to, Input::Peer { from, msg });
     }
 
     pub fn reply(&self, request: RequestId) -> Option<&Reply> {
         self.replies.iter().find(|(_, r, _)| *r == request).map(|(_, _, reply)| reply)
     }
 
-    /// Crashes a node: volatile state and its engine are lost, the store is kept.
+    /// Crashes a node: turmoil cancels its software; volatile state and its
+    /// engine's sessions are lost, the store is kept.
     pub fn crash(&mut self, id: NodeId) {
-        let host = self.hosts.get_mut(&id).expect("known node");
-        if let Some(node) = &host.node {
-            host.before_crash = Some(Snapshot::of(node));
-        }
-        host.node = None;
-        host.engine.jobs.send(EngineCommand::Reset).expect("engine thread alive");
-        host.wake_at = None;
+        let name = {
+            let mut shared = self.shared.borrow_mut();
+            let host = shared.hosts.get_mut(&id).expect("known node");
+            if let Some(node) = &host.node {
+                host.before_crash = Some(Snapshot::of(node));
+            }
+            host.node = None;
+            host.inbox = None;
+            host.engine.reset();
+            host.name.clone()
+        };
+        self.sim.crash(name.as_str());
     }
 
-    /// Restarts a crashed node from its durable records.
+    /// Restarts a crashed node: its software starts again and rebuilds the
+    /// node from its durable records.
     pub fn restart(&mut self, id: NodeId) -> anyhow::Result<()> {
-        let leader = self.leader;
-        let now = self.now;
-        let run_seed = self.run_seed;
-        let host = self.hosts.get_mut(&id).expect("known node");
-        host.incarnation += 1;
-        let seed = crate::setup::node_seed(run_seed, id, host.incarnation);
-        let recovered = RecoveredState { records: host.store.clone() };
-        let node = Node::with_bugs(host.config.clone(), host.identity.clone(), seed, recovered, host.bugs)?;
-        if let Some(before) = host.before_crash.take() {
-            let after = Snapshot::of(&node);
-            if after != before {
-                self.recovery_violations
-                    .push(format!("{id} restarted with {after:?}, had {before:?} before its crash"));
-            }
-        }
-        let host = self.hosts.get_mut(&id).expect("known node");
-        host.node = Some(node);
-        let incarnation = host.incarnation;
-        self.push(now, Event::Input { node: id, input: Input::Leadership { leader } });
-        self.push(now, Event::Tick { node: id, incarnation });
+        let name = {
+            let mut shared = self.shared.borrow_mut();
+            let host = shared.hosts.get_mut(&id).expect("known node");
+            host.incarnation += 1;
+            host.name.clone()
+        };
+        self.sim.bounce(name.as_str());
+        self.step();
+        anyhow::ensure!(self.is_up(id), "{id} did not restart from its records");
         Ok(())
     }
 
-    /// Processes events until `done` holds or virtual time passes `limit_ms`
-    /// from now. Returns whether `done` held.
+    /// Cuts `side` off from every other host (the lease host stays with the
+    /// rest); replaces any earlier partition.
+    pub fn partition(&mut self, side: &BTreeSet<NodeId>) {
+        self.heal();
+        let ids = self.ids();
+        for a in side {
+            let a_name = host::node_host_name(*a);
+            for b in ids.iter().filter(|b| !side.contains(b)) {
+                self.sim.partition(a_name.as_str(), host::node_host_name(*b).as_str());
+            }
+            self.sim.partition(a_name.as_str(), host::LEASE_HOST);
+        }
+        self.partitioned = side.clone();
+    }
+
+    pub fn heal(&mut self) {
+        let ids = self.ids();
+        for a in std::mem::take(&mut self.partitioned) {
+            let a_name = host::node_host_name(a);
+            for b in ids.iter().filter(|b| **b != a) {
+                self.sim.repair(a_name.as_str(), host::node_host_name(*b).as_str());
+            }
+            self.sim.repair(a_name.as_str(), host::LEASE_HOST);
+        }
+    }
+
+    fn step(&mut self) {
+        self.sim.step().expect("simulated hosts run");
+        let crashes = std::mem::take(&mut self.shared.borrow_mut().crash_requested);
+        for id in crashes {
+            self.crash(id);
+        }
+        let mut shared = self.shared.borrow_mut();
+        for (at, node, o, durable) in shared.observations.drain(..) {
+            self.observations.push((at, node, o));
+            self.observation_store_len.push(durable);
+        }
+        self.replies.append(&mut shared.replies);
+        self.recovery_violations.append(&mut shared.recovery_violations);
+        self.lease_changes.append(&mut shared.lease.changes);
+    }
+
+    /// Steps the simulation until `done` holds or simulated time passes
+    /// `limit_ms` from now. Returns whether `done` held.
     pub fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&Cluster) -> bool) -> bool {
-        let limit = self.now.plus(limit_ms);
+        let limit = self.sim.elapsed() + Duration::from_millis(limit_ms);
         loop {
             if done(self) {
                 return true;
             }
-            let Some((&(at, seq), _)) = self.queue.iter().next() else { return done(self) };
-            if at > limit {
-                self.now = limit;
-                return done(self);
-            }
-            let event = self.queue.remove(&(at, seq)).expect("just seen");
-            self.now = self.now.max(at);
-            if let Event::Compute { .. } = event {
-                self.process_compute_batch(event);
-            } else {
-                self.process(event);
+            for _ in 0..CHECK_EVERY_MS / TICK_MS {
+                if self.sim.elapsed() >= limit {
+                    return done(self);
+                }
+                self.step();
             }
         }
     }
 
-    /// Runs the compute event at the head of the queue together with the
-    /// compute events right behind it, each on its node's engine thread, then
-    /// hands the results to the nodes in queue order. The outcome is the
-    /// same as running them one by one: each engine sees its own jobs in
-    /// order, and nothing a node does with a result can reach a job already
-    /// queued ahead of that node's reaction.
-    fn process_compute_batch(&mut self, first: Event) {
-        let mut batch = vec![first];
-        while let Some((&key, Event::Compute { .. })) = self.queue.iter().next() {
-            if key.0 > self.now {
-                break;
-            }
-            batch.push(self.queue.remove(&key).expect("just seen"));
-        }
-        let mut dispatched = Vec::with_capacity(batch.len());
-        for event in batch {
-            let Event::Compute { node, incarnation, job } = event else { unreachable!("batch holds compute events") };
-            let host = &self.hosts[&node];
-            let live = host.incarnation == incarnation && host.node.is_some();
-            if live {
-                host.engine.submit(job);
-            }
-            dispatched.push((node, incarnation, live));
-        }
-        for (node, incarnation, live) in dispatched {
-            if !live {
-                continue;
-            }
-            let result = self.hosts[&node].engine.result();
-            let now = self.now;
-            let host = self.hosts.get_mut(&node).expect("known node");
-            if host.incarnation != incarnation {
-                continue;
-            }
-            let Some(core) = host.node.as_mut() else { continue };
-            let step = Self::timed_handle(&mut self.handle_timings, core, now, Input::Compute(result));
-            self.perform(node, step);
-        }
-    }
-
-    /// Runs until nothing is left to do before `limit_ms` passes.
+    /// Runs for `limit_ms` of simulated time.
     pub fn run_for(&mut self, limit_ms: u64) {
         self.run_until(limit_ms, |_| false);
-    }
-
-    fn process(&mut self, event: Event) {
-        let (id, input) = match event {
-            Event::Message { from, to, msg } => (to, Input::Peer { from, msg }),
-            Event::Input { node, input } => (node, input),
-            Event::Tick { node, incarnation } => {
-                let host = self.hosts.get_mut(&node).expect("known node");
-                if host.incarnation != incarnation {
-                    return;
-                }
-                host.wake_at = None;
-                (node, Input::Tick)
-            }
-            Event::Compute { .. } => unreachable!("compute events run in batches"),
-        };
-        let now = self.now;
-        let Some(node) = self.hosts.get_mut(&id).and_then(|h| h.node.as_mut()) else {
-            if let Input::Peer { msg, .. } = input {
-                self.dropped_at_down_nodes.push((id, msg));
-            }
-            return;
-        };
-        let step = Self::timed_handle(&mut self.handle_timings, node, now, input);
-        self.perform(id, step);
-    }
-
-    fn timed_handle(
-        timings: &mut Option<BTreeMap<&'static str, Vec<std::time::Duration>>>,
-        node: &mut Node,
-        now: Millis,
-        input: Input,
-    ) -> Step {
-        let Some(timings) = timings.as_mut() else { return node.handle(now, input) };
-        let kind = input_kind(&input);
-        let started = std::time::Instant::now();
-        let step = node.handle(now, input);
-        timings.entry(kind).or_default().push(started.elapsed());
-        step
-    }
-
-    /// Executes a step in the order the core's contract requires.
-    fn perform(&mut self, id: NodeId, step: Step) {
-        self.steps += 1;
-        self.trace.update(id.0.to_be_bytes());
-        self.trace.update(self.now.0.to_be_bytes());
-        let host = self.hosts.get_mut(&id).expect("known node");
-        for record in &step.persist {
-            self.trace.update(bincode::serialize(record).expect("records serialise"));
-            host.store.push(record.clone());
-        }
-        if let Some(crash) = self.crash_point.as_mut() {
-            if crash(id, &step) {
-                self.crash(id);
-                return;
-            }
-        }
-        let durable = self.hosts[&id].store.len();
-        for o in &step.observations {
-            self.trace.update(serde_json::to_vec(o).expect("observations serialise"));
-            self.observations.push((self.now, id, o.clone()));
-            self.observation_store_len.push(durable);
-        }
-        for (request, reply) in step.replies {
-            self.trace.update(format!("{request:?}{reply:?}").as_bytes());
-            self.replies.push((id, request, reply));
-        }
-        let incarnation = self.hosts[&id].incarnation;
-        for mut env in step.send {
-            let deliver = match self.interceptor.as_mut() {
-                Some(f) => f(id, &mut env),
-                None => Delivery::Deliver,
-            };
-            self.trace.update(bincode::serialize(&env.msg).expect("messages serialise"));
-            let at = self.now.plus(self.latency_ms);
-            match deliver {
-                Delivery::Deliver => self.push(at, Event::Message { from: id, to: env.to, msg: env.msg }),
-                Delivery::Drop => {}
-                Delivery::Delay(extra) => {
-                    self.push(at.plus(extra), Event::Message { from: id, to: env.to, msg: env.msg })
-                }
-                Delivery::Duplicate(extra) => {
-                    self.push(at, Event::Message { from: id, to: env.to, msg: env.msg.clone() });
-                    self.push(at.plus(extra), Event::Message { from: id, to: env.to, msg: env.msg });
-                }
-            }
-        }
-        for job in step.compute {
-            self.push(self.now, Event::Compute { node: id, incarnation, job });
-        }
-        let host = self.hosts.get_mut(&id).expect("known node");
-        if let Some(at) = step.wake_at {
-            if host.wake_at != Some(at) {
-                host.wake_at = Some(at);
-                self.push(at.max(self.now), Event::Tick { node: id, incarnation });
-            }
-        }
     }
 
     /// Observations of one kind, with where and when they happened.
     pub fn observed(&self, f: impl Fn(&Observation) -> bool) -> Vec<(NodeId, Observation)> {
         self.observations.iter().filter(|(_, _, o)| f(o)).map(|(_, n, o)| (*n, o.clone())).collect()
+    }
+}
+
+impl Drop for Cluster {
+    /// Cancels every host's software first: their tasks hold the shared
+    /// state, which would otherwise keep the engine threads alive.
+    fn drop(&mut self) {
+        let names: Vec<String> = self.shared.borrow().hosts.values().map(|h| h.name.clone()).collect();
+        for name in names {
+            if self.sim.is_host_running(name.as_str()) {
+                self.sim.crash(name.as_str());
+            }
+        }
+        if self.sim.is_host_running(host::LEASE_HOST) {
+            self.sim.crash(host::LEASE_HOST);
+        }
     }
 }

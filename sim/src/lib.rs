@@ -1,13 +1,15 @@
 //! mpc-sim: drives `mpc_core::Node`s deterministically.
 //!
-//! [`cluster::Cluster`] wires n nodes through one ordered event queue on a
-//! virtual clock, with an inline protocol engine per node and a durable
-//! record store per node that survives crashes. Tests, the demo and the
-//! benchmarks all use it; the turmoil simulator builds on the same pieces.
+//! [`cluster::Cluster`] runs n node hosts and a lease host on turmoil's
+//! simulated network and clock ([`host`] is their software), with a
+//! protocol engine per node and a durable record store per node that
+//! survives crashes. Tests, the demo, the benchmarks and the seeded sweep
+//! ([`sweep`]) all use it.
 
 pub mod checker;
 pub mod cluster;
 pub mod fixtures;
+pub mod host;
 pub mod scenario;
 pub mod setup;
 pub mod sweep;

@@ -8,7 +8,8 @@
 //! node).
 
 use crate::checker;
-use crate::cluster::{Cluster, Delivery};
+use crate::cluster::{Cluster, Delivery, NetOptions};
+use crate::host::Clock;
 use crate::wallet::Spend;
 use crate::{fixtures, scenario, setup};
 use mpc_core::vote::{Decision, SignedVote, VoteBody};
@@ -25,6 +26,34 @@ pub const N: u16 = 5;
 const SAFETY_MS: u64 = 120_000;
 const LIVENESS_MS: u64 = 1_800_000;
 
+/// How a seed's cluster starts, which decides what its crypto costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum SeedShape {
+    /// Fixture key shares and a full fixture pool: votes, signing, crashes
+    /// and Byzantine acts with milliseconds of cryptography. Refill is off.
+    #[default]
+    Fixture,
+    /// Fixture key shares and an empty pool: the pool fills by live
+    /// presigning (seconds of CPU each) under the seed's faults, and must
+    /// return to its target once they heal.
+    LivePresign,
+}
+
+impl SeedShape {
+    pub const ALL: [SeedShape; 2] = [SeedShape::Fixture, SeedShape::LivePresign];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SeedShape::Fixture => "fixture",
+            SeedShape::LivePresign => "live-presign",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<SeedShape> {
+        SeedShape::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// What a Byzantine node does (at most one per run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ByzantineAct {
@@ -39,6 +68,13 @@ pub enum ByzantineAct {
     /// As lease holder, redirects its signing requests to a transaction the
     /// cluster rejected, keeping the certificate of an approved one.
     SignRejected,
+    /// Sends its votes signed for another cluster (a foreign session): its
+    /// own key, but bound to a context this cluster never runs.
+    ForeignVotes,
+    /// Sends copies of its earlier messages again, to any member, later.
+    /// Signed content is idempotent and sessions drop what they already
+    /// have, so a replay must change nothing: the run checks it did not.
+    ReplayOldMessages,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +90,7 @@ pub struct TxPlan {
 #[derive(Clone, Debug)]
 pub struct SeedPlan {
     pub seed: u64,
+    pub shape: SeedShape,
     pub leader: Option<NodeId>,
     pub loss_permille: u32,
     pub duplicate_permille: u32,
@@ -69,11 +106,18 @@ pub struct SeedPlan {
     /// splits on big payments.
     pub strict: Vec<NodeId>,
     pub txs: Vec<TxPlan>,
+    /// Each node's clock offset and drift.
+    pub clocks: BTreeMap<NodeId, Clock>,
 }
 
 impl SeedPlan {
     /// Expands a seed into a plan. Many seeds have no Byzantine node.
     pub fn from_seed(seed: u64) -> SeedPlan {
+        Self::shaped(seed, SeedShape::Fixture)
+    }
+
+    /// Expands a seed into a plan for a cluster of the given shape.
+    pub fn shaped(seed: u64, shape: SeedShape) -> SeedPlan {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut pick = |n: u64| rng.next_u64() % n;
         let node = |k: u64| NodeId(1 + (k % N as u64) as u16);
@@ -105,17 +149,21 @@ impl SeedPlan {
         } else {
             None
         };
-        let byzantine = match pick(9) {
+        let byzantine = match pick(12) {
             0 => Some((node(pick(5)), ByzantineAct::EquivocateVotes)),
             1 => Some((node(pick(5)), ByzantineAct::ForgeVoteSignatures)),
             2 => Some((node(pick(5)), ByzantineAct::BadPartialSignatures)),
             3 => Some((node(pick(5)), ByzantineAct::Silence)),
             4 => Some((node(pick(5)), ByzantineAct::SignRejected)),
+            5 => Some((node(pick(5)), ByzantineAct::ForeignVotes)),
+            6 => Some((node(pick(5)), ByzantineAct::ReplayOldMessages)),
             _ => None,
         };
         let first_strict = pick(5);
         let strict = (0..pick(3)).map(|k| node(first_strict + k)).collect();
-        let txs = (0..1 + pick(3))
+        // Live presigning costs seconds per presignature: one transaction.
+        let tx_count = if shape == SeedShape::Fixture { 1 + pick(3) } else { 1 };
+        let txs = (0..tx_count)
             .map(|_| TxPlan {
                 at_ms: pick(20_000),
                 node: node(pick(5)),
@@ -123,8 +171,18 @@ impl SeedPlan {
                 inputs: 1 + pick(2) as usize,
             })
             .collect();
+        // Clocks: most seeds agree to within a second; some are minutes
+        // apart or run a few parts per thousand fast or slow.
+        let clocks = (1..=N)
+            .map(|i| {
+                let offset_ms = [0, 0, 800, 120_000][pick(4) as usize] as i64 * if pick(2) == 0 { 1 } else { -1 };
+                let drift_ppm = [0, 100, 5_000][pick(3) as usize] as i64 * if pick(2) == 0 { 1 } else { -1 };
+                (NodeId(i), Clock { offset_ms, drift_ppm })
+            })
+            .collect();
         let mut plan = SeedPlan {
             seed,
+            shape,
             leader,
             loss_permille,
             duplicate_permille,
@@ -135,6 +193,7 @@ impl SeedPlan {
             byzantine,
             strict,
             txs,
+            clocks,
         };
         // A Byzantine node's own crash or submission would blur what the
         // run tests; honest nodes take those roles.
@@ -150,7 +209,56 @@ impl SeedPlan {
     }
 
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p mpc-sim --bin mpc-sim -- --seed {}", self.seed)
+        let shape = match self.shape {
+            SeedShape::Fixture => String::new(),
+            other => format!(" --shape {}", other.name()),
+        };
+        format!("cargo run --release -p mpc-sim --bin mpc-sim -- --seed {}{shape}", self.seed)
+    }
+}
+
+/// The plan in a readable form: what a failure report prints.
+impl std::fmt::Display for SeedPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+        writeln!(f, "  seed {}, shape {}", self.seed, self.shape.name())?;
+        writeln!(
+            f,
+            "  network: loss {:.1}%, duplication {:.1}%, extra latency up to {} ms",
+            self.loss_permille as f64 / 10.0,
+            self.duplicate_permille as f64 / 10.0,
+            self.max_delay_ms
+        )?;
+        match self.leader {
+            Some(l) => writeln!(f, "  lease: {l} holds it first; honest nodes campaign")?,
+            None => writeln!(f, "  lease: nobody holds it until the liveness phase")?,
+        }
+        for (id, c) in self.clocks.iter().filter(|(_, c)| **c != Clock::default()) {
+            writeln!(f, "  clock {id}: offset {:+} ms, drift {:+} ppm", c.offset_ms, c.drift_ppm)?;
+        }
+        for (start, end, side) in &self.partitions {
+            let side: Vec<String> = side.iter().map(|n| n.to_string()).collect();
+            writeln!(f, "  partition {}..{}: {{{}}} cut off", secs(*start), secs(*end), side.join(", "))?;
+        }
+        for (at, node, down) in &self.crashes {
+            writeln!(f, "  crash {node} at {} for {}", secs(*at), secs(*down))?;
+        }
+        if let Some((node, kind)) = self.crash_after_persist {
+            writeln!(f, "  crash {node} right after it persists a {kind} record, before the sends")?;
+        }
+        match self.byzantine {
+            Some((node, act)) => writeln!(f, "  byzantine {node}: {act:?}")?,
+            None => writeln!(f, "  no byzantine node")?,
+        }
+        if !self.strict.is_empty() {
+            let strict: Vec<String> = self.strict.iter().map(|n| n.to_string()).collect();
+            writeln!(f, "  strict policy (max 100k sat): {}", strict.join(", "))?;
+        }
+        for (i, t) in self.txs.iter().enumerate() {
+            let to = if t.allowed { "allowlisted destination" } else { "unknown destination" };
+            writeln!(f, "  tx {i} at {} to {}: {to}, {} input(s)", secs(t.at_ms), t.node, t.inputs)?;
+        }
+        Ok(())
     }
 }
 
@@ -185,23 +293,46 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
 /// [`run_seed_traced`] with bugs planted in every node (TEST ONLY).
 pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs) -> SeedOutcome {
     let mut config = setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, N, 3);
-    // The fixture pool serves the run; refill (live presigning, seconds of
-    // CPU each) starts only if it runs low.
-    config.pool.low_water = 1;
-    config.pool.target = 2;
-    config.pool.max = 60;
+    let mut records = fixture_records().clone();
+    match plan.shape {
+        // The fixture pool serves the run; no refill.
+        SeedShape::Fixture => {
+            config.pool.low_water = 0;
+            config.pool.target = 0;
+            config.pool.max = 60;
+        }
+        SeedShape::LivePresign => {
+            for store in records.values_mut() {
+                store.retain(|r| !matches!(r.kind(), "presig_generating" | "presig_ready" | "presig_announced"));
+            }
+            config.pool.low_water = 1;
+            config.pool.target = 2;
+            config.pool.max = 4;
+            config.pool.parallel_sessions = 2;
+        }
+    }
     let mut nodes = setup::node_configs(&config);
     for strict in &plan.strict {
         if let Some((cfg, _)) = nodes.get_mut(strict) {
             cfg.policy.max_amount_sat = 100_000;
         }
     }
-    let mut cluster =
-        Cluster::with_bugs(plan.seed, nodes, fixture_records().clone(), bugs).expect("fixture cluster starts");
+    let options = NetOptions { min_latency_ms: 1, max_latency_ms: 1 + plan.max_delay_ms, clocks: plan.clocks.clone() };
+    let mut cluster = Cluster::with_options(plan.seed, nodes, records, bugs, options).expect("fixture cluster starts");
     let key = cluster.node(NodeId(1)).group_key().expect("fixture is keyed").clone();
+    let byz = plan.byzantine.map(|(b, _)| b);
+    let honest: Vec<NodeId> = cluster.ids().into_iter().filter(|id| Some(*id) != byz).collect();
+    // The planned leader holds the lease first; every honest node campaigns,
+    // so a holder that crashes or is cut off loses it to another.
     cluster.set_leader(plan.leader);
+    if let Some(leader) = plan.leader {
+        cluster.set_lease_candidates(honest.iter().copied().chain([leader]).collect());
+    }
+    if let Some(b) = byz {
+        cluster.watch_deliveries_from(b);
+    }
 
-    let net = Rc::new(RefCell::new(NetState { cut: BTreeSet::new(), lossy: true, tampered: Vec::new() }));
+    let net = Rc::new(RefCell::new(NetState { lossy: true, tampered: Vec::new() }));
     install_interceptor(&mut cluster, plan, net.clone());
     let crash_hits = Rc::new(RefCell::new(0u64));
     if let Some((victim, kind)) = plan.crash_after_persist {
@@ -262,8 +393,8 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
                     submitted.push((i, t.node));
                 }
             }
-            Act::Cut(side) => net.borrow_mut().cut = side,
-            Act::Heal => net.borrow_mut().cut.clear(),
+            Act::Cut(side) => cluster.partition(&side),
+            Act::Heal => cluster.heal(),
             Act::Crash(n) => {
                 if cluster.is_up(n) {
                     cluster.crash(n)
@@ -279,25 +410,24 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     let elapsed = cluster.now().0 - start.0;
     cluster.run_for(SAFETY_MS.saturating_sub(elapsed));
 
+    let lease_lapses = cluster.lease_changes.iter().filter(|(old, new)| old.is_some() && new.is_none()).count();
+
     // The liveness phase: faults heal, Byzantine behaviour goes on.
     cluster.clear_crash_point();
-    {
-        let mut n = net.borrow_mut();
-        n.cut.clear();
-        n.lossy = false;
-    }
+    cluster.heal();
+    net.borrow_mut().lossy = false;
     for id in cluster.ids() {
         if !cluster.is_up(id) {
             cluster.restart(id).expect("restart from records");
         }
     }
-    // Coordination heals too: some honest node holds the lease again.
-    let byz = plan.byzantine.map(|(b, _)| b);
+    // Coordination heals too: an honest node holds the lease, all honest
+    // nodes campaign.
     if plan.leader.is_none() || plan.leader == byz {
-        let leader = cluster.ids().into_iter().find(|id| Some(*id) != byz);
-        cluster.set_leader(leader);
+        cluster.set_leader(Some(honest[0]));
     }
-    let byzantine: BTreeSet<NodeId> = plan.byzantine.map(|(b, _)| b).into_iter().collect();
+    cluster.set_lease_candidates(honest.iter().copied().collect());
+    let byzantine: BTreeSet<NodeId> = byz.into_iter().collect();
     let accepted: BTreeSet<TxId> = cluster
         .replies
         .iter()
@@ -306,9 +436,16 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
             _ => None,
         })
         .collect();
-    let honest: Vec<NodeId> = cluster.ids().into_iter().filter(|id| !byzantine.contains(id)).collect();
+    let target = config.pool.target as usize;
+    let pool_ready = |c: &Cluster| match c.lease_holder() {
+        Some(l) if c.is_up(l) => c.node(l).status().pool_ready,
+        _ => 0,
+    };
     let done = cluster.run_until(LIVENESS_MS, |c| {
-        accepted.iter().all(|tx| honest.iter().all(|id| scenario::state_at(c, *id, *tx).is_some_and(|s| s.is_final())))
+        pool_ready(c) >= target
+            && accepted
+                .iter()
+                .all(|tx| honest.iter().all(|id| scenario::state_at(c, *id, *tx).is_some_and(|s| settled(&s))))
     });
 
     let mut outcome = SeedOutcome { trace_hash: cluster.trace_hash(), ..Default::default() };
@@ -318,6 +455,13 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     }
     outcome.violations = checker::check(&cluster, &byzantine).into_iter().map(|v| v.0).collect();
     if !done {
+        if pool_ready(&cluster) < target {
+            outcome.violations.push(format!(
+                "liveness: the pool holds {} ready presignatures, target {target}, lease holder {:?}",
+                pool_ready(&cluster),
+                cluster.lease_holder()
+            ));
+        }
         for tx in &accepted {
             let states: Vec<(NodeId, Option<TxState>)> =
                 honest.iter().map(|id| (*id, scenario::state_at(&cluster, *id, *tx))).collect();
@@ -331,21 +475,29 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         // that arrived while their recipient was down.
         let fired = {
             let net = net.borrow();
-            let mut lost = cluster.dropped_at_down_nodes.clone();
+            let mut delivered = cluster.delivered_from_watched();
             net.tampered
                 .iter()
-                .filter(|sent| match lost.iter().position(|d| d == *sent) {
+                .filter(|sent| match delivered.iter().position(|d| d == *sent) {
                     Some(i) => {
-                        lost.swap_remove(i);
-                        false
+                        delivered.swap_remove(i);
+                        true
                     }
-                    None => true,
+                    None => false,
                 })
                 .count() as u64
         };
         check_attribution(&cluster, b, act, fired, &mut outcome);
         if fired > 0 {
             *outcome.coverage.entry("byzantine act delivered").or_default() += fired;
+            let name = match act {
+                ByzantineAct::ReplayOldMessages => Some("replayed message delivered"),
+                ByzantineAct::ForeignVotes => Some("foreign-session vote delivered"),
+                _ => None,
+            };
+            if let Some(name) = name {
+                *outcome.coverage.entry(name).or_default() += fired;
+            }
         }
     }
     for tx in &accepted {
@@ -380,9 +532,53 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     cov("presignature split between messages", checker::split_presignatures(&cluster));
     cov("live presignature generated", cluster.observed(|o| matches!(o, Observation::PresigReady { .. })).len());
     cov("presignature discarded", cluster.observed(|o| matches!(o, Observation::PresigDiscarded { .. })).len());
+    cov("lease lapsed (holder crashed or cut off)", lease_lapses);
+    cov("clock drifting over 0.1%", plan.clocks.values().filter(|c| c.drift_ppm.abs() > 1_000).count());
+    cov("clock offset over a minute", plan.clocks.values().filter(|c| c.offset_ms.abs() > 60_000).count());
+    cov("garbage frame dropped", cluster.garbage_frames() as usize);
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
+}
+
+/// Runs plans on `threads` threads (each seed is independent and runs on
+/// its own simulation), calling `each` in plan order as outcomes arrive.
+pub fn run_batch(
+    plans: &[SeedPlan],
+    threads: usize,
+    run: impl Fn(&SeedPlan) -> SeedOutcome + Sync,
+    mut each: impl FnMut(&SeedPlan, SeedOutcome),
+) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            let tx = tx.clone();
+            let (next, run) = (&next, &run);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(plan) = plans.get(i) else { return };
+                if tx.send((i, run(plan))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut ready = BTreeMap::new();
+        let mut expected = 0;
+        for (i, outcome) in rx {
+            ready.insert(i, outcome);
+            while let Some(outcome) = ready.remove(&expected) {
+                each(&plans[expected], outcome);
+                expected += 1;
+            }
+        }
+    });
+}
+
+/// Threads for a batch: the machine's cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Where a transaction may rest at the end of a run: a final state, or
@@ -409,7 +605,12 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
         ByzantineAct::BadPartialSignatures => !cluster
             .observed(|o| matches!(o, Observation::BadPartialSignature { signer, .. } if *signer == b))
             .is_empty(),
-        ByzantineAct::Silence => true,
+        ByzantineAct::ForeignVotes => {
+            !cluster.observed(|o| matches!(o, Observation::ForgedVote { from, .. } if *from == b)).is_empty()
+        }
+        // Silence is visible only as absence, a replay only as nothing
+        // changing: the invariants and the liveness check cover both.
+        ByzantineAct::Silence | ByzantineAct::ReplayOldMessages => true,
         ByzantineAct::SignRejected => {
             !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
         }
@@ -422,8 +623,6 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
 }
 
 struct NetState {
-    /// Nodes cut off from the rest.
-    cut: BTreeSet<NodeId>,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
     /// Messages the Byzantine act changed, or withheld (silence), that the
@@ -439,6 +638,8 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
     // Reject votes seen in flight, per transaction: what a Byzantine node
     // could learn by listening.
     let mut rejections: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
+    // What the Byzantine node sent so far, for replays.
+    let mut sent: Vec<PeerMessage> = Vec::new();
     cluster.set_interceptor(move |from, env: &mut Envelope| {
         if let PeerMessage::Vote(v) = &env.msg {
             if !v.body.decision.is_approve() {
@@ -446,9 +647,6 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
             }
         }
         let mut net = net.borrow_mut();
-        if net.cut.contains(&from) != net.cut.contains(&env.to) {
-            return Delivery::Drop;
-        }
         let before = env.msg.clone();
         let decision = network_faults(&net, &mut rng, loss, dup, delay);
         if let Some((b, act)) = byzantine {
@@ -484,6 +682,28 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                                 forged.body.voter = NodeId(1 + (b.0 % N));
                                 forged.signature[0] ^= 0xff;
                                 env.msg = PeerMessage::Vote(forged);
+                            }
+                        }
+                    }
+                    ByzantineAct::ForeignVotes => {
+                        if let PeerMessage::Vote(v) = &env.msg {
+                            if v.body.voter == b {
+                                let key = setup::vote_key(cluster_id, b);
+                                env.msg = PeerMessage::Vote(SignedVote::sign(v.body.clone(), &key, "foreign-cluster"));
+                            }
+                        }
+                    }
+                    ByzantineAct::ReplayOldMessages => {
+                        // The message goes out as it is, and so does an old one.
+                        let replay = (!sent.is_empty() && rng.next_u64() % 3 == 0)
+                            .then(|| sent[(rng.next_u64() % sent.len() as u64) as usize].clone());
+                        if sent.len() < 256 {
+                            sent.push(env.msg.clone());
+                        }
+                        if let Some(old) = replay {
+                            if !matches!(decision, Delivery::Drop) {
+                                net.tampered.push((env.to, old.clone()));
+                                return Delivery::WithReplay(Box::new(old));
                             }
                         }
                     }

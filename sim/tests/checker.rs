@@ -23,11 +23,11 @@ fn planted_violations_are_each_caught() {
     //    records survive). Two signers answering different messages is
     //    waste, not a violation.
     let consumed = |message| Record::PresigConsumed { id: presig, tx, input: 0, message, sigma: [0; 32] };
-    cluster.hosts.get_mut(&NodeId(3)).unwrap().store.push(consumed([2; 32]));
-    cluster.hosts.get_mut(&NodeId(2)).unwrap().store.push(consumed([1; 32]));
+    cluster.hosts_mut().get_mut(&NodeId(3)).unwrap().store.push(consumed([2; 32]));
+    cluster.hosts_mut().get_mut(&NodeId(2)).unwrap().store.push(consumed([1; 32]));
     assert!(violations(&cluster).is_empty(), "{:?}", violations(&cluster));
     assert_eq!(mpc_sim::checker::split_presignatures(&cluster), 1);
-    cluster.hosts.get_mut(&NodeId(2)).unwrap().store.push(consumed([3; 32]));
+    cluster.hosts_mut().get_mut(&NodeId(2)).unwrap().store.push(consumed([3; 32]));
     assert!(violations(&cluster).iter().any(|v| v.contains("node-2 used its share")), "{:?}", violations(&cluster));
 
     // 2. A partial released without an approval certificate, and without a
@@ -45,8 +45,13 @@ fn planted_violations_are_each_caught() {
 
     // 3. Conflicting final outcomes on two honest nodes.
     let other = TxId([7; 32]);
-    cluster.hosts.get_mut(&NodeId(1)).unwrap().store.push(Record::TxState { tx: other, state: TxState::Signed });
-    cluster.hosts.get_mut(&NodeId(2)).unwrap().store.push(Record::TxState { tx: other, state: TxState::Rejected });
+    cluster.hosts_mut().get_mut(&NodeId(1)).unwrap().store.push(Record::TxState { tx: other, state: TxState::Signed });
+    cluster
+        .hosts_mut()
+        .get_mut(&NodeId(2))
+        .unwrap()
+        .store
+        .push(Record::TxState { tx: other, state: TxState::Rejected });
     assert!(violations(&cluster).iter().any(|v| v.contains("conflicting outcomes")));
 
     // 4. An honest node blamed.
@@ -55,14 +60,17 @@ fn planted_violations_are_each_caught() {
     assert!(violations(&cluster).iter().any(|v| v.contains("blamed honest")));
 
     // 5. A signed transaction that fails Bitcoin Core's check.
-    cluster.hosts.get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
+    cluster.hosts_mut().get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
     assert!(violations(&cluster).iter().any(|v| v.contains("never accepted") || v.contains("fails verification")));
 
     // An equivocator's approvals do not make a certificate.
     let key = mpc_sim::setup::vote_key("test-cluster", NodeId(5));
     let body = |d| VoteBody { tx: TxId([6; 32]), voter: NodeId(5), decision: d };
-    let store = &mut cluster.hosts.get_mut(&NodeId(1)).unwrap().store;
-    store.push(Record::Vote(SignedVote::sign(body(Decision::Approve), &key, "test-cluster")));
-    store.push(Record::Vote(SignedVote::sign(body(Decision::Reject("x".into())), &key, "test-cluster")));
+    {
+        let mut hosts = cluster.hosts_mut();
+        let store = &mut hosts.get_mut(&NodeId(1)).unwrap().store;
+        store.push(Record::Vote(SignedVote::sign(body(Decision::Approve), &key, "test-cluster")));
+        store.push(Record::Vote(SignedVote::sign(body(Decision::Reject("x".into())), &key, "test-cluster")));
+    }
     assert!(violations(&cluster).iter().any(|v| v.contains("approvals")));
 }

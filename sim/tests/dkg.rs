@@ -41,7 +41,7 @@ fn dkg_runs_aux_info_from_primes_then_keygen_and_survives_restart() {
 
     // Each node persisted its aux info and key share, and both survive a restart.
     for id in cluster.ids() {
-        let store = &cluster.hosts[&id].store;
+        let store = &cluster.hosts()[&id].store;
         assert!(store.iter().any(|r| matches!(r, Record::AuxInfo { .. })));
         assert!(store.iter().any(|r| matches!(r, Record::KeyShare { .. })));
     }

@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(done, "DKG did not complete");
     let mut aux = BTreeMap::new();
     for id in cluster.ids() {
-        let found = cluster.hosts[&id].store.iter().find_map(|r| match r {
+        let found = cluster.hosts()[&id].store.iter().find_map(|r| match r {
             Record::AuxInfo { aux, .. } => Some(aux.expose().clone()),
             _ => None,
         });
@@ -66,7 +66,7 @@ fn make_cluster(n: u16) -> anyhow::Result<()> {
     // Let the last announcements land everywhere.
     cluster.set_leader(None);
     cluster.run_for(1_000);
-    let records: BTreeMap<NodeId, Vec<Record>> = cluster.hosts.iter().map(|(id, h)| (*id, h.store.clone())).collect();
+    let records: BTreeMap<NodeId, Vec<Record>> = cluster.hosts().iter().map(|(id, h)| (*id, h.store.clone())).collect();
     std::fs::write(fixtures::cluster_path(n), serde_json::to_string(&records)?)?;
     eprintln!("wrote {}", fixtures::cluster_path(n).display());
     Ok(())

@@ -1,71 +1,103 @@
 //! `mpc-sim`: run one seed (`--seed N`) or sweep a range (`--seeds A..B`)
-//! of five-node fixture clusters under faults, checking the invariants.
+//! of five-node clusters on turmoil under faults, checking the invariants.
+//! `--shape fixture|live-presign` picks how the cluster starts (default
+//! fixture); `--threads K` runs K seeds at once (default: the cores).
 
 use anyhow::{bail, Context};
-use mpc_sim::sweep::{run_seed_traced, SeedPlan};
+use mpc_sim::sweep::{default_threads, run_batch, run_seed_traced, SeedPlan, SeedShape};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+struct Args {
+    first: u64,
+    end: u64,
+    shape: SeedShape,
+    threads: usize,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let usage = "usage: mpc-sim (--seed N | --seeds A..B) [--shape fixture|live-presign] [--threads K]";
+    let mut args = Args { first: 0, end: 0, shape: SeedShape::Fixture, threads: default_threads() };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value; {usage}"))?;
+        match flag.as_str() {
+            "--seed" => {
+                args.first = value.parse().context("seed must be a number")?;
+                args.end = args.first + 1;
+            }
+            "--seeds" => {
+                let (a, b) = value.split_once("..").context("range must look like A..B")?;
+                (args.first, args.end) = (a.parse()?, b.parse()?);
+            }
+            "--shape" => args.shape = SeedShape::parse(&value).with_context(|| format!("unknown shape; {usage}"))?,
+            "--threads" => args.threads = value.parse().context("threads must be a number")?,
+            _ => bail!("{usage}"),
+        }
+    }
+    if args.end <= args.first {
+        bail!("{usage}");
+    }
+    Ok(args)
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (first, end) = match args.as_slice() {
-        [flag, n] if flag == "--seed" => {
-            let n: u64 = n.parse().context("seed must be a number")?;
-            (n, n + 1)
-        }
-        [flag, range] if flag == "--seeds" => {
-            let (a, b) = range.split_once("..").context("range must look like A..B")?;
-            (a.parse()?, b.parse()?)
-        }
-        _ => bail!("usage: mpc-sim --seed N | --seeds A..B"),
-    };
-    let single = end == first + 1;
+    let args = parse()?;
+    let single = args.end == args.first + 1;
+    let trace = single && std::env::var_os("MPC_SIM_TRACE").is_some();
     let started = Instant::now();
-    let bar = indicatif::ProgressBar::new(end - first);
-    if !single {
+    let bar = indicatif::ProgressBar::new(args.end - args.first);
+    if single {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else {
         bar.set_style(indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} seeds {msg}")?);
     }
+    let plans: Vec<SeedPlan> = (args.first..args.end).map(|seed| SeedPlan::shaped(seed, args.shape)).collect();
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     let (mut signed, mut rejected) = (0, 0);
-    for seed in first..end {
-        let plan = SeedPlan::from_seed(seed);
-        let trace = single && std::env::var_os("MPC_SIM_TRACE").is_some();
-        let outcome = run_seed_traced(&plan, trace);
-        for line in &outcome.log {
-            println!("{line}");
-        }
-        for (k, v) in &outcome.coverage {
-            *coverage.entry(k).or_default() += v;
-        }
-        signed += outcome.signed;
-        rejected += outcome.rejected;
-        if single || !outcome.violations.is_empty() {
-            bar.suspend(|| {
-                println!("seed {seed}: trace {}", outcome.trace_hash);
-                println!("plan: {plan:#?}");
-                for v in &outcome.violations {
-                    println!("VIOLATION: {v}");
-                }
-                println!("replay: {}", plan.replay_command());
-            });
-        }
-        if !outcome.violations.is_empty() {
-            failures.push(seed);
-        }
-        bar.inc(1);
-        bar.set_message(format!("{} failed", failures.len()));
-    }
+    run_batch(
+        &plans,
+        args.threads,
+        |plan| run_seed_traced(plan, trace),
+        |plan, outcome| {
+            for line in &outcome.log {
+                println!("{line}");
+            }
+            for (k, v) in &outcome.coverage {
+                *coverage.entry(*k).or_default() += v;
+            }
+            signed += outcome.signed;
+            rejected += outcome.rejected;
+            if single || !outcome.violations.is_empty() {
+                bar.suspend(|| {
+                    println!("seed {} ({}): trace {}", plan.seed, plan.shape.name(), outcome.trace_hash);
+                    println!("commit: {}", env!("MPC_GIT_COMMIT"));
+                    println!("plan:\n{plan}");
+                    for v in &outcome.violations {
+                        println!("VIOLATION: {v}");
+                    }
+                    println!("replay: {}", plan.replay_command());
+                });
+            }
+            if !outcome.violations.is_empty() {
+                failures.push(plan.seed);
+            }
+            bar.inc(1);
+            bar.set_message(format!("{} failed", failures.len()));
+        },
+    );
     bar.finish();
     let secs = started.elapsed().as_secs_f64();
-    println!("\n{:<34} {:>8}", "seeds", end - first);
-    println!("{:<34} {:>8}", "failed", failures.len());
-    println!("{:<34} {:>8}", "transactions signed", signed);
-    println!("{:<34} {:>8}", "transactions rejected", rejected);
+    println!("\n{:<40} {:>8}", "seeds", args.end - args.first);
+    println!("{:<40} {:>8}", "shape", args.shape.name());
+    println!("{:<40} {:>8}", "failed", failures.len());
+    println!("{:<40} {:>8}", "transactions signed", signed);
+    println!("{:<40} {:>8}", "transactions rejected", rejected);
     for (k, v) in &coverage {
-        println!("{k:<34} {v:>8}");
+        println!("{k:<40} {v:>8}");
     }
-    println!("{:<34} {:>8.1}", "seeds per minute", (end - first) as f64 / secs * 60.0);
+    println!("{:<40} {:>8.1}", "seeds per minute", (args.end - args.first) as f64 / secs * 60.0);
     if !failures.is_empty() {
         bail!("failing seeds: {failures:?}");
     }

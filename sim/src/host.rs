@@ -1,0 +1,479 @@
+//! The software of the simulated hosts: a node shell around
+//! `mpc_core::Node`, and the lease host that stands in for etcd.
+//!
+//! The node shell does what the production shell does, over turmoil's
+//! network instead of QUIC: it turns datagrams, timers, lease changes,
+//! engine results and operator commands into inputs, and performs each
+//! step in the order the core's contract requires (records durable, then
+//! sends). Every `select!` is `biased`, so no ambient randomness decides
+//! which input comes first.
+
+use crate::cluster::{Delivery, Shared, Snapshot, EPOCH_MS};
+use bincode::Options;
+use mpc_core::engine::ComputeJob;
+use mpc_core::{Input, Millis, Node, NodeId, PeerMessage, RecoveredState, Step};
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use turmoil::net::UdpSocket;
+
+/// The host that plays etcd's lease.
+pub const LEASE_HOST: &str = "etcd";
+const PEER_PORT: u16 = 7000;
+const LEASE_PORT: u16 = 2379;
+const LEASE_CLIENT_PORT: u16 = 7001;
+/// Lease time-to-live: a holder that cannot renew for this long loses it.
+pub const LEASE_TTL_MS: u64 = 10_000;
+const KEEPALIVE_MS: u64 = 3_000;
+/// Simulated time one engine job takes, whatever the CPU took.
+pub const COMPUTE_MS: u64 = 20;
+/// Largest frame a shell accepts.
+const MAX_FRAME: u64 = 4 << 20;
+
+pub fn node_host_name(id: NodeId) -> String {
+    format!("node{}", id.0)
+}
+
+/// A host's clock: true simulated time plus an offset, running fast or slow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub offset_ms: i64,
+    pub drift_ppm: i64,
+}
+
+impl Clock {
+    /// What this clock reads `elapsed_ms` into the run.
+    pub fn local(&self, elapsed_ms: u64) -> Millis {
+        let e = elapsed_ms as i64;
+        Millis((EPOCH_MS as i64 + self.offset_ms + e + e * self.drift_ppm / 1_000_000) as u64)
+    }
+
+    /// The first elapsed time (ms) at which this clock reads at least `t`.
+    pub fn elapsed_at(&self, t: Millis) -> u64 {
+        let target = t.0 as i64 - EPOCH_MS as i64 - self.offset_ms;
+        if target <= 0 {
+            return 0;
+        }
+        let rate = 1_000_000 + self.drift_ppm as i128;
+        let mut e = ((target as i128 * 1_000_000) / rate).max(0) as u64;
+        while self.local(e) < t {
+            e += 1;
+        }
+        e
+    }
+}
+
+/// The lease as etcd would hold it, kept by the harness so that tests can
+/// force a holder.
+#[derive(Default)]
+pub struct LeaseState {
+    /// Holder and when its lease lapses (simulated ms).
+    pub holder: Option<(NodeId, u64)>,
+    /// Nodes that campaign; others only watch.
+    pub candidates: BTreeSet<NodeId>,
+    /// Holder changes since the harness last looked: (old, new).
+    pub changes: Vec<(Option<NodeId>, Option<NodeId>)>,
+    /// The holder last announced to the nodes.
+    announced: Option<Option<NodeId>>,
+}
+
+impl LeaseState {
+    pub fn force(&mut self, leader: Option<NodeId>, now_ms: u64) {
+        self.set(leader.map(|l| (l, now_ms + LEASE_TTL_MS)));
+        self.candidates = leader.into_iter().collect();
+    }
+
+    fn set(&mut self, holder: Option<(NodeId, u64)>) {
+        let (old, new) = (self.holder.map(|h| h.0), holder.map(|h| h.0));
+        if old != new {
+            self.changes.push((old, new));
+        }
+        self.holder = holder;
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        if self.holder.is_some_and(|(_, lapses)| now_ms >= lapses) {
+            self.set(None);
+        }
+    }
+
+    /// A keep-alive from `from`: renews its lease, or grants a free lease to
+    /// a candidate.
+    fn keepalive(&mut self, from: NodeId, campaign: bool, now_ms: u64) {
+        self.expire(now_ms);
+        if !campaign || !self.candidates.contains(&from) {
+            return;
+        }
+        match self.holder {
+            None => self.set(Some((from, now_ms + LEASE_TTL_MS))),
+            Some((h, _)) if h == from => self.holder = Some((from, now_ms + LEASE_TTL_MS)),
+            Some(_) => {}
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum LeaseMsg {
+    KeepAlive { campaign: bool },
+    State { holder: Option<NodeId> },
+}
+
+fn elapsed_ms() -> u64 {
+    turmoil::sim_elapsed().expect("inside a simulated host").as_millis() as u64
+}
+
+fn frame_options() -> impl Options {
+    bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes().with_limit(MAX_FRAME)
+}
+
+fn any_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// The lease host: grants the lease to the first candidate to ask for a
+/// free one, renews it on keep-alives, lets it lapse after the TTL, and
+/// tells every node each change (an etcd watch).
+pub(crate) async fn lease_host(shared: Rc<RefCell<Shared>>) -> turmoil::Result {
+    let socket = UdpSocket::bind(any_addr(LEASE_PORT)).await?;
+    let mut buf = vec![0u8; 1024];
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            biased;
+            r = socket.recv_from(&mut buf) => {
+                let (len, src) = r?;
+                let from = shared.borrow().addrs.get(&src.ip()).copied();
+                if let (Some(from), Ok(LeaseMsg::KeepAlive { campaign })) =
+                    (from, frame_options().deserialize::<LeaseMsg>(&buf[..len]))
+                {
+                    let holder = {
+                        let mut s = shared.borrow_mut();
+                        s.lease.keepalive(from, campaign, elapsed_ms());
+                        s.lease.holder.map(|h| h.0)
+                    };
+                    let reply = bincode::serialize(&LeaseMsg::State { holder }).expect("lease messages serialise");
+                    let _ = socket.try_send_to(&reply, src);
+                }
+            }
+            _ = ticks.tick() => {}
+        }
+        let (announce, addrs) = {
+            let mut s = shared.borrow_mut();
+            s.lease.expire(elapsed_ms());
+            let holder = s.lease.holder.map(|h| h.0);
+            let announce = (s.lease.announced != Some(holder)).then_some(holder);
+            s.lease.announced = Some(holder);
+            (announce, s.addrs.keys().copied().collect::<Vec<_>>())
+        };
+        if let Some(holder) = announce {
+            let msg = bincode::serialize(&LeaseMsg::State { holder }).expect("lease messages serialise");
+            for addr in addrs {
+                let _ = socket.try_send_to(&msg, SocketAddr::new(addr, LEASE_CLIENT_PORT));
+            }
+        }
+    }
+}
+
+/// A node's lease client: keeps its lease alive if it campaigns, and feeds
+/// the core who holds the lease. Without word from the lease host for a TTL
+/// (less a keep-alive period, so a cut-off holder steps down before anyone
+/// can take over), the leader is unknown.
+async fn lease_client(shared: Rc<RefCell<Shared>>, id: NodeId, inbox: UnboundedSender<Input>) -> turmoil::Result {
+    let socket = UdpSocket::bind(any_addr(LEASE_CLIENT_PORT)).await?;
+    let lease = SocketAddr::new(turmoil::lookup(LEASE_HOST), LEASE_PORT);
+    let mut buf = vec![0u8; 1024];
+    let mut reported: Option<Option<NodeId>> = None;
+    let mut last_heard = elapsed_ms();
+    let mut ticks = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
+    loop {
+        tokio::select! {
+            biased;
+            r = socket.recv_from(&mut buf) => {
+                let (len, _) = r?;
+                if let Ok(LeaseMsg::State { holder }) = frame_options().deserialize::<LeaseMsg>(&buf[..len]) {
+                    last_heard = elapsed_ms();
+                    if reported != Some(holder) {
+                        reported = Some(holder);
+                        if inbox.send(Input::Leadership { leader: holder }).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            _ = ticks.tick() => {
+                let campaign = shared.borrow().lease.candidates.contains(&id);
+                let msg = bincode::serialize(&LeaseMsg::KeepAlive { campaign }).expect("lease messages serialise");
+                let _ = socket.try_send_to(&msg, lease);
+                let stale = elapsed_ms() >= last_heard + LEASE_TTL_MS - KEEPALIVE_MS;
+                if stale && reported.is_some_and(|h| h.is_some()) {
+                    reported = Some(None);
+                    if inbox.send(Input::Leadership { leader: None }).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs engine jobs in order, each taking [`COMPUTE_MS`] of simulated time.
+/// Jobs queued together go to the engine thread at once, so engines of all
+/// hosts work in parallel while the simulation waits.
+async fn compute(
+    shared: Rc<RefCell<Shared>>,
+    id: NodeId,
+    incarnation: u32,
+    mut jobs: UnboundedReceiver<ComputeJob>,
+    inbox: UnboundedSender<Input>,
+) {
+    while let Some(job) = jobs.recv().await {
+        let mut queued = 1;
+        shared.borrow().hosts[&id].engine.submit(incarnation, job);
+        while let Ok(job) = jobs.try_recv() {
+            shared.borrow().hosts[&id].engine.submit(incarnation, job);
+            queued += 1;
+        }
+        for _ in 0..queued {
+            tokio::time::sleep(Duration::from_millis(COMPUTE_MS)).await;
+            let result = shared.borrow().hosts[&id].engine.result(incarnation);
+            if inbox.send(Input::Compute(result)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Rebuilds the node from its durable records: the recovery path the
+/// production node takes. Returns the incarnation, or None if the records
+/// do not replay.
+fn start(shared: &RefCell<Shared>, id: NodeId, inbox: UnboundedSender<Input>) -> Option<u32> {
+    let mut s = shared.borrow_mut();
+    let run_seed = s.run_seed;
+    let Shared { hosts, recovery_violations, .. } = &mut *s;
+    let host = hosts.get_mut(&id).expect("known node");
+    let seed = crate::setup::node_seed(run_seed, id, host.incarnation);
+    let records = RecoveredState { records: host.store.clone() };
+    match Node::with_bugs(host.config.clone(), host.identity.clone(), seed, records, host.bugs) {
+        Ok(node) => {
+            if let Some(before) = host.before_crash.take() {
+                let after = Snapshot::of(&node);
+                if after != before {
+                    recovery_violations.push(format!("{id} restarted with {after:?}, had {before:?} before its crash"));
+                }
+            }
+            host.node = Some(node);
+            host.inbox = Some(inbox);
+            Some(host.incarnation)
+        }
+        Err(e) => {
+            recovery_violations.push(format!("{id} could not start from its records: {e}"));
+            None
+        }
+    }
+}
+
+/// A node host's software, from start (or restart) until turmoil cancels it.
+pub(crate) async fn node_host(shared: Rc<RefCell<Shared>>, id: NodeId) -> turmoil::Result {
+    let (inbox_tx, mut inbox) = unbounded_channel();
+    let (jobs_tx, jobs_rx) = unbounded_channel();
+    let Some(incarnation) = start(&shared, id, inbox_tx.clone()) else {
+        std::future::pending::<()>().await;
+        return Ok(());
+    };
+    let socket = Rc::new(UdpSocket::bind(any_addr(PEER_PORT)).await?);
+    tokio::task::spawn_local(compute(shared.clone(), id, incarnation, jobs_rx, inbox_tx.clone()));
+    tokio::task::spawn_local(lease_client(shared.clone(), id, inbox_tx.clone()));
+    let peers: BTreeMap<NodeId, SocketAddr> =
+        shared.borrow().addrs.iter().map(|(ip, n)| (*n, SocketAddr::new(*ip, PEER_PORT))).collect();
+    let mut wake: Option<Millis> = None;
+    let mut last_tick: Option<u64> = None;
+    let mut next = Some(Input::Tick);
+    let mut buf = vec![0u8; MAX_FRAME as usize];
+    loop {
+        let input = match next.take() {
+            Some(input) => input,
+            None => {
+                let clock = shared.borrow().hosts[&id].clock;
+                let now = elapsed_ms();
+                // At most one tick per turmoil step: a timer already due
+                // fires at the next step, never in a loop at frozen time.
+                let sleep_ms = match wake {
+                    Some(at) => clock.elapsed_at(at).saturating_sub(now).max(u64::from(last_tick == Some(now))),
+                    None => 3_600_000,
+                };
+                tokio::select! {
+                    biased;
+                    Some(input) = inbox.recv() => input,
+                    r = socket.recv_from(&mut buf) => {
+                        let (len, src) = r?;
+                        match decode(&shared, src, &buf[..len]) {
+                            Some(input) => input,
+                            None => continue,
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
+                        if wake.take().is_none() {
+                            continue;
+                        }
+                        last_tick = Some(elapsed_ms());
+                        Input::Tick
+                    }
+                }
+            }
+        };
+        match perform(&shared, id, &socket, &peers, &jobs_tx, input) {
+            Performed::Done { wake_at } => wake = wake_at,
+            Performed::CrashHere => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// A datagram from a member, as the transport authenticates it (by address
+/// here, by mTLS certificate in production); anything else is dropped.
+fn decode(shared: &RefCell<Shared>, src: SocketAddr, bytes: &[u8]) -> Option<Input> {
+    let mut s = shared.borrow_mut();
+    let from = s.addrs.get(&src.ip()).copied();
+    match (from, frame_options().deserialize::<PeerMessage>(bytes)) {
+        (Some(from), Ok(msg)) => Some(Input::Peer { from, msg }),
+        _ => {
+            s.garbage_frames += 1;
+            None
+        }
+    }
+}
+
+enum Performed {
+    Done {
+        wake_at: Option<Millis>,
+    },
+    /// A crash point fired after the step's records became durable: the
+    /// host waits for the harness to crash it, sending nothing.
+    CrashHere,
+}
+
+/// Hands one input to the node and performs the step: records durable
+/// first, then observations and replies, then sends, then compute jobs.
+fn perform(
+    shared: &RefCell<Shared>,
+    id: NodeId,
+    socket: &Rc<UdpSocket>,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+    jobs: &UnboundedSender<ComputeJob>,
+    input: Input,
+) -> Performed {
+    let mut s = shared.borrow_mut();
+    let elapsed = elapsed_ms();
+    let true_now = Millis(EPOCH_MS + elapsed);
+    let Shared {
+        hosts,
+        trace,
+        steps,
+        handle_timings,
+        observations,
+        replies,
+        crash_point,
+        crash_requested,
+        interceptor,
+        watched,
+        delivered_from_watched,
+        ..
+    } = &mut *s;
+    let host = hosts.get_mut(&id).expect("known node");
+    let now = host.clock.local(elapsed);
+    if let Input::Peer { from, msg } = &input {
+        if *watched == Some(*from) {
+            delivered_from_watched.push((id, msg.clone()));
+        }
+    }
+    let Some(node) = host.node.as_mut() else { return Performed::Done { wake_at: None } };
+    let step = timed_handle(handle_timings, node, now, input);
+    *steps += 1;
+    use sha2::Digest;
+    trace.update(id.0.to_be_bytes());
+    trace.update(now.0.to_be_bytes());
+    for record in &step.persist {
+        trace.update(bincode::serialize(record).expect("records serialise"));
+        host.store.push(record.clone());
+    }
+    if let Some(crash) = crash_point.as_mut() {
+        if crash(id, &step) {
+            crash_requested.push(id);
+            return Performed::CrashHere;
+        }
+    }
+    let durable = host.store.len();
+    for o in &step.observations {
+        trace.update(serde_json::to_vec(o).expect("observations serialise"));
+        observations.push((true_now, id, o.clone(), durable));
+    }
+    for (request, reply) in &step.replies {
+        trace.update(format!("{request:?}{reply:?}").as_bytes());
+        replies.push((id, *request, reply.clone()));
+    }
+    for mut env in step.send {
+        let deliver = match interceptor.as_mut() {
+            Some(f) => f(id, &mut env),
+            None => Delivery::Deliver,
+        };
+        let bytes = bincode::serialize(&env.msg).expect("messages serialise");
+        trace.update(&bytes);
+        let Some(to) = peers.get(&env.to).copied() else { continue };
+        let delayed = |extra: u64, bytes: Vec<u8>| {
+            let socket = socket.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(Duration::from_millis(extra)).await;
+                let _ = socket.try_send_to(&bytes, to);
+            });
+        };
+        match deliver {
+            Delivery::Deliver => {
+                let _ = socket.try_send_to(&bytes, to);
+            }
+            Delivery::Drop => {}
+            Delivery::Delay(extra) => delayed(extra, bytes),
+            Delivery::Duplicate(extra) => {
+                let _ = socket.try_send_to(&bytes, to);
+                delayed(extra, bytes);
+            }
+            Delivery::WithReplay(old) => {
+                let _ = socket.try_send_to(&bytes, to);
+                let old = bincode::serialize(&old).expect("messages serialise");
+                trace.update(&old);
+                let _ = socket.try_send_to(&old, to);
+            }
+        }
+    }
+    for job in step.compute {
+        let _ = jobs.send(job);
+    }
+    Performed::Done { wake_at: step.wake_at }
+}
+
+fn timed_handle(
+    timings: &mut Option<BTreeMap<&'static str, Vec<Duration>>>,
+    node: &mut Node,
+    now: Millis,
+    input: Input,
+) -> Step {
+    let Some(timings) = timings.as_mut() else { return node.handle(now, input) };
+    let kind = input_kind(&input);
+    let started = std::time::Instant::now();
+    let step = node.handle(now, input);
+    timings.entry(kind).or_default().push(started.elapsed());
+    step
+}
+
+fn input_kind(input: &Input) -> &'static str {
+    match input {
+        Input::Peer { msg, .. } => msg.kind(),
+        Input::Tick => "tick",
+        Input::Command { .. } => "command",
+        Input::Leadership { .. } => "leadership",
+        Input::Compute(_) => "compute_result",
+        Input::SafePrimes(_) => "safe_primes",
+    }
+}
