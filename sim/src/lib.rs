@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod host;
 pub mod scenario;
 pub mod setup;
+pub mod shrink;
 pub mod sweep;
 pub mod wallet;
 

@@ -26,6 +26,21 @@ pub const N: u16 = 5;
 const SAFETY_MS: u64 = 120_000;
 const LIVENESS_MS: u64 = 1_800_000;
 
+/// Record kinds after whose persisting a node may crash, before its sends.
+pub const CRASH_AFTER_KINDS: [&str; 6] =
+    ["presig_consumed", "own_vote", "tx_accepted", "vote", "signed_tx", "tx_state"];
+
+/// Every Byzantine act a plan can schedule.
+pub const BYZANTINE_ACTS: [ByzantineAct; 7] = [
+    ByzantineAct::EquivocateVotes,
+    ByzantineAct::ForgeVoteSignatures,
+    ByzantineAct::BadPartialSignatures,
+    ByzantineAct::Silence,
+    ByzantineAct::SignRejected,
+    ByzantineAct::ForeignVotes,
+    ByzantineAct::ReplayOldMessages,
+];
+
 /// How a seed's cluster starts, which decides what its crypto costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum SeedShape {
@@ -144,8 +159,7 @@ impl SeedPlan {
             crashes.push((pick(40_000), node(pick(5)), 1_000 + pick(60_000)));
         }
         let crash_after_persist = if pick(3) == 0 {
-            let kinds = ["presig_consumed", "own_vote", "tx_accepted", "vote", "signed_tx", "tx_state"];
-            Some((node(pick(5)), kinds[pick(kinds.len() as u64) as usize]))
+            Some((node(pick(5)), CRASH_AFTER_KINDS[pick(CRASH_AFTER_KINDS.len() as u64) as usize]))
         } else {
             None
         };
@@ -195,17 +209,21 @@ impl SeedPlan {
             txs,
             clocks,
         };
-        // A Byzantine node's own crash or submission would blur what the
-        // run tests; honest nodes take those roles.
-        if let Some((b, _)) = plan.byzantine {
+        plan.keep_byzantine_out_of_roles();
+        plan
+    }
+
+    /// A Byzantine node's own crash or submission would blur what the run
+    /// tests; honest nodes take those roles.
+    pub fn keep_byzantine_out_of_roles(&mut self) {
+        if let Some((b, _)) = self.byzantine {
             let honest = |n: NodeId| if n == b { NodeId(1 + (b.0 % N)) } else { n };
-            plan.txs.iter_mut().for_each(|t| t.node = honest(t.node));
-            plan.crashes.iter_mut().for_each(|c| c.1 = honest(c.1));
-            if let Some(c) = plan.crash_after_persist.as_mut() {
+            self.txs.iter_mut().for_each(|t| t.node = honest(t.node));
+            self.crashes.iter_mut().for_each(|c| c.1 = honest(c.1));
+            if let Some(c) = self.crash_after_persist.as_mut() {
                 c.0 = honest(c.0);
             }
         }
-        plan
     }
 
     pub fn replay_command(&self) -> String {

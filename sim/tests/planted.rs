@@ -5,11 +5,14 @@
 #![cfg(feature = "planted-bugs")]
 
 use mpc_core::PlantedBugs;
-use mpc_sim::sweep::{run_seed_with_bugs, SeedPlan};
+use mpc_sim::shrink::{fault_count, plan_strategy};
+use mpc_sim::sweep::{run_seed_with_bugs, SeedPlan, SeedShape};
+use proptest::test_runner::{Config, TestError, TestRunner};
 
-/// The first seed in the batch whose run reports a violation, with it.
+/// The first seed in the CI batch (0..1000) whose run reports a
+/// violation, with it.
 fn first_catch(bugs: PlantedBugs) -> Option<(u64, String)> {
-    (0..300).find_map(|seed| {
+    (0..1000).find_map(|seed| {
         let outcome = run_seed_with_bugs(&SeedPlan::from_seed(seed), false, bugs);
         outcome.violations.first().map(|v| (seed, v.clone()))
     })
@@ -52,4 +55,25 @@ fn without_planted_bugs_the_same_seeds_pass() {
         let outcome = run_seed_with_bugs(&SeedPlan::from_seed(seed), false, PlantedBugs::NONE);
         assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
     }
+}
+
+/// Shrinking: proptest finds a schedule under which the late-consumption
+/// bug shows, then removes everything the failure does not need. That bug
+/// needs no fault at all, only a signature, so the minimal schedule has no
+/// fault left and one approved transaction.
+#[test]
+fn a_failing_schedule_shrinks_to_a_minimal_one() {
+    let config = Config { cases: 16, failure_persistence: None, max_shrink_iters: 400, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&plan_strategy(SeedShape::Fixture), |plan| {
+        let outcome = run_seed_with_bugs(&plan, false, PlantedBugs::persisting_consumption_late());
+        proptest::prop_assert!(outcome.violations.is_empty(), "{}", outcome.violations.join("; "));
+        Ok(())
+    });
+    let Err(TestError::Fail(reason, minimal)) = result else { panic!("the planted bug was never caught: {result:?}") };
+    println!("minimal failing schedule ({reason}):\n{minimal}");
+    assert!(reason.message().contains("without a durable consumption"), "{reason}");
+    assert_eq!(fault_count(&minimal), 0, "faults the failure does not need were kept:\n{minimal}");
+    assert_eq!(minimal.txs.len(), 1);
+    assert!(minimal.txs[0].allowed && minimal.txs[0].inputs == 1 && minimal.strict.is_empty(), "{minimal}");
 }

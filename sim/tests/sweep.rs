@@ -1,43 +1,55 @@
-//! The CI batch of seeded runs: fixture clusters under loss, duplication,
-//! reordering, partitions, crashes (including between a persist and the
-//! send after it) and one Byzantine node at most, each checked against the
-//! safety invariants, liveness after healing, and attribution.
+//! The CI batch of seeded runs on turmoil: fixture clusters under loss,
+//! duplication, reordering, partitions, crashes (including between a
+//! persist and the send after it), drifting clocks, lease loss and one
+//! Byzantine node at most, each checked against the safety invariants,
+//! liveness after healing, and attribution; and a few seeds that fill the
+//! pool by live presigning at production parameters.
 //!
-//! `MPC_SIM_SEEDS=A..B` picks the range (default 0..300); one seed replays
-//! with `cargo run --release -p mpc-sim --bin mpc-sim -- --seed N`.
+//! `MPC_SIM_SEEDS=A..B` picks the fixture range (default 0..1000) and
+//! `MPC_SIM_LIVE_SEEDS=A..B` the live one (default 0..3); one seed replays
+//! with the command a failure prints (`mpc-sim --seed N [--shape S]`).
 
-use mpc_sim::sweep::{run_seed, SeedPlan};
+use mpc_sim::sweep::{default_threads, run_batch, run_seed, SeedPlan, SeedShape};
 use std::collections::BTreeMap;
 
-fn seed_range() -> std::ops::Range<u64> {
-    let spec = std::env::var("MPC_SIM_SEEDS").unwrap_or_else(|_| "0..300".into());
-    let (a, b) = spec.split_once("..").expect("MPC_SIM_SEEDS looks like A..B");
+fn seed_range(var: &str, default: &str) -> std::ops::Range<u64> {
+    let spec = std::env::var(var).unwrap_or_else(|_| default.into());
+    let (a, b) = spec.split_once("..").unwrap_or_else(|| panic!("{var} looks like A..B"));
     a.parse().expect("start")..b.parse().expect("end")
 }
 
-#[test]
-fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
+/// Runs the seeds of one shape in parallel; returns coverage counts and
+/// fails with every failing seed's report.
+fn sweep(shape: SeedShape, seeds: std::ops::Range<u64>) -> BTreeMap<&'static str, u64> {
+    let plans: Vec<SeedPlan> = seeds.map(|seed| SeedPlan::shaped(seed, shape)).collect();
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
-    for seed in seed_range() {
-        let plan = SeedPlan::from_seed(seed);
-        let outcome = run_seed(&plan);
+    run_batch(&plans, default_threads(), run_seed, |plan, outcome| {
         for (k, v) in outcome.coverage {
             *coverage.entry(k).or_default() += v;
         }
         if !outcome.violations.is_empty() {
             failures.push(format!(
-                "seed {seed} (trace {}):\n  {}\n  plan: {plan:?}\n  replay: {}",
+                "seed {} (trace {}, commit {}):\n  {}\n{plan}  replay: {}",
+                plan.seed,
                 outcome.trace_hash,
+                env!("MPC_GIT_COMMIT"),
                 outcome.violations.join("\n  "),
                 plan.replay_command()
             ));
         }
-    }
+    });
+    println!("{} seeds of shape {}", plans.len(), shape.name());
     for (k, v) in &coverage {
-        println!("{k:<36} {v:>8}");
+        println!("{k:<40} {v:>8}");
     }
     assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    coverage
+}
+
+#[test]
+fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
+    let coverage = sweep(SeedShape::Fixture, seed_range("MPC_SIM_SEEDS", "0..1000"));
     // A checker that never sees a fault proves nothing.
     for kind in [
         "crash between persist and send",
@@ -51,6 +63,10 @@ fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
         "transaction signed",
         "transaction rejected",
         "byzantine act delivered",
+        "replayed message delivered",
+        "foreign-session vote delivered",
+        "lease lapsed (holder crashed or cut off)",
+        "clock drifting over 0.1%",
     ] {
         assert!(coverage.get(kind).copied().unwrap_or(0) > 0, "fault kind never fired in this batch: {kind}");
     }
@@ -66,4 +82,10 @@ fn a_seed_replays_to_the_same_trace() {
         assert_eq!(a.coverage, b.coverage);
     }
     assert_ne!(run_seed(&SeedPlan::from_seed(3)).trace_hash, run_seed(&SeedPlan::from_seed(4)).trace_hash);
+}
+
+#[test]
+fn live_presigning_seeds_refill_the_pool_under_faults() {
+    let coverage = sweep(SeedShape::LivePresign, seed_range("MPC_SIM_LIVE_SEEDS", "0..3"));
+    assert!(coverage.get("live presignature generated").copied().unwrap_or(0) > 0, "no presignature was generated");
 }

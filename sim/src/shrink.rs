@@ -1,0 +1,97 @@
+//! Fault schedules as proptest strategies, so that a failing schedule
+//! shrinks to a minimal one: every fault, transaction and clock skew that
+//! the failure does not need is removed or zeroed, and the survivor prints
+//! in the readable form of [`SeedPlan`]'s `Display`.
+//!
+//! The strategy draws the same fields `SeedPlan::from_seed` expands, in the
+//! same ranges, with every value shrinking toward "no fault": no loss, no
+//! partition, no crash, no Byzantine node, honest clocks, one transaction.
+
+use crate::host::Clock;
+use crate::sweep::{SeedPlan, SeedShape, TxPlan, BYZANTINE_ACTS, CRASH_AFTER_KINDS, N};
+use mpc_core::NodeId;
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+fn node() -> impl Strategy<Value = NodeId> + Clone {
+    (1..=N).prop_map(NodeId)
+}
+
+/// A signed quantity that shrinks toward zero.
+fn signed(max: i64) -> impl Strategy<Value = i64> {
+    (0..=max, any::<bool>()).prop_map(|(m, negative)| if negative { -m } else { m })
+}
+
+pub fn plan_strategy(shape: SeedShape) -> impl Strategy<Value = SeedPlan> {
+    let partition = (0u64..30_000, 5_000u64..65_000, prop::collection::btree_set(node(), 1..=2))
+        .prop_map(|(start, length, side)| (start, start + length, side));
+    let crash = (0u64..40_000, node(), 1_000u64..61_000);
+    let crash_after = (node(), prop::sample::select(CRASH_AFTER_KINDS.to_vec()));
+    let byzantine = (node(), prop::sample::select(BYZANTINE_ACTS.to_vec()));
+    let tx = (0u64..20_000, node(), any::<bool>(), 1usize..=2).prop_map(|(at_ms, node, rejected, inputs)| TxPlan {
+        at_ms,
+        node,
+        allowed: !rejected,
+        inputs,
+    });
+    let max_txs = if shape == SeedShape::Fixture { 3 } else { 1 };
+    let clocks = prop::collection::vec((signed(120_000), signed(5_000)), N as usize).prop_map(|c| {
+        c.into_iter()
+            .enumerate()
+            .map(|(i, (offset_ms, drift_ppm))| (NodeId(i as u16 + 1), Clock { offset_ms, drift_ppm }))
+            .collect()
+    });
+    (
+        (any::<u64>(), prop::option::of(node()), 0u32..=50, 0u32..=100, 0u64..=200),
+        prop::collection::vec(partition, 0..=2),
+        prop::collection::vec(crash, 0..=2),
+        prop::option::of(crash_after),
+        prop::option::of(byzantine),
+        prop::collection::btree_set(node(), 0..=2),
+        prop::collection::vec(tx, 1..=max_txs),
+        clocks,
+    )
+        .prop_map(
+            move |(
+                (seed, leader, loss_permille, duplicate_permille, max_delay_ms),
+                partitions,
+                crashes,
+                crash_after_persist,
+                byzantine,
+                strict,
+                txs,
+                clocks,
+            )| {
+                let strict: BTreeSet<NodeId> = strict;
+                let mut plan = SeedPlan {
+                    seed,
+                    shape,
+                    leader,
+                    loss_permille,
+                    duplicate_permille,
+                    max_delay_ms,
+                    partitions,
+                    crashes,
+                    crash_after_persist,
+                    byzantine,
+                    strict: strict.into_iter().collect(),
+                    txs,
+                    clocks,
+                };
+                plan.keep_byzantine_out_of_roles();
+                plan
+            },
+        )
+}
+
+/// How many faults a plan schedules: what shrinking drives down.
+pub fn fault_count(plan: &SeedPlan) -> usize {
+    let skewed = plan.clocks.values().filter(|c| **c != Clock::default()).count();
+    plan.partitions.len()
+        + plan.crashes.len()
+        + usize::from(plan.crash_after_persist.is_some())
+        + usize::from(plan.byzantine.is_some())
+        + usize::from(plan.loss_permille > 0)
+        + usize::from(plan.duplicate_permille > 0)
+        + skewed
+}
