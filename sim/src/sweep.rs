@@ -25,6 +25,8 @@ use std::sync::OnceLock;
 pub const N: u16 = 5;
 const SAFETY_MS: u64 = 120_000;
 const LIVENESS_MS: u64 = 1_800_000;
+/// Simulated time a live keygen gets before faults start.
+const KEYGEN_MS: u64 = 20_000;
 
 /// Record kinds after whose persisting a node may crash, before its sends.
 pub const CRASH_AFTER_KINDS: [&str; 6] =
@@ -52,15 +54,21 @@ pub enum SeedShape {
     /// presigning (seconds of CPU each) under the seed's faults, and must
     /// return to its target once they heal.
     LivePresign,
+    /// Fixture aux info only: live keygen at the start, then live
+    /// presigning. Keygen needs every member and has no completion round,
+    /// so until the key exists the network only duplicates, reorders and
+    /// delays; loss, partitions, crashes and silence start after it.
+    LiveKeygen,
 }
 
 impl SeedShape {
-    pub const ALL: [SeedShape; 2] = [SeedShape::Fixture, SeedShape::LivePresign];
+    pub const ALL: [SeedShape; 3] = [SeedShape::Fixture, SeedShape::LivePresign, SeedShape::LiveKeygen];
 
     pub fn name(self) -> &'static str {
         match self {
             SeedShape::Fixture => "fixture",
             SeedShape::LivePresign => "live-presign",
+            SeedShape::LiveKeygen => "live-keygen",
         }
     }
 
@@ -209,8 +217,19 @@ impl SeedPlan {
             txs,
             clocks,
         };
+        if shape == SeedShape::LiveKeygen {
+            plan.after_keygen();
+        }
         plan.keep_byzantine_out_of_roles();
         plan
+    }
+
+    /// A silent member makes keygen impossible (it needs every member):
+    /// that is a liveness limit, not a finding.
+    fn after_keygen(&mut self) {
+        if self.byzantine.is_some_and(|(_, act)| act == ByzantineAct::Silence) {
+            self.byzantine = None;
+        }
     }
 
     /// A Byzantine node's own crash or submission would blur what the run
@@ -319,6 +338,13 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
             config.pool.target = 0;
             config.pool.max = 60;
         }
+        SeedShape::LiveKeygen => {
+            records = fixtures::aux_records(N).expect("aux info fixture (see sim/src/fixtures.rs)");
+            config.pool.low_water = 1;
+            config.pool.target = 2;
+            config.pool.max = 4;
+            config.pool.parallel_sessions = 2;
+        }
         SeedShape::LivePresign => {
             for store in records.values_mut() {
                 store.retain(|r| !matches!(r.kind(), "presig_generating" | "presig_ready" | "presig_announced"));
@@ -337,7 +363,6 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     }
     let options = NetOptions { min_latency_ms: 1, max_latency_ms: 1 + plan.max_delay_ms, clocks: plan.clocks.clone() };
     let mut cluster = Cluster::with_options(plan.seed, nodes, records, bugs, options).expect("fixture cluster starts");
-    let key = cluster.node(NodeId(1)).group_key().expect("fixture is keyed").clone();
     let byz = plan.byzantine.map(|(b, _)| b);
     let honest: Vec<NodeId> = cluster.ids().into_iter().filter(|id| Some(*id) != byz).collect();
     // The planned leader holds the lease first; every honest node campaigns,
@@ -350,8 +375,25 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         cluster.watch_deliveries_from(b);
     }
 
-    let net = Rc::new(RefCell::new(NetState { lossy: true, tampered: Vec::new() }));
+    let net = Rc::new(RefCell::new(NetState { lossy: true, keygen: false, tampered: Vec::new() }));
     install_interceptor(&mut cluster, plan, net.clone());
+    if plan.shape == SeedShape::LiveKeygen {
+        // The operator starts DKG at an honest node. Until the key exists
+        // the network only duplicates, reorders and delays, and the
+        // Byzantine node behaves; the timeline starts after keygen.
+        net.borrow_mut().keygen = true;
+        cluster.command(plan.leader.filter(|l| Some(*l) != byz).unwrap_or(honest[0]), mpc_core::Command::StartDkg);
+        let keyed = cluster.run_until(KEYGEN_MS, |c| c.ids().iter().all(|id| c.node(*id).group_key().is_some()));
+        if !keyed {
+            return SeedOutcome {
+                trace_hash: cluster.trace_hash(),
+                violations: vec!["liveness: live keygen did not finish within its window".into()],
+                ..Default::default()
+            };
+        }
+        net.borrow_mut().keygen = false;
+    }
+    let key = cluster.node(honest[0]).group_key().expect("keyed").clone();
     let crash_hits = Rc::new(RefCell::new(0u64));
     if let Some((victim, kind)) = plan.crash_after_persist {
         let hits = crash_hits.clone();
@@ -454,7 +496,9 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
             _ => None,
         })
         .collect();
-    let target = config.pool.target as usize;
+    // The pool refills when it falls below low water, up to its target:
+    // after healing it must be back within that band.
+    let target = config.pool.low_water;
     let pool_ready = |c: &Cluster| match c.lease_holder() {
         Some(l) if c.is_up(l) => c.node(l).status().pool_ready,
         _ => 0,
@@ -475,7 +519,7 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
     if !done {
         if pool_ready(&cluster) < target {
             outcome.violations.push(format!(
-                "liveness: the pool holds {} ready presignatures, target {target}, lease holder {:?}",
+                "liveness: the pool holds {} ready presignatures, low water {target}, lease holder {:?}",
                 pool_ready(&cluster),
                 cluster.lease_holder()
             ));
@@ -641,6 +685,8 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
 }
 
 struct NetState {
+    /// Live keygen in progress: no loss, no Byzantine acts.
+    keygen: bool,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
     /// Messages the Byzantine act changed, or withheld (silence), that the
@@ -667,6 +713,9 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
         let mut net = net.borrow_mut();
         let before = env.msg.clone();
         let decision = network_faults(&net, &mut rng, loss, dup, delay);
+        if net.keygen {
+            return if matches!(decision, Delivery::Drop) { Delivery::Deliver } else { decision };
+        }
         if let Some((b, act)) = byzantine {
             if from == b {
                 match act {

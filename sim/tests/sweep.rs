@@ -5,9 +5,10 @@
 //! liveness after healing, and attribution; and a few seeds that fill the
 //! pool by live presigning at production parameters.
 //!
-//! `MPC_SIM_SEEDS=A..B` picks the fixture range (default 0..1000) and
-//! `MPC_SIM_LIVE_SEEDS=A..B` the live one (default 0..3); one seed replays
-//! with the command a failure prints (`mpc-sim --seed N [--shape S]`).
+//! `MPC_SIM_SEEDS=A..B` picks the fixture range (default 0..1000),
+//! `MPC_SIM_LIVE_SEEDS` the live-presigning one (default 0..3) and
+//! `MPC_SIM_KEYGEN_SEEDS` the live-keygen one (default 0..2); one seed
+//! replays with the command a failure prints (`mpc-sim --seed N [--shape S]`).
 
 use mpc_sim::sweep::{default_threads, run_batch, run_seed, SeedPlan, SeedShape};
 use std::collections::BTreeMap;
@@ -87,5 +88,11 @@ fn a_seed_replays_to_the_same_trace() {
 #[test]
 fn live_presigning_seeds_refill_the_pool_under_faults() {
     let coverage = sweep(SeedShape::LivePresign, seed_range("MPC_SIM_LIVE_SEEDS", "0..3"));
+    assert!(coverage.get("live presignature generated").copied().unwrap_or(0) > 0, "no presignature was generated");
+}
+
+#[test]
+fn live_keygen_seeds_key_the_cluster_then_sign_under_faults() {
+    let coverage = sweep(SeedShape::LiveKeygen, seed_range("MPC_SIM_KEYGEN_SEEDS", "0..2"));
     assert!(coverage.get("live presignature generated").copied().unwrap_or(0) > 0, "no presignature was generated");
 }
