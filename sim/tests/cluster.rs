@@ -1,5 +1,5 @@
 //! End-to-end behaviour of five real cores with real cryptography, driven by
-//! the deterministic one-process cluster.
+//! the deterministic simulator (turmoil hosts, simulated network and clock).
 
 mod common;
 
