@@ -150,7 +150,8 @@ impl SeedPlan {
     }
 
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p mpc-sim --bin mpc-sim -- --seed {}", self.seed)
+        let features = if mpc_core::REDUCED_SECURITY_TEST_ONLY { " --features reduced-security" } else { "" };
+        format!("cargo run --release -p mpc-sim{features} --bin mpc-sim -- --seed {}", self.seed)
     }
 }
 

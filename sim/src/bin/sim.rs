@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("usage: mpc-sim --seed N | --seeds A..B"),
     };
     let single = end == first + 1;
+    if mpc_core::REDUCED_SECURITY_TEST_ONLY {
+        eprintln!("TEST-ONLY reduced security level (ReducedTestOnlyLevel, 2047-bit Paillier)");
+    }
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(end - first);
     if !single {
