@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Every test of the workspace, after installing what the build needs; then
 # the planted-bug tests, which need mpc-core's TEST-ONLY `planted-bugs`
-# feature (never enabled by the node binary).
+# feature, and the reduced-level test, which needs its TEST-ONLY
+# `reduced-security-test-only` feature (the node binary enables neither;
+# the last line checks it refuses to start when built with the latter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo test --workspace --locked
 cargo test --locked -p mpc-sim --features planted-bugs --test planted
+cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
+cargo test --locked -p mpc-node --features mpc-sim/reduced-security --test level
