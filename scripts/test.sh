@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Every test of the workspace, after installing what the build needs; then
 # the planted-bug tests, which need mpc-core's TEST-ONLY `planted-bugs`
-# feature (never enabled by the node binary).
+# feature, and the reduced-level test, which needs its TEST-ONLY
+# `reduced-security-test-only` feature (the node binary enables neither;
+# the last line checks it refuses to start when built with the latter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo test --workspace --locked
 cargo test --locked -p mpc-sim --features planted-bugs --test planted
+cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
+# Bulk live seeds at the reduced level: live presigning and live keygen
+# under faults, cheap enough for twenty-odd seeds.
+MPC_SIM_LIVE_SEEDS=0..16 MPC_SIM_KEYGEN_SEEDS=0..8 \
+  cargo test --locked -p mpc-sim --features reduced-security --test sweep live_
+cargo test --locked -p mpc-node --features mpc-sim/reduced-security --test level

@@ -30,7 +30,41 @@ use std::sync::Arc;
 /// The curve of every key in this product.
 pub type Curve = Secp256k1;
 /// The cggmp24 security level. Production uses the library's 128-bit level.
+#[cfg(not(feature = "reduced-security-test-only"))]
 pub type Level = cggmp24::security_level::SecurityLevel128;
+/// The cggmp24 security level: the TEST-ONLY [`ReducedTestOnlyLevel`],
+/// because mpc-core was built with `reduced-security-test-only`.
+#[cfg(feature = "reduced-security-test-only")]
+pub type Level = ReducedTestOnlyLevel;
+
+/// True when this build runs cggmp24 at the insecure [`ReducedTestOnlyLevel`]
+/// (feature `reduced-security-test-only`). The node binary refuses to start
+/// when it is set, so a production binary can never run at that level even if
+/// a build unified the feature in.
+pub const REDUCED_SECURITY_TEST_ONLY: bool = cfg!(feature = "reduced-security-test-only");
+
+/// INSECURE, TEST ONLY: a smaller cggmp24 security level so simulations and
+/// tests can run the real protocol code (aux info, presigning) about three
+/// times faster (DESIGN §5, "Two crypto levels"). RSA primes of 1024 bits
+/// (a 2047-bit Paillier modulus instead of 3071), epsilon 512, ell 256,
+/// ell' 768; kappa as in `SecurityLevel128`. It gives no meaningful
+/// security and exists only behind the `reduced-security-test-only` feature,
+/// which no production build enables; the node binary refuses to run with it.
+/// Measured to work; a 1535-bit modulus with epsilon 256 hung in presigning,
+/// so do not go lower.
+#[cfg(feature = "reduced-security-test-only")]
+#[derive(Clone)]
+pub struct ReducedTestOnlyLevel;
+#[cfg(feature = "reduced-security-test-only")]
+cggmp24::security_level::define_security_level!(ReducedTestOnlyLevel {
+    kappa_bits: 256,
+    rsa_prime_bitlen: 1024,
+    rsa_pubkey_bitlen: 2047,
+    epsilon: 512,
+    ell: 256,
+    ell_prime: 768,
+    m: 128,
+});
 pub type KeyShare = cggmp24::KeyShare<Curve, Level>;
 pub type IncompleteKeyShare = cggmp24::IncompleteKeyShare<Curve>;
 pub type AuxInfo = cggmp24::key_share::AuxInfo<Level>;
@@ -342,5 +376,29 @@ fn start_session(execution_id: Vec<u8>, seed: [u8; 32], kind: SessionKind) -> Bo
                 },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod level_tests {
+    use super::*;
+    use cggmp24::security_level::SecurityLevel;
+
+    /// A default build runs cggmp24's 128-bit level: 1536-bit primes, a
+    /// 3071-bit Paillier modulus.
+    #[cfg(not(feature = "reduced-security-test-only"))]
+    #[test]
+    fn production_builds_use_security_level_128() {
+        const { assert!(!REDUCED_SECURITY_TEST_ONLY) };
+        assert_eq!(std::any::type_name::<Level>(), std::any::type_name::<cggmp24::security_level::SecurityLevel128>());
+        assert_eq!((Level::RSA_PRIME_BITLEN, Level::RSA_PUBKEY_BITLEN), (1536, 3071));
+    }
+
+    #[cfg(feature = "reduced-security-test-only")]
+    #[test]
+    fn reduced_builds_use_the_test_only_level() {
+        const { assert!(REDUCED_SECURITY_TEST_ONLY) };
+        assert_eq!((Level::RSA_PRIME_BITLEN, Level::RSA_PUBKEY_BITLEN), (1024, 2047));
+        assert_eq!((Level::EPSILON, Level::ELL, Level::ELL_PRIME), (512, 256, 768));
     }
 }

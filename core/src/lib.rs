@@ -26,7 +26,7 @@ mod txflow;
 pub mod vote;
 
 pub use config::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, PolicyConfig, PoolConfig, Timeouts};
-pub use engine::{ComputeJob, ComputeResult, Engine};
+pub use engine::{ComputeJob, ComputeResult, Engine, REDUCED_SECURITY_TEST_ONLY};
 pub use ids::{DkgId, Millis, NodeId, PresigId, RequestId, SessionId, TxId};
 pub use io::{Command, Envelope, Input, Observation, Reply, StatusReport, Step};
 pub use message::PeerMessage;

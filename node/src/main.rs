@@ -34,6 +34,16 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A build that unified mpc-core's TEST-ONLY reduced security level in
+    // (e.g. through mpc-sim's `reduced-security` feature) must never run.
+    if mpc_core::REDUCED_SECURITY_TEST_ONLY {
+        eprintln!(
+            "error: this mpc-node binary was built with mpc-core's TEST-ONLY feature \
+             `reduced-security-test-only` (an insecure 2047-bit Paillier level); refusing to start. \
+             Rebuild without `--features reduced-security`."
+        );
+        std::process::exit(2);
+    }
     match Cli::parse().command {
         Cmd::Demo { out, seed } => demo::run(&out, seed),
         Cmd::VerifyReport { report } => {

@@ -100,7 +100,12 @@ fn raw_presign(seed: u64, shares: &[KeyShare]) -> PresigSet {
 fn main() {
     let with_aux = std::env::args().any(|a| a == "--aux");
     let aux = fixtures::load_aux(N).expect("fixture aux info");
-    println!("core vs cggmp24 0.7.0-alpha.3, n = {N}, t = {T}, SecurityLevel128; per operation");
+    let level = if mpc_core::REDUCED_SECURITY_TEST_ONLY {
+        "ReducedTestOnlyLevel (TEST ONLY, 2047-bit Paillier)"
+    } else {
+        "SecurityLevel128"
+    };
+    println!("core vs cggmp24 0.7.0-alpha.3, n = {N}, t = {T}, {level}; per operation");
 
     if with_aux {
         let primes = fixtures::load_primes(N).expect("fixture primes");

@@ -46,7 +46,7 @@ fn main() {
         }
     }
     let level =
-        if cfg!(feature = "reduced-security") { "reduced (TEST ONLY)" } else { "production (SecurityLevel128)" };
+        if mpc_core::REDUCED_SECURITY_TEST_ONLY { "reduced (TEST ONLY)" } else { "production (SecurityLevel128)" };
     println!("crypto level: {level}; one thread");
     let baseline = rate(&(0..counts[&SeedShape::Fixture]).map(quiet).collect::<Vec<_>>());
     println!("{:<28} {:>12} {:>14} {:>10}", "shape", "seeds", "seeds/minute", "ratio");

@@ -250,7 +250,8 @@ impl SeedPlan {
             SeedShape::Fixture => String::new(),
             other => format!(" --shape {}", other.name()),
         };
-        format!("cargo run --release -p mpc-sim --bin mpc-sim -- --seed {}{shape}", self.seed)
+        let features = if mpc_core::REDUCED_SECURITY_TEST_ONLY { " --features reduced-security" } else { "" };
+        format!("cargo run --release -p mpc-sim{features} --bin mpc-sim -- --seed {}{shape}", self.seed)
     }
 }
 

@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let single = args.end == args.first + 1;
     let trace = single && std::env::var_os("MPC_SIM_TRACE").is_some();
+    if mpc_core::REDUCED_SECURITY_TEST_ONLY {
+        eprintln!("TEST-ONLY reduced security level (ReducedTestOnlyLevel, 2047-bit Paillier)");
+    }
     let started = Instant::now();
     let bar = indicatif::ProgressBar::new(args.end - args.first);
     if single {
