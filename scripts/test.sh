@@ -12,6 +12,6 @@ cargo test --locked -p mpc-sim --features planted-bugs --test planted
 cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
 # Bulk live seeds at the reduced level: live presigning and live keygen
 # under faults, cheap enough for twenty-odd seeds.
-MPC_SIM_LIVE_SEEDS=0..16 MPC_SIM_KEYGEN_SEEDS=0..8 \
+MPC_SIM_LIVE_SEEDS=0..12 MPC_SIM_KEYGEN_SEEDS=0..6 \
   cargo test --locked -p mpc-sim --features reduced-security --test sweep live_
 cargo test --locked -p mpc-node --features mpc-sim/reduced-security --test level

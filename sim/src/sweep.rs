@@ -25,6 +25,8 @@ use std::sync::OnceLock;
 pub const N: u16 = 5;
 const SAFETY_MS: u64 = 120_000;
 const LIVENESS_MS: u64 = 1_800_000;
+/// How often (simulated ms) the checker runs during a run.
+const CHECK_EVERY_MS: u64 = 10_000;
 /// Simulated time a live keygen gets before faults start.
 const KEYGEN_MS: u64 = 20_000;
 
@@ -438,10 +440,23 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         .unwrap();
     let start = cluster.now();
     let mut submitted: Vec<(usize, NodeId)> = Vec::new();
+    // The checker also runs during the run, at every scheduled event and
+    // every ten simulated seconds, so a report says when a violation first
+    // appeared.
+    let byzantine: BTreeSet<NodeId> = byz.into_iter().collect();
+    let mut first_seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut check_now = |cluster: &Cluster| {
+        let at = cluster.now().0 - start.0;
+        for v in checker::check(cluster, &byzantine) {
+            first_seen.entry(v.0).or_insert(at);
+        }
+    };
     for (at, act) in timeline {
         let target = start.plus(at);
-        let wait = target.0.saturating_sub(cluster.now().0);
-        cluster.run_for(wait);
+        while cluster.now() < target {
+            cluster.run_for((target.0 - cluster.now().0).min(CHECK_EVERY_MS));
+            check_now(&cluster);
+        }
         match act {
             Act::Submit(i) => {
                 let t = &plan.txs[i];
@@ -468,8 +483,10 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
             }
         }
     }
-    let elapsed = cluster.now().0 - start.0;
-    cluster.run_for(SAFETY_MS.saturating_sub(elapsed));
+    while cluster.now() < start.plus(SAFETY_MS) {
+        cluster.run_for((start.plus(SAFETY_MS).0 - cluster.now().0).min(CHECK_EVERY_MS));
+        check_now(&cluster);
+    }
 
     let lease_lapses = cluster.lease_changes.iter().filter(|(old, new)| old.is_some() && new.is_none()).count();
 
@@ -488,7 +505,6 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         cluster.set_leader(Some(honest[0]));
     }
     cluster.set_lease_candidates(honest.iter().copied().collect());
-    let byzantine: BTreeSet<NodeId> = byz.into_iter().collect();
     let accepted: BTreeSet<TxId> = cluster
         .replies
         .iter()
@@ -516,7 +532,9 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
         outcome.log =
             cluster.observations.iter().map(|(at, node, o)| format!("{:>9} {node} {o:?}", at.0 - start.0)).collect();
     }
-    outcome.violations = checker::check(&cluster, &byzantine).into_iter().map(|v| v.0).collect();
+    check_now(&cluster);
+    outcome.violations =
+        first_seen.into_iter().map(|(v, at)| format!("{v} (first seen at {:.1}s)", at as f64 / 1000.0)).collect();
     if !done {
         if pool_ready(&cluster) < target {
             outcome.violations.push(format!(

@@ -96,3 +96,13 @@ fn live_keygen_seeds_key_the_cluster_then_sign_under_faults() {
     let coverage = sweep(SeedShape::LiveKeygen, seed_range("MPC_SIM_KEYGEN_SEEDS", "0..2"));
     assert!(coverage.get("live presignature generated").copied().unwrap_or(0) > 0, "no presignature was generated");
 }
+
+/// Live presigning runs on engine threads in parallel with the simulation;
+/// results still arrive at fixed simulated times, so the run replays.
+#[test]
+fn live_seeds_replay_to_the_same_trace() {
+    let plan = SeedPlan::shaped(1, SeedShape::LivePresign);
+    let (a, b) = (run_seed(&plan), run_seed(&plan));
+    assert!(a.coverage.get("live presignature generated").copied().unwrap_or(0) > 0);
+    assert_eq!(a.trace_hash, b.trace_hash);
+}
