@@ -79,7 +79,7 @@ fn reduced_level_runs_aux_info_keygen_presigning_and_signs() {
     // The level really is reduced: every Paillier modulus and ring-Pedersen
     // modulus the cluster made has ~2047 bits, not SecurityLevel128's 3071.
     for id in cluster.ids() {
-        let aux = cluster.hosts[&id]
+        let aux = cluster.hosts()[&id]
             .store
             .iter()
             .find_map(|r| match r {
