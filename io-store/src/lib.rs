@@ -1,7 +1,11 @@
 //! mpc-io-store: durable state for one node. Applies each `Step`'s records
 //! (`mpc_core::Record`) as one database transaction and rebuilds
 //! `mpc_core::RecoveredState` from the same tables (PostgreSQL via sqlx,
-//! SQLite as the embedded default), plus etcd coordination. Filled by the
-//! storage issue; it depends on the core's record types only.
+//! SQLite as the embedded default), plus etcd coordination.
+//!
+//! Landed so far: [`sealing`], the encryption at rest of secret columns.
+
+pub mod sealing;
 
 pub use mpc_core::{Record, RecoveredState};
+pub use sealing::{MasterKey, RowId, SealError};
