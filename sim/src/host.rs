@@ -13,6 +13,7 @@ use bincode::Options;
 use mpc_core::engine::ComputeJob;
 use mpc_core::{Input, Millis, Node, NodeId, PeerMessage, RecoveredState, Step};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -392,7 +393,6 @@ fn perform(
     let Some(node) = host.node.as_mut() else { return Performed::Done { wake_at: None } };
     let step = timed_handle(handle_timings, node, now, input);
     *steps += 1;
-    use sha2::Digest;
     trace.update(id.0.to_be_bytes());
     trace.update(now.0.to_be_bytes());
     for record in &step.persist {

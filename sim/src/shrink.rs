@@ -11,7 +11,6 @@ use crate::host::Clock;
 use crate::sweep::{SeedPlan, SeedShape, TxPlan, BYZANTINE_ACTS, CRASH_AFTER_KINDS, N};
 use mpc_core::NodeId;
 use proptest::prelude::*;
-use std::collections::BTreeSet;
 
 fn node() -> impl Strategy<Value = NodeId> + Clone {
     (1..=N).prop_map(NodeId)
@@ -62,7 +61,6 @@ pub fn plan_strategy(shape: SeedShape) -> impl Strategy<Value = SeedPlan> {
                 txs,
                 clocks,
             )| {
-                let strict: BTreeSet<NodeId> = strict;
                 let mut plan = SeedPlan {
                     seed,
                     shape,
