@@ -23,6 +23,7 @@ pub mod secret;
 mod sign;
 pub mod tx;
 mod txflow;
+pub mod view;
 pub mod vote;
 
 pub use config::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, PolicyConfig, PoolConfig, Timeouts};
@@ -34,3 +35,4 @@ pub use node::{Identity, Node, NodeError};
 pub use planted::PlantedBugs;
 pub use record::{Record, RecoveredState, TxState};
 pub use secret::Secret;
+pub use view::DurableView;

@@ -1,14 +1,21 @@
-//! mpc-io-store: durable state for one node. Applies each `Step`'s records
-//! (`mpc_core::Record`) as one database transaction and rebuilds
-//! `mpc_core::RecoveredState` from the same tables (PostgreSQL via sqlx,
-//! SQLite as the embedded default), plus etcd coordination.
+//! mpc-io-store: durable state for one node (DESIGN §4).
 //!
-//! Landed so far: [`sealing`], the encryption at rest of secret columns,
-//! and [`audit`], the hash chain of the append-only audit log.
+//! - [`store`]: the database. Each `Step`'s records (`mpc_core::Record`) are
+//!   applied as one transaction; `mpc_core::RecoveredState` is rebuilt from
+//!   the same tables. PostgreSQL in production, SQLite as the embedded
+//!   default, one code path through sqlx; migrations in `migrations/`.
+//! - [`sealing`]: encryption at rest of key shares, aux info, primes and
+//!   presignature shares, bound to their rows.
+//! - [`audit`]: the append-only audit log's hash chain and its verifier.
 
 pub mod audit;
+mod columns;
+pub mod error;
 pub mod sealing;
+pub mod store;
 
 pub use audit::{AuditRow, ChainError, ChainHead};
+pub use error::StoreError;
 pub use mpc_core::{Record, RecoveredState};
 pub use sealing::{MasterKey, RowId, SealError};
+pub use store::{Applied, Backend, Fencing, Store};

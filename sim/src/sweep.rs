@@ -313,6 +313,10 @@ pub struct SeedOutcome {
     pub rejected: usize,
     /// Every observation, in order, when the run was asked to trace.
     pub log: Vec<String>,
+    /// Each node's durable records at the end, when asked for
+    /// ([`run_seed_keeping_stores`]): realistic record streams for the
+    /// storage tests.
+    pub stores: BTreeMap<NodeId, Vec<Record>>,
 }
 
 fn fixture_records() -> &'static BTreeMap<NodeId, Vec<Record>> {
@@ -330,8 +334,17 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
     run_seed_with_bugs(plan, trace, mpc_core::PlantedBugs::NONE)
 }
 
+/// [`run_seed`], keeping every node's records in [`SeedOutcome::stores`].
+pub fn run_seed_keeping_stores(plan: &SeedPlan) -> SeedOutcome {
+    run(plan, false, mpc_core::PlantedBugs::NONE, true)
+}
+
 /// [`run_seed_traced`] with bugs planted in every node (TEST ONLY).
 pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs) -> SeedOutcome {
+    run(plan, trace, bugs, false)
+}
+
+fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: bool) -> SeedOutcome {
     let mut config = setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, N, 3);
     let mut records = fixture_records().clone();
     match plan.shape {
@@ -533,6 +546,9 @@ pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedB
             cluster.observations.iter().map(|(at, node, o)| format!("{:>9} {node} {o:?}", at.0 - start.0)).collect();
     }
     check_now(&cluster);
+    if keep_stores {
+        outcome.stores = cluster.hosts().iter().map(|(id, h)| (*id, h.store.clone())).collect();
+    }
     outcome.violations =
         first_seen.into_iter().map(|(v, at)| format!("{v} (first seen at {:.1}s)", at as f64 / 1000.0)).collect();
     if !done {

@@ -1,0 +1,70 @@
+//! What can go wrong with a node's database. Messages name rows, tables and
+//! ids, never secret bytes (sealed values are opaque, key material is never
+//! formatted).
+
+use crate::audit::ChainError;
+use crate::sealing::SealError;
+use mpc_core::{NodeId, PresigId, TxId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database URL {url}: use postgres://… (production) or sqlite://… (embedded)")]
+    UnsupportedUrl { url: String },
+    #[error("cannot open the database at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("this database belongs to {found}, not to {expected}: refusing to open it")]
+    WrongNode { expected: NodeId, found: NodeId },
+    #[error("the database refused a second vote of {voter} for transaction {tx}")]
+    DuplicateVote { tx: TxId, voter: NodeId },
+    #[error("transaction {tx} is already recorded")]
+    DuplicateTransaction { tx: TxId },
+    #[error("presignature {id} cannot become {to}: it is {from} in the database")]
+    PresigTransition { id: PresigId, from: String, to: &'static str },
+    #[error("{what} names transaction {tx}, which the database does not hold")]
+    UnknownTransaction { what: &'static str, tx: TxId },
+    #[error("stored row {row} is malformed: {reason}")]
+    Corrupt { row: String, reason: String },
+    #[error("value out of range for the database: {0}")]
+    OutOfRange(String),
+    #[error("audit log: {0}")]
+    Audit(#[from] ChainError),
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(row: impl Into<String>, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt { row: row.into(), reason: reason.to_string() }
+    }
+
+    /// Whether this is the database refusing a duplicate key.
+    pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+    }
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("postgres://mpc:hunter2@127.0.0.1:5432/n1"), "postgres://mpc:***@127.0.0.1:5432/n1");
+        assert_eq!(redact_url("postgres://mpc@127.0.0.1/n1"), "postgres://mpc@127.0.0.1/n1");
+        assert_eq!(redact_url("sqlite:///var/lib/mpc/n1.db"), "sqlite:///var/lib/mpc/n1.db");
+    }
+}

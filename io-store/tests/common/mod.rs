@@ -1,0 +1,173 @@
+//! Shared by the storage tests: fresh databases on both backends, a test
+//! master key, and realistic record streams from the simulator.
+#![allow(dead_code)]
+
+use mpc_core::{DurableView, Identity, Node, NodeConfig, NodeId, Record, RecoveredState};
+use mpc_io_store::{Backend, MasterKey, Store};
+use mpc_sim::sweep::{run_seed_keeping_stores, SeedPlan};
+use mpc_sim::{fixtures, setup};
+use sqlx::Connection;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// TEST ONLY master keys.
+pub fn test_key() -> MasterKey {
+    MasterKey::from_hex(&"5a".repeat(32), "test key").unwrap()
+}
+pub fn other_key() -> MasterKey {
+    MasterKey::from_hex(&"a5".repeat(32), "other test key").unwrap()
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(label: &str) -> String {
+    format!("{label}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("mpc-io-store-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The throwaway PostgreSQL server's URL (scripts/postgres.sh).
+pub fn postgres_admin_url() -> String {
+    std::env::var("MPC_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "MPC_TEST_POSTGRES is not set. These tests need a real PostgreSQL server: run scripts/test.sh, \
+             or `eval \"$(scripts/postgres.sh start /tmp/mpc-pg)\" && export MPC_TEST_POSTGRES`"
+        )
+    })
+}
+
+/// A URL for a new, empty database on `backend`.
+pub async fn fresh_db(backend: Backend, label: &str) -> String {
+    let name = unique(label);
+    match backend {
+        Backend::Sqlite => {
+            let path = scratch_dir().join(format!("{name}.db"));
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite://{}?mode=rwc", path.display())
+        }
+        Backend::Postgres => {
+            let admin = postgres_admin_url();
+            let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+            with_database(&admin, &name)
+        }
+    }
+}
+
+/// `url` pointing at database `name` instead.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("URL with a database path");
+    format!("{base}/{name}")
+}
+
+pub async fn open(url: &str, node: NodeId) -> Store {
+    Store::open(url, test_key(), node).await.unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+/// Realistic record streams: every node's records from fixture-shaped
+/// simulator runs (votes, evidence, consumption, discards, signed
+/// transactions), each preceded by safe primes and a DKG entry so that all
+/// record kinds appear.
+pub fn streams() -> &'static Vec<(u64, NodeId, Vec<Record>)> {
+    static STREAMS: OnceLock<Vec<(u64, NodeId, Vec<Record>)>> = OnceLock::new();
+    // The simulator runs its own runtime: off the test's runtime thread.
+    STREAMS.get_or_init(|| std::thread::spawn(sample_streams).join().expect("simulator runs"))
+}
+
+fn sample_streams() -> Vec<(u64, NodeId, Vec<Record>)> {
+    {
+        let primes = fixtures::load_primes(5).expect("fixture primes");
+        let mut out = Vec::new();
+        let mut kinds = BTreeSet::new();
+        for seed in 0..64u64 {
+            let outcome = run_seed_keeping_stores(&SeedPlan::from_seed(seed));
+            assert!(outcome.violations.is_empty(), "seed {seed}: {:?}", outcome.violations);
+            let new_kinds: BTreeSet<&str> =
+                outcome.stores.values().flatten().map(|r| r.kind()).filter(|k| !kinds.contains(k)).collect();
+            if new_kinds.is_empty() && !out.is_empty() {
+                continue;
+            }
+            for (node, records) in outcome.stores {
+                let mut stream = vec![
+                    Record::SafePrimes(mpc_core::Secret::new(primes[&node].clone())),
+                    Record::DkgJoined { dkg: fixtures::FIXTURE_DKG },
+                ];
+                stream.extend(records);
+                kinds.extend(stream.iter().map(|r| r.kind()));
+                out.push((seed, node, stream));
+            }
+            if kinds.len() == ALL_KINDS.len() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+pub const ALL_KINDS: [&str; 16] = [
+    "safe_primes",
+    "sequence",
+    "dkg_joined",
+    "aux_info",
+    "key_share",
+    "tx_accepted",
+    "own_vote",
+    "vote",
+    "evidence",
+    "tx_state",
+    "presig_generating",
+    "presig_ready",
+    "presig_announced",
+    "presig_consumed",
+    "presig_discarded",
+    "signed_tx",
+];
+
+/// The fixture cluster's node configs and identities, as the runs used.
+pub fn node_setup(node: NodeId) -> (NodeConfig, Identity) {
+    static NODES: OnceLock<BTreeMap<NodeId, (NodeConfig, Identity)>> = OnceLock::new();
+    NODES
+        .get_or_init(|| setup::node_configs(&setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, 5, 3)))
+        .get(&node)
+        .cloned()
+        .expect("fixture member")
+}
+
+/// The node a restart builds from `records`, as a comparable view.
+pub fn view_of(node: NodeId, records: Vec<Record>) -> DurableView {
+    let (config, identity) = node_setup(node);
+    Node::new(config, identity, [7; 32], RecoveredState { records })
+        .unwrap_or_else(|e| panic!("{node} does not start from its records: {e}"))
+        .durable_view()
+}
+
+/// Applies `records` in steps of 1, 2, 3, … records (cycling), as a shell
+/// would apply each step's persist list.
+pub async fn apply_in_steps(store: &Store, records: &[Record]) {
+    let mut at = 0;
+    let mut size = 1;
+    while at < records.len() {
+        let end = (at + size).min(records.len());
+        store
+            .apply(mpc_core::Millis(at as u64), &records[at..end])
+            .await
+            .unwrap_or_else(|e| panic!("records {at}..{end} ({:?}): {e}", kinds(&records[at..end])));
+        at = end;
+        size = size % 4 + 1;
+    }
+}
+
+pub fn kinds(records: &[Record]) -> Vec<&'static str> {
+    records.iter().map(|r| r.kind()).collect()
+}

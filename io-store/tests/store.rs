@@ -1,0 +1,263 @@
+//! The node database on both backends (real PostgreSQL from
+//! scripts/postgres.sh, SQLite in a file): every record kind round-trips,
+//! a recovered node equals the node replayed from its original records,
+//! the database itself refuses what must never happen, and errors are clear.
+
+mod common;
+
+use common::*;
+use mpc_core::{Millis, NodeId, PresigId, Record};
+use mpc_io_store::{Backend, Store, StoreError};
+use std::collections::BTreeSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_kind_round_trips_and_recovery_equals_replay() {
+    let streams = streams();
+    let covered: BTreeSet<&str> = streams.iter().flat_map(|(_, _, s)| s.iter().map(|r| r.kind())).collect();
+    assert_eq!(covered, ALL_KINDS.into_iter().collect(), "the sample streams cover every record kind");
+    for backend in BACKENDS {
+        for (seed, node, records) in streams {
+            let url = fresh_db(backend, "roundtrip").await;
+            let store = open(&url, *node).await;
+            apply_in_steps(&store, records).await;
+            let recovered = store.recover().await.unwrap();
+            store.close().await;
+            let expected = view_of(*node, records.clone());
+            let got = view_of(*node, recovered.records);
+            assert_eq!(got, expected, "{backend:?}, seed {seed}, {node}: recovered node differs from replay");
+            // Reopened from scratch (a restart), the same again.
+            let store = open(&url, *node).await;
+            assert_eq!(view_of(*node, store.recover().await.unwrap().records), expected);
+            store.verify_audit().await.unwrap();
+            let audit = store.audit_rows().await.unwrap();
+            assert_eq!(audit.len(), records.len(), "one audit row per record");
+            store.close().await;
+        }
+    }
+}
+
+/// Ready presignatures (with their own shares) from node `node`'s stream.
+fn ready_presigs(node: NodeId) -> (Vec<Record>, Vec<PresigId>) {
+    let (_, _, records) = streams().iter().find(|(_, n, _)| *n == node).unwrap();
+    let mut setup = Vec::new();
+    let mut ready = Vec::new();
+    for r in records {
+        match r {
+            Record::KeyShare { .. } | Record::AuxInfo { .. } | Record::PresigGenerating { .. } => setup.push(r.clone()),
+            Record::PresigReady { id, .. } => {
+                setup.push(r.clone());
+                ready.push(*id);
+            }
+            _ => {}
+        }
+    }
+    (setup, ready)
+}
+
+fn consume(id: PresigId, byte: u8) -> Record {
+    Record::PresigConsumed { id, tx: mpc_core::TxId([byte; 32]), input: 0, message: [byte; 32], sigma: [byte; 32] }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_consumers_never_both_win() {
+    let node = NodeId(1);
+    let (setup, ready) = ready_presigs(node);
+    assert!(ready.len() >= 10, "enough ready presignatures to race for");
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "race").await;
+        let first = open(&url, node).await;
+        first.apply(Millis(0), &setup).await.unwrap();
+        // Two independent handles (two pools, as two processes would have).
+        let second = open(&url, node).await;
+        let race = |store: Store, byte: u8, ids: Vec<PresigId>| {
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for id in ids {
+                    match store.apply(Millis(1), &[consume(id, byte)]).await {
+                        Ok(_) => won.push(id),
+                        Err(StoreError::PresigTransition { from, to: "consumed", .. }) => assert_eq!(from, "consumed"),
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                (store, won)
+            })
+        };
+        let (a, b) = (race(first, 0xaa, ready.clone()), race(second, 0xbb, ready.clone()));
+        let (first, won_a) = a.await.unwrap();
+        let (second, won_b) = b.await.unwrap();
+        let (set_a, set_b): (BTreeSet<_>, BTreeSet<_>) = (won_a.iter().collect(), won_b.iter().collect());
+        assert!(set_a.is_disjoint(&set_b), "{backend:?}: a presignature consumed by both");
+        assert_eq!(set_a.len() + set_b.len(), ready.len(), "{backend:?}: each consumed exactly once");
+        // What the database holds agrees with who won.
+        let recovered = first.recover().await.unwrap();
+        for r in &recovered.records {
+            if let Record::PresigConsumed { id, message, .. } = r {
+                let winner = if set_a.contains(id) { 0xaa } else { 0xbb };
+                assert_eq!(*message, [winner; 32], "{backend:?}: {id} holds the loser's message");
+            }
+        }
+        first.verify_audit().await.unwrap();
+        assert_eq!(first.epoch().await.unwrap(), ready.len() as u64, "one epoch step per consumption");
+        first.close().await;
+        second.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_a_second_vote_and_rolls_back_the_whole_step() {
+    let (seed, node, records) = streams().iter().find(|(_, _, s)| s.iter().any(|r| r.kind() == "vote")).unwrap();
+    let upto = records.iter().position(|r| r.kind() == "vote").unwrap();
+    let Record::Vote(vote) = &records[upto] else { unreachable!() };
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "dupvote").await;
+        let store = open(&url, *node).await;
+        apply_in_steps(&store, &records[..=upto]).await;
+        let before = store.recover().await.unwrap();
+        let mut other = vote.clone();
+        other.body.decision = match other.body.decision {
+            mpc_core::vote::Decision::Approve => mpc_core::vote::Decision::Reject("changed my mind".into()),
+            mpc_core::vote::Decision::Reject(_) => mpc_core::vote::Decision::Approve,
+        };
+        let step = [
+            Record::SequenceReserved { next: 1_000_000 },
+            Record::Vote(other),
+            Record::TxState { tx: vote.body.tx, state: mpc_core::TxState::Failed("should not land".into()) },
+        ];
+        let err = store.apply(Millis(5), &step).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::DuplicateVote { voter, tx } if voter == vote.body.voter && tx == vote.body.tx),
+            "{backend:?}: {err}"
+        );
+        assert!(err.to_string().contains("refused a second vote"), "{err}");
+        let after = store.recover().await.unwrap();
+        assert_eq!(view_of(*node, after.records), view_of(*node, before.records), "seed {seed}: step half-applied");
+        store.verify_audit().await.unwrap();
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumption_is_irreversible_in_the_database_itself() {
+    let node = NodeId(2);
+    let (setup, ready) = ready_presigs(node);
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "irreversible").await;
+        let store = open(&url, node).await;
+        store.apply(Millis(0), &setup).await.unwrap();
+        store.apply(Millis(1), &[consume(ready[0], 1)]).await.unwrap();
+        // Through the store: consumed again, discarded, made ready: refused.
+        for record in [consume(ready[0], 2), Record::PresigDiscarded { id: ready[0], reason: "late".into() }] {
+            let err = store.apply(Millis(2), &[record]).await.unwrap_err();
+            assert!(matches!(&err, StoreError::PresigTransition { from, .. } if from == "consumed"), "{err}");
+        }
+        // Behind the store's back, with SQL: the triggers refuse it.
+        let mut conn = raw(&url).await;
+        for sql in [
+            "UPDATE presignatures SET state = 'ready' WHERE state = 'consumed'",
+            "DELETE FROM presignatures WHERE state = 'consumed'",
+        ] {
+            let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+            assert!(err.to_string().contains("presignature"), "{backend:?} {sql}: {err}");
+        }
+        store.close().await;
+    }
+}
+
+/// A plain connection to the same database, for tampering.
+async fn raw(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_corrupted_and_moved_ciphertexts_give_clear_errors() {
+    let node = NodeId(3);
+    let (setup, ready) = ready_presigs(node);
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "sealed").await;
+        let store = open(&url, node).await;
+        store.apply(Millis(0), &setup).await.unwrap();
+        store.close().await;
+
+        let err = Store::open(&url, other_key(), node).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("master key"), "{backend:?}: {text}");
+        assert!(!text.contains(&"a5".repeat(8)) && !text.contains(&"5a".repeat(8)), "key bytes in: {text}");
+
+        let err = Store::open(&url, test_key(), NodeId(4)).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongNode { found: NodeId(3), .. }), "{err}");
+
+        // One flipped byte in the key share's ciphertext.
+        let mut conn = raw(&url).await;
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT sealed FROM key_shares").fetch_one(&mut conn).await.unwrap();
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        sqlx::query("UPDATE key_shares SET sealed = $1").bind(bad).execute(&mut conn).await.unwrap();
+        let store = open(&url, node).await;
+        let err = store.recover().await.unwrap_err();
+        assert!(matches!(err, StoreError::Seal(_)) && err.to_string().contains("key_shares["), "{err}");
+        sqlx::query("UPDATE key_shares SET sealed = $1").bind(sealed).execute(&mut conn).await.unwrap();
+        store.recover().await.expect("restored ciphertext opens again");
+
+        // A share copied into another presignature's row does not open there.
+        let (a, b) = (ready[0], ready[1]);
+        let share_a: Vec<u8> =
+            sqlx::query_scalar("SELECT sealed_share FROM presignatures WHERE origin = $1 AND seq = $2")
+                .bind(i64::from(a.origin.0))
+                .bind(a.seq as i64)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        sqlx::query("UPDATE presignatures SET sealed_share = $1 WHERE origin = $2 AND seq = $3")
+            .bind(share_a)
+            .bind(i64::from(b.origin.0))
+            .bind(b.seq as i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = store.recover().await.unwrap_err();
+        assert!(err.to_string().contains(&format!("presignatures[{node}/{b}]")), "{backend:?}: {err}");
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_row_is_named() {
+    let (_, node, records) = &streams()[0];
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "audit").await;
+        let store = open(&url, *node).await;
+        apply_in_steps(&store, records).await;
+        let rows = store.audit_rows().await.unwrap();
+        assert_eq!(store.verify_audit().await.unwrap().next_seq, rows.len() as u64);
+        let mut conn = raw(&url).await;
+        // The log refuses edits while its triggers stand...
+        let err = sqlx::query("UPDATE audit_log SET body = $1 WHERE seq = 5")
+            .bind(b"{}".to_vec())
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{err}");
+        // ...and an attacker who drops them is caught by the chain.
+        let drop = match backend {
+            Backend::Postgres => "ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only",
+            Backend::Sqlite => "DROP TRIGGER audit_log_no_update",
+        };
+        sqlx::query(drop).execute(&mut conn).await.unwrap();
+        let target = rows.len() as i64 / 2;
+        sqlx::query("UPDATE audit_log SET body = $1 WHERE seq = $2")
+            .bind(b"{\"edited\":true}".to_vec())
+            .bind(target)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = store.verify_audit().await.unwrap_err();
+        match err {
+            StoreError::Audit(e) => assert_eq!(e.first_bad_row(), target as u64, "{backend:?}: {e}"),
+            other => panic!("{other}"),
+        }
+        store.close().await;
+    }
+}
