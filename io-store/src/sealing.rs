@@ -33,6 +33,8 @@ pub enum SealError {
     MissingKey(String),
     #[error("malformed master key from {source_name}: {reason}")]
     MalformedKey { source_name: String, reason: String },
+    #[error("wrong master key: this database was created under another master key")]
+    WrongKey,
     #[error("sealed value of {row} is malformed: {reason}")]
     Malformed { row: String, reason: String },
     #[error(
@@ -172,10 +174,7 @@ impl MasterKey {
     pub fn verify_key_check(&self, check: &[u8]) -> Result<(), SealError> {
         match self.open(KEY_CHECK_ROW, check) {
             Ok(text) if text.as_slice() == KEY_CHECK_TEXT => Ok(()),
-            _ => Err(SealError::MalformedKey {
-                source_name: "the configured master key".into(),
-                reason: "it is not the key this database was created with".into(),
-            }),
+            _ => Err(SealError::WrongKey),
         }
     }
 }
@@ -263,7 +262,7 @@ mod tests {
         let check = key(5).key_check();
         assert!(key(5).verify_key_check(&check).is_ok());
         let err = key(6).verify_key_check(&check).unwrap_err().to_string();
-        assert!(err.contains("not the key this database was created with"), "{err}");
+        assert!(err.contains("created under another master key"), "{err}");
     }
 
     proptest! {

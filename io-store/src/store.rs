@@ -635,10 +635,7 @@ impl Store {
 
     /// Every audit row, in sequence order.
     pub async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
-        let rows = sqlx::query("SELECT seq, at_ms, kind, body, prev_hash, hash FROM audit_log ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(audit_row).collect()
+        read_audit(&self.pool).await
     }
 
     /// Checks the whole audit chain; the error names the first bad row.
@@ -646,6 +643,30 @@ impl Store {
         let rows = self.audit_rows().await?;
         Ok(audit::verify(&rows)?)
     }
+
+    /// Checks the audit chain of the database at `url` without its master
+    /// key and without changing anything (no migrations, no binding): what
+    /// an auditor runs against a copy.
+    pub async fn verify_audit_at(url: &str) -> Result<(ChainHead, u64), StoreError> {
+        Backend::of_url(url)?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+        let rows = read_audit(&pool).await;
+        pool.close().await;
+        let rows = rows?;
+        Ok((audit::verify(&rows)?, rows.len() as u64))
+    }
+}
+
+async fn read_audit(pool: &AnyPool) -> Result<Vec<AuditRow>, StoreError> {
+    let rows = sqlx::query("SELECT seq, at_ms, kind, body, prev_hash, hash FROM audit_log ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(audit_row).collect()
 }
 
 async fn insert_vote(

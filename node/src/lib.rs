@@ -1,4 +1,6 @@
-//! mpc-node's library half: the demo and its report, so tests can drive them.
+//! mpc-node's library half: the demo and its report, and the operator's
+//! database commands, so tests can drive them.
 
 pub mod demo;
 pub mod report;
+pub mod storage;

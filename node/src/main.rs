@@ -3,7 +3,7 @@
 //! defaults: safe primes, DKG, a presignature pool, and a PSBT approved and
 //! signed, with a report anyone can verify.
 
-use mpc_node::{demo, report};
+use mpc_node::{demo, report, storage};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +31,26 @@ enum Cmd {
         /// The report written by `demo`.
         report: PathBuf,
     },
+    /// Open a node's database as the node does at start-up and summarise it:
+    /// master key, node binding, every sealed value, the audit chain.
+    DbCheck {
+        /// postgres://… or sqlite://…
+        #[arg(long)]
+        db: String,
+        /// The node this database belongs to.
+        #[arg(long)]
+        node: u16,
+        /// File holding the 64-hex-digit master key (default: the
+        /// MPC_MASTER_KEY environment variable).
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Verify a node database's hash-chained audit log; names the first bad row.
+    AuditVerify {
+        /// postgres://… or sqlite://…
+        #[arg(long)]
+        db: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +69,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::VerifyReport { report } => {
             let summary = report::verify_file(&report)?;
             println!("{summary}");
+            Ok(())
+        }
+        Cmd::DbCheck { db, node, master_key_file } => {
+            let key = storage::master_key(master_key_file.as_deref())?;
+            print!("{}", storage::check(&db, mpc_core::NodeId(node), key)?);
+            Ok(())
+        }
+        Cmd::AuditVerify { db } => {
+            println!("{}", storage::audit_verify(&db)?);
             Ok(())
         }
     }
