@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server on loopback for the tests and benchmarks.
 #
-#   eval "$(scripts/postgres.sh start DIR)"   # prints MPC_TEST_POSTGRES=postgres://…
+#   eval "$(scripts/postgres.sh start DIR)"   # prints export MPC_TEST_POSTGRES=postgres://…
 #   scripts/postgres.sh stop DIR
 #
 # Installs Debian's `postgresql` package when no server binaries are found
@@ -62,7 +62,7 @@ case "$cmd" in
     dir=$(cd "$dir" && pwd)
     if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir"; fi
     if [ -f "$dir/port" ] && as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
-      echo "MPC_TEST_POSTGRES=postgres://mpc@127.0.0.1:$(cat "$dir/port")/postgres"
+      echo "export MPC_TEST_POSTGRES=postgres://mpc@127.0.0.1:$(cat "$dir/port")/postgres"
       exit 0
     fi
     if [ ! -d "$dir/data" ]; then
@@ -74,7 +74,7 @@ case "$cmd" in
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >&2 \
       || { cat "$dir/server.log" >&2; exit 1; }
-    echo "MPC_TEST_POSTGRES=postgres://mpc@127.0.0.1:$port/postgres"
+    echo "export MPC_TEST_POSTGRES=postgres://mpc@127.0.0.1:$port/postgres"
     ;;
   stop)
     bin=$(find_bin)

@@ -7,12 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-# Real servers for the storage tests: a throwaway PostgreSQL cluster on
-# loopback, stopped when this script exits.
+# Real servers for the storage tests: a throwaway PostgreSQL cluster and a
+# single-member etcd on loopback, stopped when this script exits.
 services=$(mktemp -d "${TMPDIR:-/tmp}/mpc-services.XXXXXX")
-trap 'scripts/postgres.sh stop "$services/postgres"' EXIT
+trap 'scripts/postgres.sh stop "$services/postgres"; scripts/etcd.sh stop "$services/etcd"' EXIT
 eval "$(scripts/postgres.sh start "$services/postgres")"
-export MPC_TEST_POSTGRES
+eval "$(scripts/etcd.sh start "$services/etcd")"
 cargo test --workspace --locked
 cargo test --locked -p mpc-sim --features planted-bugs --test planted
 cargo test --locked -p mpc-sim --features reduced-security --test reduced_level

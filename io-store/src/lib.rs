@@ -7,9 +7,12 @@
 //! - [`sealing`]: encryption at rest of key shares, aux info, primes and
 //!   presignature shares, bound to their rows.
 //! - [`audit`]: the append-only audit log's hash chain and its verifier.
+//! - [`coord`]: etcd: the group public key, liveness, leader election and
+//!   the restore-fencing epoch.
 
 pub mod audit;
 mod columns;
+pub mod coord;
 pub mod error;
 pub mod sealing;
 pub mod store;
