@@ -151,7 +151,12 @@ pub(crate) fn audit_body(record: &Record) -> Vec<u8> {
             "message": hex::encode(message), "partial_signature": hex::encode(sigma),
         }),
         Record::PresigDiscarded { id, reason } => json!({ "presig": id.to_string(), "reason": reason }),
-        Record::SignedTx { tx, raw_tx } => json!({ "tx": tx.to_hex(), "raw_tx_hex": hex::encode(raw_tx) }),
+        Record::SignedTx { tx, raw_tx } => {
+            let txid = bitcoin::consensus::deserialize::<bitcoin::Transaction>(raw_tx)
+                .map(|t| t.compute_txid().to_string())
+                .unwrap_or_default();
+            json!({ "tx": tx.to_hex(), "txid": txid, "raw_tx_hex": hex::encode(raw_tx) })
+        }
     };
     body.to_string().into_bytes()
 }

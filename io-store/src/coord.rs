@@ -178,6 +178,14 @@ pub struct CoordView {
     pub health: Health,
 }
 
+impl CoordView {
+    /// The core's leadership input for this view: the shell hands it to
+    /// `Node::handle` whenever the view changes.
+    pub fn leadership_input(&self) -> mpc_core::Input {
+        mpc_core::Input::Leadership { leader: self.leader }
+    }
+}
+
 /// The keys of one cluster.
 #[derive(Clone, Debug)]
 struct Keys {

@@ -212,6 +212,13 @@ async fn leader_fails_over_when_its_lease_expires() {
     })
     .await;
     assert_eq!(handles[old].current().leader, None);
+    // What the core is told: the new leader, at every survivor.
+    for (i, h) in handles.iter().enumerate().filter(|(i, _)| *i != old) {
+        match h.current().leadership_input() {
+            mpc_core::Input::Leadership { leader } => assert_eq!(leader, Some(new_id), "node {}", i + 1),
+            other => panic!("{other:?}"),
+        }
+    }
 
     // Shutting down revokes: the liveness keys go at once.
     for h in handles {

@@ -354,3 +354,42 @@ fn duplicated_and_reordered_messages_are_harmless() {
     assert!(failed.is_empty(), "{failed:?}");
     assert_invariants(&cluster, &[]);
 }
+
+/// etcd unreachable, as the production coordination layer reports it: no
+/// node holds the lease. Signing of approved work goes on (signing needs no
+/// leader); presignature refill, the leader-only work, waits until a lease
+/// holder returns.
+#[test]
+fn without_a_lease_holder_signing_goes_on_and_refill_waits() {
+    let (mut cluster, key) = keyed_cluster(12, |c| {
+        c.pool.low_water = 5;
+        c.pool.target = 5;
+    });
+    scenario::fill_pool(&mut cluster, NodeId(1), 3).unwrap();
+    let sessions = |c: &mpc_sim::Cluster| -> usize {
+        c.hosts().values().map(|h| h.store.iter().filter(|r| r.kind() == "presig_generating").count()).sum()
+    };
+    cluster.set_leader(None);
+    // Sessions already under way finish; no new one may start.
+    cluster.run_for(60_000);
+    let (ready, before) = (cluster.node(NodeId(1)).status().pool_ready, sessions(&cluster));
+
+    let spend = Spend::simple("no-leader", &[200_000], &destination(), 120_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(3), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS), "signing stalled without a leader");
+    for id in cluster.ids() {
+        assert_eq!(scenario::state_at(&cluster, id, tx), Some(TxState::Signed), "{id}");
+    }
+    cluster.run_for(60_000);
+    let after = cluster.node(NodeId(1)).status().pool_ready;
+    assert_eq!(after, ready - 1, "one presignature used, none made");
+    assert!(after < 5, "below low water: a leader would refill now");
+    assert_eq!(sessions(&cluster), before, "a presigning session started with no lease holder");
+
+    // Coordination is back: refill resumes.
+    cluster.set_leader(Some(NodeId(2)));
+    let refilled = cluster.run_until(SIGN_BUDGET_MS, |c| c.node(NodeId(2)).status().pool_ready >= 5);
+    assert!(refilled, "refill did not resume with a lease holder");
+    assert!(sessions(&cluster) > before);
+    assert_invariants(&cluster, &[]);
+}
