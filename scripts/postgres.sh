@@ -60,7 +60,11 @@ case "$cmd" in
     [ -n "$bin" ] || { echo "postgres.sh: no PostgreSQL server binaries after install" >&2; exit 1; }
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+      chown postgres "$dir"
+      runuser -u postgres -- test -w "$dir" \
+        || { echo "postgres.sh: user postgres cannot reach $dir (check the parent directories' permissions)" >&2; exit 1; }
+    fi
     if [ -f "$dir/port" ] && as_owner "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
       echo "export MPC_TEST_POSTGRES=postgres://mpc@127.0.0.1:$(cat "$dir/port")/postgres"
       exit 0

@@ -10,6 +10,7 @@ scripts/setup.sh
 # Real servers for the storage tests: a throwaway PostgreSQL cluster and a
 # single-member etcd on loopback, stopped when this script exits.
 services=$(mktemp -d "${TMPDIR:-/tmp}/mpc-services.XXXXXX")
+chmod 755 "$services" # the server runs as the `postgres` user when we are root
 trap 'scripts/postgres.sh stop "$services/postgres"; scripts/etcd.sh stop "$services/etcd"' EXIT
 eval "$(scripts/postgres.sh start "$services/postgres")"
 eval "$(scripts/etcd.sh start "$services/etcd")"
