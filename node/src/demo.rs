@@ -89,15 +89,15 @@ pub fn run(out: &Path, seed: Option<u64>) -> anyhow::Result<()> {
 
 /// The embedded default storage, end to end: every node's records go into
 /// its own SQLite database (secrets sealed under a fresh per-node master
-/// key, written owner-only beside it), one transaction per record with its
-/// audit row; then each database is reopened, its audit chain verified, and
+/// key, written owner-only beside it), one transaction per step of the
+/// core, each record with its audit row; then each database is reopened, its audit chain verified, and
 /// the node it rebuilds compared with the node its records replay to.
-fn persist_to_sqlite(cluster: &Cluster, dir: &Path) -> anyhow::Result<String> {
+pub fn persist_to_sqlite(cluster: &Cluster, dir: &Path) -> anyhow::Result<String> {
     use mpc_io_store::{MasterKey, Store};
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut total = 0;
+    let (mut total, mut steps) = (0, 0);
     for (id, host) in cluster.hosts().iter() {
         let db = dir.join(format!("node-{}.db", id.0));
         for suffix in ["", "-wal", "-shm"] {
@@ -110,6 +110,7 @@ fn persist_to_sqlite(cluster: &Cluster, dir: &Path) -> anyhow::Result<String> {
         std::io::Write::write_all(&mut file, key_hex.as_bytes())?;
         let url = format!("sqlite://{}?mode=rwc", db.display());
         let records = host.store.clone();
+        let step_ends = host.step_ends.clone();
         let expected = Node::new(
             host.config.clone(),
             host.identity.clone(),
@@ -119,9 +120,13 @@ fn persist_to_sqlite(cluster: &Cluster, dir: &Path) -> anyhow::Result<String> {
         .durable_view();
         let rebuilt = runtime.block_on(async {
             let store = Store::open(&url, MasterKey::from_file(&key_path)?, *id).await?;
-            for (i, record) in records.iter().enumerate() {
-                store.apply(mpc_core::Millis(i as u64), std::slice::from_ref(record)).await?;
+            // Each of the core's steps as one transaction, as the node shell does.
+            let mut start = 0;
+            for (i, end) in step_ends.iter().enumerate() {
+                store.apply(mpc_core::Millis(i as u64), &records[start..*end]).await?;
+                start = *end;
             }
+            anyhow::ensure!(start == records.len(), "{id}: step boundaries do not cover the records");
             store.close().await;
             let store = Store::open(&url, MasterKey::from_file(&key_path)?, *id).await?;
             store.verify_audit().await?;
@@ -135,10 +140,11 @@ fn persist_to_sqlite(cluster: &Cluster, dir: &Path) -> anyhow::Result<String> {
         let view = Node::new(host.config.clone(), host.identity.clone(), [0; 32], rebuilt)?.durable_view();
         anyhow::ensure!(view == expected, "{id}: the node rebuilt from its database differs from its records");
         total += records.len();
+        steps += step_ends.len();
     }
     Ok(format!(
-        "storage: {} SQLite databases in {} ({total} records, sealed secrets, audit chains verified, \
-         each rebuilt node equal to its records' replay)",
+        "storage: {} SQLite databases in {} ({total} records in {steps} step transactions, sealed secrets, \
+         audit chains verified, each rebuilt node equal to its records' replay)",
         cluster.hosts().len(),
         dir.display()
     ))

@@ -115,6 +115,10 @@ pub struct Host {
     pub node: Option<Node>,
     /// Durable records, in persist order: survives crashes.
     pub store: Vec<Record>,
+    /// Where each step's persist list ends in `store` (records recovered at
+    /// start count as one step): a database shell applies each step as one
+    /// transaction.
+    pub step_ends: Vec<usize>,
     pub(crate) engine: EngineThread,
     pub(crate) incarnation: u32,
     pub(crate) bugs: PlantedBugs,
@@ -241,6 +245,7 @@ impl Cluster {
                     config,
                     identity,
                     node: None,
+                    step_ends: if store.is_empty() { Vec::new() } else { vec![store.len()] },
                     store,
                     engine: EngineThread::spawn(format!("engine-{}", id.0)),
                     incarnation: 0,

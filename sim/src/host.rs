@@ -399,6 +399,9 @@ fn perform(
         trace.update(bincode::serialize(record).expect("records serialise"));
         host.store.push(record.clone());
     }
+    if !step.persist.is_empty() {
+        host.step_ends.push(host.store.len());
+    }
     if let Some(crash) = crash_point.as_mut() {
         if crash(id, &step) {
             crash_requested.push(id);
