@@ -4,8 +4,10 @@
 //! core's message types only.
 //!
 //! Landed so far: [`certs`], the cluster CA and node certificates (node id
-//! in the SAN), as `mpc-cli certs init|issue` uses them.
+//! in the SAN), as `mpc-cli certs init|issue` uses them; [`frame`], the
+//! versioned, length-prefixed, size-limited envelope framing.
 
 pub mod certs;
+pub mod frame;
 
 pub use mpc_core::PeerMessage;
