@@ -111,7 +111,7 @@ impl FrameDecoder {
     }
 
     /// The next complete envelope, if one is buffered.
-    pub fn next(&mut self) -> Result<Option<WireEnvelope>, FrameError> {
+    pub fn next_envelope(&mut self) -> Result<Option<WireEnvelope>, FrameError> {
         if self.buf.len() < LEN_BYTES {
             return Ok(None);
         }
@@ -167,7 +167,7 @@ mod tests {
         let mut out = Vec::new();
         for piece in bytes.chunks(chunk.max(1)) {
             d.push(piece)?;
-            while let Some(e) = d.next()? {
+            while let Some(e) = d.next_envelope()? {
                 out.push(e);
             }
         }
@@ -230,7 +230,7 @@ mod tests {
         d.push(&frame[..4]).unwrap();
         assert_eq!(d.wanted(), frame.len() - 4);
         d.push(&frame[4..]).unwrap();
-        assert!(d.next().unwrap().is_some());
+        assert!(d.next_envelope().unwrap().is_some());
         assert_eq!(d.wanted(), 4);
     }
 }
