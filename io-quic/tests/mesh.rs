@@ -41,7 +41,7 @@ async fn next(inbox: &mut Receiver<Inbound>) -> Inbound {
     tokio::time::timeout(GUARD, inbox.recv()).await.expect("hang guard").expect("transport running")
 }
 
-async fn mesh(dir: &PathBuf, n: u16) -> (BTreeMap<NodeId, SocketAddr>, Vec<(Transport, Receiver<Inbound>)>) {
+async fn mesh(dir: &Path, n: u16) -> (BTreeMap<NodeId, SocketAddr>, Vec<(Transport, Receiver<Inbound>)>) {
     let addrs: BTreeMap<NodeId, SocketAddr> =
         free_addrs(n as usize).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
     let mut nodes = Vec::new();
