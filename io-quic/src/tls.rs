@@ -33,6 +33,8 @@ pub enum TlsError {
     Verifier(String),
     #[error("QUIC crypto: {0}")]
     Quic(String),
+    #[error("{path}: {reason}")]
+    NotUsable { path: String, reason: String },
     #[error("{path} is the certificate of {found}, but this node is {expected}")]
     WrongNode { path: String, expected: NodeId, found: NodeId },
 }
@@ -53,9 +55,13 @@ pub fn load(dir: &Path, node: NodeId) -> Result<NodeTls, TlsError> {
     let ca_path = certs::ca_cert_path(dir);
     let cert_path = certs::node_cert_path(dir, node);
     let key_path = certs::node_key_path(dir, node);
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&ca_path)
+        .map_err(|e| pem_err(&ca_path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&ca_path, e))?;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&ca_path).map_err(|e| pem_err(&ca_path, e))? {
-        roots.add(ca.map_err(|e| pem_err(&ca_path, e))?)?;
+    for ca in &cas {
+        roots.add(ca.clone())?;
     }
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .map_err(|e| pem_err(&cert_path, e))?
@@ -66,12 +72,42 @@ pub fn load(dir: &Path, node: NodeId) -> Result<NodeTls, TlsError> {
     if found != node {
         return Err(TlsError::WrongNode { path: cert_path.display().to_string(), expected: node, found });
     }
+    check_own(leaf, &cas, &cert_path)?;
     // The key's own parse errors could quote key material: name the file only.
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| pem_err(&key_path, "no readable private key"))?;
-    config(roots, chain, key)
+    build(roots, chain, key)
 }
 
-fn config(
+/// Our own certificate must chain to the cluster CA and be valid now: a
+/// rotation to a certificate of another CA, or to an expired one, is
+/// refused here rather than discovered by every peer at its handshake.
+fn check_own(leaf: &CertificateDer<'_>, cas: &[CertificateDer<'_>], path: &Path) -> Result<(), TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| pem_err(path, e))?;
+    if !cert.validity().is_valid() {
+        return Err(TlsError::NotUsable {
+            path: path.display().to_string(),
+            reason: "outside its validity period".into(),
+        });
+    }
+    let signed = cas.iter().any(|ca| {
+        x509_parser::parse_x509_certificate(ca)
+            .map(|(_, ca)| cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok())
+            .unwrap_or(false)
+    });
+    if !signed {
+        return Err(TlsError::NotUsable {
+            path: path.display().to_string(),
+            reason: "not signed by the cluster CA".into(),
+        });
+    }
+    Ok(())
+}
+
+/// QUIC configurations from trust roots, a certificate chain and its key.
+/// [`load`] is the way in for a node; this builder is public so tests can
+/// present certificates a node would refuse to load as its own (an expired
+/// one), and see its peers refuse them at the handshake.
+pub fn build(
     roots: rustls::RootCertStore,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,

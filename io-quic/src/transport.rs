@@ -28,6 +28,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long a connection replaced by a rotation may take to deliver what
+/// was already written to it.
+const DRAIN: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     pub me: NodeId,
@@ -42,6 +46,8 @@ pub struct TransportConfig {
     pub inbox: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// How often the certificate files are checked for rotation.
+    pub cert_poll: Duration,
 }
 
 impl TransportConfig {
@@ -56,6 +62,7 @@ impl TransportConfig {
             inbox: 4096,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
+            cert_poll: Duration::from_secs(5),
         }
     }
 }
@@ -93,15 +100,94 @@ pub struct Stats {
     pub dropped_full: AtomicU64,
     pub reconnects: AtomicU64,
     pub refused: AtomicU64,
+    /// Certificate rotations picked up, and rotations refused (a new
+    /// certificate from another CA, expired, or unreadable).
+    pub rotations: AtomicU64,
+    pub rotations_refused: AtomicU64,
 }
 
 pub struct Transport {
     me: NodeId,
     endpoint: quinn::Endpoint,
     queues: BTreeMap<NodeId, mpsc::Sender<PeerMessage>>,
-    tls: Arc<RwLock<NodeTls>>,
-    cert_dir: PathBuf,
+    tls: Arc<Rotating>,
     pub stats: Arc<Stats>,
+    /// Dropped with the transport: ends the certificate watcher.
+    _stop: mpsc::Sender<()>,
+}
+
+/// The node's current TLS configuration and its generation, bumped by each
+/// rotation so senders move their traffic to fresh connections.
+struct Rotating {
+    me: NodeId,
+    dir: PathBuf,
+    current: RwLock<NodeTls>,
+    generation: AtomicU64,
+}
+
+impl Rotating {
+    fn client(&self) -> (quinn::ClientConfig, u64) {
+        let tls = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (tls.client.clone(), self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Loads the files; on success new handshakes, in and out, use them.
+    fn reload(&self, endpoint: &quinn::Endpoint) -> Result<(), TlsError> {
+        let fresh = tls::load(&self.dir, self.me)?;
+        endpoint.set_server_config(Some(fresh.server.clone()));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A digest of the files a rotation replaces.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for path in [
+            crate::certs::ca_cert_path(&self.dir),
+            crate::certs::node_cert_path(&self.dir, self.me),
+            crate::certs::node_key_path(&self.dir, self.me),
+        ] {
+            std::fs::read(path).ok().hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+/// Polls the certificate files and applies a changed set. A set that does
+/// not load (another CA, expired, a key that does not match, a half-written
+/// file) is refused and the old certificate stays in use; the next change
+/// is tried again.
+async fn watch_certificates(
+    tls: Arc<Rotating>,
+    endpoint: quinn::Endpoint,
+    poll: Duration,
+    stats: Arc<Stats>,
+    mut stop: mpsc::Receiver<()>,
+) {
+    let mut last = tls.fingerprint();
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+        let now = tls.fingerprint();
+        if now == last {
+            continue;
+        }
+        last = now;
+        match tls.reload(&endpoint) {
+            Ok(()) => {
+                stats.rotations.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(node = tls.me.0, "new certificates picked up; existing connections drain");
+            }
+            Err(e) => {
+                stats.rotations_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(node = tls.me.0, "new certificate files refused, keeping the current ones: {e}");
+            }
+        }
+    }
 }
 
 impl Transport {
@@ -110,8 +196,15 @@ impl Transport {
         let node_tls = tls::load(&cfg.cert_dir, cfg.me)?;
         let endpoint = quinn::Endpoint::server(node_tls.server.clone(), cfg.listen)
             .map_err(|source| TransportError::Bind { addr: cfg.listen, source })?;
-        let tls = Arc::new(RwLock::new(node_tls));
+        let tls = Arc::new(Rotating {
+            me: cfg.me,
+            dir: cfg.cert_dir.clone(),
+            current: RwLock::new(node_tls),
+            generation: AtomicU64::new(0),
+        });
         let stats = Arc::new(Stats::default());
+        let (stop, stopped) = mpsc::channel(1);
+        tokio::spawn(watch_certificates(tls.clone(), endpoint.clone(), cfg.cert_poll, stats.clone(), stopped));
         let (inbox_tx, inbox) = mpsc::channel(cfg.inbox);
         tokio::spawn(accept_loop(endpoint.clone(), cfg.clone(), inbox_tx, stats.clone()));
         let mut queues = BTreeMap::new();
@@ -133,7 +226,7 @@ impl Transport {
             };
             tokio::spawn(sender.run(rx));
         }
-        Ok((Transport { me: cfg.me, endpoint, queues, tls, cert_dir: cfg.cert_dir, stats }, inbox))
+        Ok((Transport { me: cfg.me, endpoint, queues, tls, stats, _stop: stop }, inbox))
     }
 
     pub fn me(&self) -> NodeId {
@@ -155,11 +248,10 @@ impl Transport {
 
     /// Re-reads the certificate files (rotation): new connections, in and
     /// out, use them; existing connections carry on until they close.
+    /// The watcher does this by itself every `cert_poll`.
     pub fn reload_certificates(&self) -> Result<(), TlsError> {
-        let fresh = tls::load(&self.cert_dir, self.me)?;
-        self.endpoint.set_server_config(Some(fresh.server.clone()));
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        tracing::info!(node = self.me.0, "certificates reloaded");
+        self.tls.reload(&self.endpoint)?;
+        self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -177,7 +269,7 @@ struct PeerSender {
     peer: NodeId,
     addr: SocketAddr,
     endpoint: quinn::Endpoint,
-    tls: Arc<RwLock<NodeTls>>,
+    tls: Arc<Rotating>,
     max_frame: usize,
     backoff: (Duration, Duration),
     stats: Arc<Stats>,
@@ -197,7 +289,7 @@ impl PeerSender {
                     None => return, // transport dropped
                 }
             }
-            let client = self.tls.read().unwrap_or_else(|p| p.into_inner()).client.clone();
+            let (client, generation) = self.tls.client();
             let connected = match self.endpoint.connect_with(client, self.addr, &name) {
                 Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -227,6 +319,16 @@ impl PeerSender {
                         None => return,
                     },
                 };
+                if self.tls.generation.load(Ordering::SeqCst) != generation {
+                    // Rotated: this connection drains (the stream finishes
+                    // and its data is acknowledged) before the next one,
+                    // with the new certificate, carries the traffic.
+                    pending = Some(msg);
+                    let _ = stream.finish();
+                    let _ = tokio::time::timeout(DRAIN, stream.stopped()).await;
+                    conn.close(0u32.into(), b"certificate rotated");
+                    break;
+                }
                 let envelope = WireEnvelope { from: self.me, to: self.peer, seq, msg };
                 let bytes = match frame::encode(&envelope, self.max_frame) {
                     Ok(b) => b,
