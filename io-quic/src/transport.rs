@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 /// How long a connection replaced by a rotation may take to deliver what
 /// was already written to it.
 const DRAIN: Duration = Duration::from_secs(10);
+/// A connection that breaks sooner than this is treated like a failed dial.
+const SHORT_LIVED: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -308,41 +310,57 @@ impl PeerSender {
                     continue;
                 }
             };
-            delay = self.backoff.0;
-            let Ok(mut stream) = conn.open_uni().await else { continue };
-            let mut seq = 0u64;
-            loop {
-                let msg = match pending.take() {
-                    Some(m) => m,
-                    None => match queue.recv().await {
+            // A connection that fails soon after it opened (say the peer
+            // refuses our certificate after the handshake) counts as a
+            // failed dial: the backoff keeps growing instead of spinning.
+            let opened = tokio::time::Instant::now();
+            let mut rotated = false;
+            if let Ok(mut stream) = conn.open_uni().await {
+                let mut seq = 0u64;
+                loop {
+                    let msg = match pending.take() {
                         Some(m) => m,
-                        None => return,
-                    },
-                };
-                if self.tls.generation.load(Ordering::SeqCst) != generation {
-                    // Rotated: this connection drains (the stream finishes
-                    // and its data is acknowledged) before the next one,
-                    // with the new certificate, carries the traffic.
-                    pending = Some(msg);
-                    let _ = stream.finish();
-                    let _ = tokio::time::timeout(DRAIN, stream.stopped()).await;
-                    conn.close(0u32.into(), b"certificate rotated");
-                    break;
-                }
-                let envelope = WireEnvelope { from: self.me, to: self.peer, seq, msg };
-                let bytes = match frame::encode(&envelope, self.max_frame) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(node = self.me.0, peer = self.peer.0, "message not sent: {e}");
-                        continue;
+                        None => match queue.recv().await {
+                            Some(m) => m,
+                            None => return,
+                        },
+                    };
+                    if self.tls.generation.load(Ordering::SeqCst) != generation {
+                        // Rotated: this connection drains (the stream finishes
+                        // and its data is acknowledged) before the next one,
+                        // with the new certificate, carries the traffic.
+                        pending = Some(msg);
+                        let _ = stream.finish();
+                        let _ = tokio::time::timeout(DRAIN, stream.stopped()).await;
+                        conn.close(0u32.into(), b"certificate rotated");
+                        rotated = true;
+                        break;
                     }
-                };
-                if stream.write_all(&bytes).await.is_err() {
-                    pending = Some(envelope.msg);
-                    break;
+                    let envelope = WireEnvelope { from: self.me, to: self.peer, seq, msg };
+                    let bytes = match frame::encode(&envelope, self.max_frame) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(node = self.me.0, peer = self.peer.0, "message not sent: {e}");
+                            continue;
+                        }
+                    };
+                    if stream.write_all(&bytes).await.is_err() {
+                        pending = Some(envelope.msg);
+                        break;
+                    }
+                    seq += 1;
+                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
-                seq += 1;
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if rotated {
+                continue;
+            }
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            if opened.elapsed() < SHORT_LIVED {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.backoff.1);
+            } else {
+                delay = self.backoff.0;
             }
         }
     }
