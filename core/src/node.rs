@@ -272,6 +272,7 @@ impl Node {
             Input::Leadership { leader } => self.on_leadership(leader),
             Input::Compute(result) => self.on_compute(result),
             Input::SafePrimes(primes) => self.on_primes(primes),
+            Input::TransportRefused { peer, reason } => self.observe(Observation::TransportRefused { peer, reason }),
         }
         while let Some(msg) = self.loopback.pop_front() {
             self.on_peer(self.me, msg);

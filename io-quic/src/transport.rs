@@ -79,6 +79,20 @@ pub enum Inbound {
     Refused { peer: Option<NodeId>, addr: SocketAddr, reason: String },
 }
 
+impl Inbound {
+    /// What the node hands its core: a delivered message as a peer input
+    /// (the sender as the certificate names it), a refusal as the core's
+    /// transport-refusal input, which it records as an observation.
+    pub fn into_input(self) -> mpc_core::Input {
+        match self {
+            Inbound::Message { from, msg } => mpc_core::Input::Peer { from, msg },
+            Inbound::Refused { peer, addr, reason } => {
+                mpc_core::Input::TransportRefused { peer, reason: format!("{reason} (from {addr})") }
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error(transparent)]

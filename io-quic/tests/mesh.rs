@@ -172,11 +172,20 @@ async fn wrong_sender_garbage_and_oversized_frames_are_refused_without_harming_o
     }
     {
         let inbox = &mut nodes[0].1;
-        match next(inbox).await {
+        let refused = next(inbox).await;
+        match &refused {
             Inbound::Refused { peer: Some(NodeId(2)), reason, .. } => {
                 assert!(reason.contains("names sender node-3"), "{reason}")
             }
             other => panic!("forged sender not refused: {other:?}"),
+        }
+        // What the core is given: the refusal, naming the certified peer.
+        match refused.into_input() {
+            mpc_core::Input::TransportRefused { peer, reason } => {
+                assert_eq!(peer, Some(NodeId(2)));
+                assert!(reason.contains("names sender node-3") && reason.contains("127.0.0.1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
         }
         assert_eq!(next(inbox).await, Inbound::Message { from: NodeId(2), msg: msg(2, 1) });
     }

@@ -478,5 +478,6 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Leadership { .. } => "leadership",
         Input::Compute(_) => "compute_result",
         Input::SafePrimes(_) => "safe_primes",
+        Input::TransportRefused { .. } => "transport_refused",
     }
 }

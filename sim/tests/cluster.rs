@@ -393,3 +393,18 @@ fn without_a_lease_holder_signing_goes_on_and_refill_waits() {
     assert!(sessions(&cluster) > before);
     assert_invariants(&cluster, &[]);
 }
+
+/// A refusal by the transport (here: an envelope naming another sender)
+/// reaches the core as an input and leaves an observation naming the peer,
+/// for metrics and the audit trail; the protocol is untouched.
+#[test]
+fn transport_refusals_become_observations() {
+    let (mut cluster, _key) = keyed_cluster(13, |_| {});
+    let reason = "envelope names sender node-3 but the certificate is node-2's".to_string();
+    cluster.input(NodeId(1), mpc_core::Input::TransportRefused { peer: Some(NodeId(2)), reason: reason.clone() });
+    cluster.run_for(1_000);
+    let seen = cluster
+        .observed(|o| matches!(o, Observation::TransportRefused { peer: Some(NodeId(2)), reason: r } if *r == reason));
+    assert_eq!(seen.len(), 1);
+    assert_invariants(&cluster, &[]);
+}
