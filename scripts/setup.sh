@@ -3,12 +3,16 @@
 # Safe to run again: it installs only what is missing.
 #   m4                GMP's build (cggmp24's rug backend)
 #   protobuf-compiler etcd-client's build (io-store)
+#   libprotobuf-dev   the well-known .proto files etcd's API imports
+#                     (google/protobuf/descriptor.proto): only a Recommends
+#                     of protobuf-compiler, so not pulled in below
 #   g++, make         libbitcoinconsensus and GMP builds
 set -euo pipefail
 
 need=()
 command -v m4 >/dev/null 2>&1 || need+=(m4)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 
