@@ -15,7 +15,10 @@
 //! version) is refused as [`Inbound::Refused`] naming the peer, and the
 //! offending stream is stopped; other streams and peers go on. Delivered
 //! messages wait in a bounded channel, so a slow core pushes back on the
-//! senders through QUIC flow control rather than growing memory.
+//! senders through QUIC flow control rather than growing memory. Refusal
+//! reports never wait for room: when the inbox is full they are counted and
+//! logged but not queued, so a stranger hammering the port with bad
+//! handshakes can neither pile up waiting tasks nor crowd out messages.
 
 use crate::frame::{self, FrameDecoder, WireEnvelope};
 use crate::tls::{self, NodeTls, TlsError};
@@ -116,6 +119,9 @@ pub struct Stats {
     pub dropped_full: AtomicU64,
     pub reconnects: AtomicU64,
     pub refused: AtomicU64,
+    /// Refusals logged and counted but not reported to the node because its
+    /// inbox was full.
+    pub refusals_unreported: AtomicU64,
     /// Certificate rotations picked up, and rotations refused (a new
     /// certificate from another CA, expired, or unreadable).
     pub rotations: AtomicU64,
@@ -385,29 +391,20 @@ async fn accept_loop(endpoint: quinn::Endpoint, cfg: TransportConfig, inbox: mps
         let (cfg, inbox, stats) = (cfg.clone(), inbox.clone(), stats.clone());
         tokio::spawn(async move {
             let addr = incoming.remote_address();
-            let refuse = |peer: Option<NodeId>, reason: String| {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = cfg.me.0, ?peer, %addr, "refused: {reason}");
-                Inbound::Refused { peer, addr, reason }
-            };
+            let refuse = |peer: Option<NodeId>, reason: String| report_refusal(&cfg, &inbox, &stats, peer, addr, reason);
             let conn = match incoming.await {
                 Ok(conn) => conn,
-                Err(e) => {
-                    let _ = inbox.send(refuse(None, format!("handshake failed: {e}"))).await;
-                    return;
-                }
+                Err(e) => return refuse(None, format!("handshake failed: {e}")),
             };
             let peer = match tls::peer_node(&conn) {
                 Ok(peer) if peer != cfg.me && cfg.peers.contains_key(&peer) => peer,
                 Ok(peer) => {
                     conn.close(1u32.into(), b"not a peer");
-                    let _ = inbox.send(refuse(Some(peer), format!("{peer} is not a peer of {}", cfg.me))).await;
-                    return;
+                    return refuse(Some(peer), format!("{peer} is not a peer of {}", cfg.me));
                 }
                 Err(e) => {
                     conn.close(1u32.into(), b"bad certificate");
-                    let _ = inbox.send(refuse(None, e.to_string())).await;
-                    return;
+                    return refuse(None, e.to_string());
                 }
             };
             while let Ok(stream) = conn.accept_uni().await {
@@ -428,18 +425,14 @@ async fn read_stream(
     let mut decoder = FrameDecoder::new(cfg.max_frame);
     let mut expected = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
-    let refuse = |reason: String| {
-        stats.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(node = cfg.me.0, peer = peer.0, %addr, "refused: {reason}");
-        Inbound::Refused { peer: Some(peer), addr, reason }
-    };
+    let refuse = |reason: String| report_refusal(&cfg, &inbox, &stats, Some(peer), addr, reason);
     loop {
         let want = decoder.wanted().min(buf.len());
         let n = match stream.read(&mut buf[..want]).await {
             Ok(Some(n)) => n,
             Ok(None) => {
                 if let Err(e) = decoder.finish() {
-                    let _ = inbox.send(refuse(e.to_string())).await;
+                    refuse(e.to_string());
                 }
                 return;
             }
@@ -460,11 +453,7 @@ async fn read_stream(
                     };
                     match problem {
                         // Dropped and reported; the stream goes on.
-                        Some(reason) => {
-                            if inbox.send(refuse(reason)).await.is_err() {
-                                return;
-                            }
-                        }
+                        Some(reason) => refuse(reason),
                         None => {
                             if inbox.send(Inbound::Message { from: peer, msg: env.msg }).await.is_err() {
                                 return;
@@ -479,8 +468,25 @@ async fn read_stream(
         }
         if let Some(e) = fail {
             let _ = stream.stop(1u32.into());
-            let _ = inbox.send(refuse(e.to_string())).await;
+            refuse(e.to_string());
             return;
         }
+    }
+}
+
+/// Logs and counts a refusal and hands it to the node if its inbox has
+/// room; never waits (see the module docs).
+fn report_refusal(
+    cfg: &TransportConfig,
+    inbox: &mpsc::Sender<Inbound>,
+    stats: &Stats,
+    peer: Option<NodeId>,
+    addr: SocketAddr,
+    reason: String,
+) {
+    stats.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(node = cfg.me.0, peer = peer.map(|p| p.0), %addr, "refused: {reason}");
+    if inbox.try_send(Inbound::Refused { peer, addr, reason }).is_err() {
+        stats.refusals_unreported.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,12 +1,13 @@
 //! The transport on real loopback sockets with real certificates: a full
 //! mesh of five nodes, a rogue CA, an expired certificate, a valid peer
-//! naming another sender, garbage and oversized frames, and a peer that
-//! restarts. Timeouts only guard against hangs; nothing asserts a duration.
+//! naming another sender, garbage and oversized frames, a peer that
+//! restarts, a dead peer, an outsider with a member certificate, and a
+//! flood of bad handshakes. Timeouts only guard against hangs; nothing asserts a duration.
 
 use mpc_core::{NodeId, PeerMessage, PresigId};
 use mpc_io_quic::certs::{self, ClusterCa};
 use mpc_io_quic::frame::{self, WireEnvelope};
-use mpc_io_quic::{tls, Inbound, Transport, TransportConfig};
+use mpc_io_quic::{tls, Inbound, SendError, Transport, TransportConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,30 +270,36 @@ async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
         f(&t.stats).load(std::sync::atomic::Ordering::Relaxed)
     };
     const TOTAL: u64 = 300;
-    let mut received = Vec::new();
-    let mut rotated = false;
-    for k in 0..TOTAL {
-        t1.send(NodeId(2), msg(1, k)).unwrap();
-        if k == TOTAL / 3 {
-            // Renewed on disk, as `mpc-cli certs issue` does it.
-            certs::issue(&dir, NodeId(1), 30).unwrap();
-        }
-        if k >= TOTAL / 3 && !rotated {
-            rotated = stat(&t1, |s| &s.rotations) == 1;
-        }
-        if k % 10 == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    // Traffic before, during and after the renewal: sending goes on until
+    // the watcher has picked the new files up, then as much again.
+    let mut sent = 0u64;
+    while sent < TOTAL / 3 {
+        t1.send(NodeId(2), msg(1, sent)).unwrap();
+        sent += 1;
     }
-    while received.len() < TOTAL as usize {
+    certs::issue(&dir, NodeId(1), 30).unwrap(); // renewed on disk, as `mpc-cli certs issue` does it
+    let give_up = std::time::Instant::now() + GUARD;
+    while stat(&t1, |s| &s.rotations) == 0 {
+        assert!(std::time::Instant::now() < give_up, "hang guard: the renewal was never picked up");
+        t1.send(NodeId(2), msg(1, sent)).unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rotated_at = sent;
+    while sent < rotated_at + TOTAL / 3 {
+        t1.send(NodeId(2), msg(1, sent)).unwrap();
+        sent += 1;
+    }
+    let mut received = Vec::new();
+    while received.len() < sent as usize {
         match next(&mut inbox2).await {
             Inbound::Message { from: NodeId(1), msg: PeerMessage::PresigAbandon { id } } => received.push(id.seq),
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(rotated, "the renewed certificate was picked up while messages flowed");
+    assert_eq!(stat(&t1, |s| &s.rotations), 1, "the renewed certificate was picked up while messages flowed");
     received.sort();
-    assert_eq!(received, (0..TOTAL).collect::<Vec<_>>(), "nothing lost across the rotation");
+    assert_eq!(received, (0..sent).collect::<Vec<_>>(), "nothing lost across the rotation");
 
     // A certificate from another CA put in place of node 1's: refused, and
     // node 1 keeps working with the one it has.
@@ -309,10 +316,101 @@ async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(stat(&t1, |s| &s.rotations), 1);
-    t1.send(NodeId(2), msg(1, TOTAL)).unwrap();
-    assert_eq!(next(&mut inbox2).await, Inbound::Message { from: NodeId(1), msg: msg(1, TOTAL) });
+    t1.send(NodeId(2), msg(1, sent)).unwrap();
+    assert_eq!(next(&mut inbox2).await, Inbound::Message { from: NodeId(1), msg: msg(1, sent) });
     drop(t2);
     for d in [dir, rogue] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_costs_a_bounded_queue_and_sending_never_blocks() {
+    let dir = cert_dir("dead", 2);
+    // Node 2's address is bound by a plain UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addrs: BTreeMap<NodeId, SocketAddr> =
+        [(NodeId(1), free_addrs(1)[0]), (NodeId(2), silent.local_addr().unwrap())].into();
+    let mut cfg = config(1, &addrs, &dir);
+    cfg.peer_queue = 8;
+    let (t1, _inbox) = Transport::start(cfg).await.unwrap();
+    let mut refused = 0;
+    for k in 0..1000 {
+        match t1.send(NodeId(2), msg(1, k)) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(NodeId(2))) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // At most the queue and the one message the sender holds for its next
+    // dial are kept; everything else was refused at once and counted.
+    assert!(refused >= 1000 - 8 - 1, "only {refused} of 1000 refused");
+    assert_eq!(t1.stats.dropped_full.load(std::sync::atomic::Ordering::Relaxed), refused);
+    drop(silent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_certificate_for_a_node_outside_the_peer_list_is_refused() {
+    let dir = cert_dir("outsider", 3);
+    // Nodes 1 and 2 form the mesh; node 3's certificate is from the same CA.
+    let addrs: BTreeMap<NodeId, SocketAddr> =
+        free_addrs(2).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let (_t1, mut inbox1) = Transport::start(config(1, &addrs, &dir)).await.unwrap();
+    let outsider = raw_client(&dir, 3);
+    let conn = outsider.connect(addrs[&NodeId(1)], &certs::node_dns_name(NodeId(1))).unwrap().await.unwrap();
+    let closed = tokio::time::timeout(GUARD, conn.closed()).await.expect("the node closes the connection");
+    assert!(closed.to_string().contains("not a peer"), "{closed}");
+    match next(&mut inbox1).await {
+        Inbound::Refused { peer: Some(NodeId(3)), reason, .. } => assert!(reason.contains("not a peer"), "{reason}"),
+        other => panic!("outsider got through: {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_handshakes_neither_blocks_nor_crowds_out_peers() {
+    let dir = cert_dir("flood", 2);
+    let rogue_dir = cert_dir("flood-rogue", 2);
+    let addrs: BTreeMap<NodeId, SocketAddr> =
+        free_addrs(2).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let mut cfg = config(1, &addrs, &dir);
+    cfg.inbox = 4;
+    let (t1, mut inbox1) = Transport::start(cfg).await.unwrap();
+    // Twenty handshakes with another CA's certificate while nobody reads
+    // the inbox: at most four reports are queued, the rest only counted.
+    let rogue = raw_client(&rogue_dir, 2);
+    for _ in 0..20 {
+        if let Ok(conn) = rogue.connect(addrs[&NodeId(1)], &certs::node_dns_name(NodeId(1))).unwrap().await {
+            let _ = tokio::time::timeout(GUARD, conn.closed()).await;
+        }
+    }
+    let counted = |t: &Transport| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (t.stats.refused.load(Relaxed), t.stats.refusals_unreported.load(Relaxed))
+    };
+    let give_up = std::time::Instant::now() + GUARD;
+    while counted(&t1).0 < 20 {
+        assert!(std::time::Instant::now() < give_up, "hang guard: refusals {:?}", counted(&t1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted(&t1), (20, 16), "four reports queued, sixteen counted only");
+    // Node 2's message still comes through behind the queued reports.
+    let (t2, _inbox2) = Transport::start(config(2, &addrs, &dir)).await.unwrap();
+    t2.send(NodeId(1), msg(2, 0)).unwrap();
+    let mut reports = 0;
+    loop {
+        match next(&mut inbox1).await {
+            Inbound::Refused { peer: None, .. } => reports += 1,
+            Inbound::Message { from: NodeId(2), msg: m } => {
+                assert_eq!(m, msg(2, 0));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reports, 4);
+    for d in [dir, rogue_dir] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
