@@ -391,7 +391,8 @@ async fn accept_loop(endpoint: quinn::Endpoint, cfg: TransportConfig, inbox: mps
         let (cfg, inbox, stats) = (cfg.clone(), inbox.clone(), stats.clone());
         tokio::spawn(async move {
             let addr = incoming.remote_address();
-            let refuse = |peer: Option<NodeId>, reason: String| report_refusal(&cfg, &inbox, &stats, peer, addr, reason);
+            let refuse =
+                |peer: Option<NodeId>, reason: String| report_refusal(&cfg, &inbox, &stats, peer, addr, reason);
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => return refuse(None, format!("handshake failed: {e}")),
