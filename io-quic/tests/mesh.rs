@@ -42,6 +42,15 @@ async fn next(inbox: &mut Receiver<Inbound>) -> Inbound {
     tokio::time::timeout(GUARD, inbox.recv()).await.expect("hang guard").expect("transport running")
 }
 
+/// Polls `cond` until it holds; the guard only catches a hang.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let give_up = std::time::Instant::now() + GUARD;
+    while !cond() {
+        assert!(std::time::Instant::now() < give_up, "hang guard: never {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn mesh(dir: &Path, n: u16) -> (BTreeMap<NodeId, SocketAddr>, Vec<(Transport, Receiver<Inbound>)>) {
     let addrs: BTreeMap<NodeId, SocketAddr> =
         free_addrs(n as usize).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
@@ -310,11 +319,7 @@ async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
     ] {
         std::fs::copy(from, to).unwrap();
     }
-    let give_up = std::time::Instant::now() + GUARD;
-    while stat(&t1, |s| &s.rotations_refused) == 0 {
-        assert!(std::time::Instant::now() < give_up, "hang guard: the bad rotation was never examined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the bad rotation examined", || stat(&t1, |s| &s.rotations_refused) > 0).await;
     assert_eq!(stat(&t1, |s| &s.rotations), 1);
     t1.send(NodeId(2), msg(1, sent)).unwrap();
     assert_eq!(next(&mut inbox2).await, Inbound::Message { from: NodeId(1), msg: msg(1, sent) });
@@ -389,11 +394,7 @@ async fn a_flood_of_bad_handshakes_neither_blocks_nor_crowds_out_peers() {
         use std::sync::atomic::Ordering::Relaxed;
         (t.stats.refused.load(Relaxed), t.stats.refusals_unreported.load(Relaxed))
     };
-    let give_up = std::time::Instant::now() + GUARD;
-    while counted(&t1).0 < 20 {
-        assert!(std::time::Instant::now() < give_up, "hang guard: refusals {:?}", counted(&t1));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("twenty refusals counted", || counted(&t1).0 >= 20).await;
     assert_eq!(counted(&t1), (20, 16), "four reports queued, sixteen counted only");
     // Node 2's message still comes through behind the queued reports.
     let (t2, _inbox2) = Transport::start(config(2, &addrs, &dir)).await.unwrap();
