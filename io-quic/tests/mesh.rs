@@ -28,6 +28,11 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
     sockets.iter().map(|s| s.local_addr().unwrap()).collect()
 }
 
+/// Free loopback addresses for nodes 1..=n.
+fn node_addrs(n: u16) -> BTreeMap<NodeId, SocketAddr> {
+    free_addrs(n as usize).into_iter().zip(1..).map(|(a, id)| (NodeId(id), a)).collect()
+}
+
 fn config(me: u16, addrs: &BTreeMap<NodeId, SocketAddr>, dir: &Path) -> TransportConfig {
     let mut cfg = TransportConfig::new(NodeId(me), addrs[&NodeId(me)], dir.to_path_buf());
     cfg.peers = addrs.clone();
@@ -52,8 +57,7 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 }
 
 async fn mesh(dir: &Path, n: u16) -> (BTreeMap<NodeId, SocketAddr>, Vec<(Transport, Receiver<Inbound>)>) {
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        free_addrs(n as usize).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let addrs = node_addrs(n);
     let mut nodes = Vec::new();
     for id in 1..=n {
         nodes.push(Transport::start(config(id, &addrs, dir)).await.unwrap());
@@ -265,8 +269,7 @@ async fn a_peer_that_restarts_is_reconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
     let dir = cert_dir("rotate", 2);
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        free_addrs(2).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let addrs = node_addrs(2);
     let mut nodes = Vec::new();
     for id in 1..=2 {
         let mut cfg = config(id, &addrs, &dir);
@@ -359,8 +362,7 @@ async fn a_dead_peer_costs_a_bounded_queue_and_sending_never_blocks() {
 async fn a_member_certificate_for_a_node_outside_the_peer_list_is_refused() {
     let dir = cert_dir("outsider", 3);
     // Nodes 1 and 2 form the mesh; node 3's certificate is from the same CA.
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        free_addrs(2).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let addrs = node_addrs(2);
     let (_t1, mut inbox1) = Transport::start(config(1, &addrs, &dir)).await.unwrap();
     let outsider = raw_client(&dir, 3);
     let conn = outsider.connect(addrs[&NodeId(1)], &certs::node_dns_name(NodeId(1))).unwrap().await.unwrap();
@@ -377,8 +379,7 @@ async fn a_member_certificate_for_a_node_outside_the_peer_list_is_refused() {
 async fn a_flood_of_bad_handshakes_neither_blocks_nor_crowds_out_peers() {
     let dir = cert_dir("flood", 2);
     let rogue_dir = cert_dir("flood-rogue", 2);
-    let addrs: BTreeMap<NodeId, SocketAddr> =
-        free_addrs(2).into_iter().enumerate().map(|(i, a)| (NodeId(i as u16 + 1), a)).collect();
+    let addrs = node_addrs(2);
     let mut cfg = config(1, &addrs, &dir);
     cfg.inbox = 4;
     let (t1, mut inbox1) = Transport::start(cfg).await.unwrap();
