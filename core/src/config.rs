@@ -37,6 +37,7 @@ pub struct MemberInfo {
 
 /// Presignature pool policy (DESIGN §3).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Refill starts when the ready count falls below this.
     pub low_water: usize,
@@ -56,6 +57,7 @@ impl Default for PoolConfig {
 
 /// Deadlines, in milliseconds of the shell's clock.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// A transaction without a certified outcome by then is Expired.
     pub vote_ms: u64,
@@ -96,6 +98,7 @@ impl Default for Timeouts {
 
 /// One node's own spending policy: each node judges every proposal by it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Largest total paid to non-change outputs by one transaction.
     pub max_amount_sat: u64,

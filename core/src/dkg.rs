@@ -5,7 +5,7 @@
 
 use crate::engine::{ComputeResult, KeyShare, ProtocolOutput, SafePrimes, SessionKind};
 use crate::ids::{DkgId, NodeId, RequestId, SessionId};
-use crate::io::{Observation, Reply};
+use crate::io::{DkgRefusal, DkgStage, Observation, Reply};
 use crate::message::PeerMessage;
 use crate::node::{DkgRun, KeyMaterial, Node, SessionInfo};
 use crate::record::Record;
@@ -32,13 +32,14 @@ impl Node {
     }
 
     pub(crate) fn command_start_dkg(&mut self, request: RequestId) {
-        if self.key.is_some() {
-            self.step.replies.push((request, Reply::DkgStarted(Err("this cluster already has a key".into()))));
+        if let Some(key) = &self.key {
+            let refusal = DkgRefusal::AlreadyKeyed { public_key_hex: key.group.hex() };
+            self.step.replies.push((request, Reply::DkgStarted(Err(refusal))));
             return;
         }
         if let Some(run) = &self.dkg {
-            let dkg = run.dkg;
-            self.step.replies.push((request, Reply::DkgStarted(Err(format!("{dkg} is already running")))));
+            let refusal = DkgRefusal::AlreadyRunning { dkg: run.dkg };
+            self.step.replies.push((request, Reply::DkgStarted(Err(refusal))));
             return;
         }
         let dkg = DkgId { origin: self.me, seq: self.reserve_seq() };
@@ -218,6 +219,21 @@ impl Node {
                 self.closed_sessions.insert(s);
                 self.compute(crate::engine::ComputeJob::Abort { session: s });
             }
+        }
+    }
+
+    /// Where key generation stands here, for status.
+    pub(crate) fn dkg_stage(&self) -> DkgStage {
+        if self.key.is_some() {
+            return DkgStage::Done;
+        }
+        let Some(run) = &self.dkg else { return DkgStage::NotStarted };
+        if run.waiting_for_primes {
+            DkgStage::WaitingForPrimes
+        } else if self.sessions.contains_key(&SessionId::Keygen(run.dkg)) {
+            DkgStage::Keygen
+        } else {
+            DkgStage::AuxInfo
         }
     }
 

@@ -44,6 +44,18 @@ pub enum Input {
         peer: Option<NodeId>,
         reason: String,
     },
+    /// Whether the store of fencing epochs (etcd in production) can be
+    /// reached. While it cannot, this node consumes no presignature: a
+    /// consumption must be fenced in etcd before it commits (DESIGN §4), so
+    /// signing requests are refused with a retryable reason and other signer
+    /// sets cover.
+    Coordination {
+        reachable: bool,
+    },
+    /// The shell is shutting down: the node tells the peers of its sessions
+    /// in flight that they are abandoned. [`crate::driver::drive`] performs
+    /// this step and then returns.
+    ShutDown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,9 +71,54 @@ pub enum Command {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    DkgStarted(Result<DkgId, String>),
-    Submitted(Result<TxId, String>),
+    DkgStarted(Result<DkgId, DkgRefusal>),
+    Submitted(Result<TxId, SubmitRefusal>),
     Status(Box<StatusReport>),
+}
+
+/// Why a DKG was not started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum DkgRefusal {
+    #[error("this cluster already has a key: {public_key_hex}")]
+    AlreadyKeyed { public_key_hex: String },
+    #[error("{dkg} is already running")]
+    AlreadyRunning { dkg: DkgId },
+}
+
+/// Why a submitted PSBT was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SubmitRefusal {
+    #[error("the cluster has no key yet: run DKG first")]
+    NoKey,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How far key generation has come at this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DkgStage {
+    /// No key and no key generation running.
+    NotStarted,
+    /// Key generation joined; waiting for this node's safe primes.
+    WaitingForPrimes,
+    /// Aux info (Paillier keys and their proofs) running.
+    AuxInfo,
+    /// Threshold keygen running.
+    Keygen,
+    /// The key exists.
+    Done,
+}
+
+/// The cluster's presignatures of one signer set, as this node sees them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerSetPool {
+    pub signers: Vec<NodeId>,
+    /// Complete, unused, every signer healthy.
+    pub ready: usize,
+    /// Started and neither complete nor given up.
+    pub generating: usize,
+    /// Assigned to a signature, consumed, abandoned or discarded.
+    pub spent: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +137,16 @@ pub struct StatusReport {
     pub own_consumed: usize,
     pub own_discarded: usize,
     pub transactions: Vec<(TxId, TxState)>,
+    pub dkg_stage: DkgStage,
+    /// This node holds safe primes (or aux info, which needs none).
+    pub primes_ready: bool,
+    /// Per signer set, in signer order.
+    pub pool_sets: Vec<SignerSetPool>,
+    pub pool_low_water: usize,
+    pub pool_target: usize,
+    pub pool_max: usize,
+    /// See [`Input::Coordination`].
+    pub coordination_reachable: bool,
 }
 
 /// A message to one peer.

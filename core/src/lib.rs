@@ -10,6 +10,7 @@
 
 pub mod config;
 mod dkg;
+pub mod driver;
 pub mod engine;
 pub mod ids;
 pub mod io;
@@ -27,9 +28,13 @@ pub mod view;
 pub mod vote;
 
 pub use config::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, PolicyConfig, PoolConfig, Timeouts};
+pub use driver::{drive, Core, Shell};
 pub use engine::{ComputeJob, ComputeResult, Engine, REDUCED_SECURITY_TEST_ONLY};
 pub use ids::{DkgId, Millis, NodeId, PresigId, RequestId, SessionId, TxId};
-pub use io::{Command, Envelope, Input, Observation, Reply, StatusReport, Step};
+pub use io::{
+    Command, DkgRefusal, DkgStage, Envelope, Input, Observation, Reply, SignerSetPool, StatusReport, Step,
+    SubmitRefusal,
+};
 pub use message::PeerMessage;
 pub use node::{Identity, Node, NodeError};
 pub use planted::PlantedBugs;

@@ -98,4 +98,15 @@ pub enum SigningRefusal {
     PresignatureUsedElsewhere,
     NotASigner,
     BadInput(String),
+    /// The signer cannot fence a consumption right now (etcd unreachable):
+    /// retryable, and another signer set can sign meanwhile.
+    CoordinationUnavailable,
+}
+
+impl SigningRefusal {
+    /// A refusal that says nothing against the request: asking again later
+    /// (or another signer set now) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SigningRefusal::CoordinationUnavailable)
+    }
 }

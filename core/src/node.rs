@@ -140,6 +140,8 @@ pub struct Node {
     pub(crate) rng: ChaCha20Rng,
     pub(crate) now: Millis,
     pub(crate) leader: Option<NodeId>,
+    /// See [`Input::Coordination`]: while false, nothing is consumed.
+    pub(crate) coordination_reachable: bool,
     pub(crate) next_seq: u64,
     pub(crate) primes: Option<Secret<SafePrimes>>,
     pub(crate) dkg_joined: BTreeSet<DkgId>,
@@ -215,6 +217,7 @@ impl Node {
             rng: ChaCha20Rng::from_seed(seed),
             now: Millis(0),
             leader: None,
+            coordination_reachable: true,
             next_seq: 0,
             primes: None,
             dkg_joined: BTreeSet::new(),
@@ -273,6 +276,8 @@ impl Node {
             Input::Compute(result) => self.on_compute(result),
             Input::SafePrimes(primes) => self.on_primes(primes),
             Input::TransportRefused { peer, reason } => self.observe(Observation::TransportRefused { peer, reason }),
+            Input::Coordination { reachable } => self.coordination_reachable = reachable,
+            Input::ShutDown => return self.shut_down(),
         }
         while let Some(msg) = self.loopback.pop_front() {
             self.on_peer(self.me, msg);
@@ -567,30 +572,7 @@ impl Node {
     /// their shares are discarded (never half-used); transactions this node
     /// accepted but had not yet voted on get their vote now.
     fn finish_recovery(&mut self) {
-        let mut step = Step::default();
-        let abandoned: Vec<PresigId> = self
-            .own_presigs
-            .iter()
-            .filter(|(_, p)| matches!(p, OwnPresig::Generating { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in abandoned {
-            // Tell the other signers and the initiator at once, rather than
-            // let them wait out the session deadline.
-            if let Some(OwnPresig::Generating { signers }) = self.own_presigs.get(&id) {
-                let mut notify: BTreeSet<NodeId> = signers.iter().copied().collect();
-                notify.insert(id.origin);
-                notify.remove(&self.me);
-                for to in notify {
-                    step.send.push(Envelope { to, msg: PeerMessage::PresigAbandon { id } });
-                }
-            }
-            self.own_presigs.insert(id, OwnPresig::Discarded);
-            let reason = "session lost in a restart".to_string();
-            step.persist.push(Record::PresigDiscarded { id, reason: reason.clone() });
-            step.observations.push(Observation::PresigDiscarded { id, reason });
-            self.closed_sessions.insert(SessionId::Presign(id));
-        }
+        self.abandon_own_sessions("session lost in a restart");
         let unvoted: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.my_vote.is_none()).map(|(id, _)| *id).collect();
         // A vote persisted just before a crash may never have been sent.
         let resend: Vec<SignedVote> = self
@@ -599,7 +581,6 @@ impl Node {
             .filter(|t| t.state.undecided())
             .filter_map(|t| t.tally.vote_of(self.me).cloned())
             .collect();
-        self.step = step;
         // Ask everyone for what was missed while down.
         let known_final = self.known_final();
         self.broadcast(PeerMessage::SyncRequest { known_final });
@@ -610,6 +591,60 @@ impl Node {
             self.cast_vote(tx);
         }
         self.startup = Some(std::mem::take(&mut self.step));
+    }
+
+    /// Discards this node's shares still being generated, telling the other
+    /// signers and the initiator at once rather than letting them wait out
+    /// the session deadline. A share is never half-used: it is discarded
+    /// before the session's state is lost.
+    fn abandon_own_sessions(&mut self, reason: &str) {
+        let generating: Vec<(PresigId, Vec<NodeId>)> = self
+            .own_presigs
+            .iter()
+            .filter_map(|(id, p)| match p {
+                OwnPresig::Generating { signers } => Some((*id, signers.clone())),
+                _ => None,
+            })
+            .collect();
+        for (id, signers) in generating {
+            let mut notify: BTreeSet<NodeId> = signers.into_iter().collect();
+            notify.insert(id.origin);
+            notify.remove(&self.me);
+            for to in notify {
+                self.send(to, PeerMessage::PresigAbandon { id });
+            }
+            self.discard_own_presig(id, reason.to_string());
+        }
+    }
+
+    /// The last step before the process exits (DESIGN §7, shutdown): this
+    /// node's presigning sessions and the sessions it initiated or assigned
+    /// to signing are abandoned at their peers, so nobody waits for a
+    /// deadline. The shares already Ready stay Ready: they are durable and
+    /// serve after the restart.
+    fn shut_down(&mut self) -> Step {
+        self.abandon_own_sessions("node shut down");
+        let mut abandon: BTreeSet<PresigId> = self.initiated.keys().copied().collect();
+        abandon.extend(
+            self.signing.values().flat_map(|j| j.inputs.iter().filter(|i| i.done.is_none())).filter_map(|i| i.presig),
+        );
+        for id in abandon {
+            if let Some(entry) = self.pool.get_mut(&id) {
+                entry.used = true;
+                let signers = entry.signers.clone();
+                for s in signers {
+                    self.send(s, PeerMessage::PresigAbandon { id });
+                }
+            }
+        }
+        self.initiated.clear();
+        self.signing.clear();
+        while let Some(msg) = self.loopback.pop_front() {
+            self.on_peer(self.me, msg);
+        }
+        let mut step = std::mem::take(&mut self.step);
+        step.wake_at = None;
+        step
     }
 }
 

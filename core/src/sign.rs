@@ -242,6 +242,12 @@ impl Node {
                 if !signers.contains(&self.me) {
                     return Err(SigningRefusal::NotASigner);
                 }
+                if !self.coordination_reachable {
+                    // The consumption could not be fenced in etcd before it
+                    // commits (DESIGN §4): consume nothing; the coordinator
+                    // retries with another signer set.
+                    return Err(SigningRefusal::CoordinationUnavailable);
+                }
                 let partial = share.expose().presignature.clone().issue_partial_signature(data_to_sign(&message));
                 let sigma: [u8; 32] =
                     partial.sigma.to_be_bytes().as_bytes().try_into().expect("a secp256k1 scalar is 32 bytes");
@@ -304,7 +310,14 @@ impl Node {
         let Some(public) = entry.public.clone() else { return };
         let sigma = match result {
             Ok(PartialSig(sigma)) => sigma,
-            Err(refusal) => return self.retry_input(tx, input, format!("{from} refused: {refusal:?}")),
+            Err(refusal) => {
+                if refusal.is_retryable() {
+                    // Not a fault, but the signer cannot sign for a while:
+                    // pick sets without it until then.
+                    self.suspect(from);
+                }
+                return self.retry_input(tx, input, format!("{from} refused: {refusal:?}"));
+            }
         };
         let Ok(message) = self.txs[&tx].proposed.signing_message(input) else { return };
         let data = data_to_sign(&message);

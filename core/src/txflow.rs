@@ -2,7 +2,7 @@
 //! node's policy vote, the tally and its certificates, and deadlines.
 
 use crate::ids::{NodeId, RequestId, TxId};
-use crate::io::{Command, Observation, Reply, StatusReport};
+use crate::io::{Command, Observation, Reply, SignerSetPool, StatusReport, SubmitRefusal};
 use crate::message::PeerMessage;
 use crate::node::{Node, OwnPresig, TxEntry};
 use crate::record::{Record, TxState};
@@ -26,6 +26,26 @@ impl Node {
 
     pub fn status(&self) -> StatusReport {
         let own = |f: fn(&OwnPresig) -> bool| self.own_presigs.values().filter(|p| f(p)).count();
+        let mut sets: std::collections::BTreeMap<&[NodeId], SignerSetPool> = Default::default();
+        for entry in self.pool.values() {
+            let set = sets.entry(&entry.signers).or_insert_with(|| SignerSetPool {
+                signers: entry.signers.clone(),
+                ready: 0,
+                generating: 0,
+                spent: 0,
+            });
+            if self.usable(entry) {
+                set.ready += 1;
+            } else if entry.used || entry.inconsistent {
+                set.spent += 1;
+            } else if !entry.complete() {
+                set.generating += 1;
+            } else {
+                // Complete and unused but a signer is suspect: counted as
+                // ready by nobody, spent by nobody.
+            }
+        }
+        let pool = &self.config.cluster.pool;
         StatusReport {
             node: self.me,
             leader: self.leader,
@@ -38,16 +58,23 @@ impl Node {
             own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
             own_discarded: own(|p| matches!(p, OwnPresig::Discarded)),
             transactions: self.txs.iter().map(|(id, t)| (*id, t.state.clone())).collect(),
+            dkg_stage: self.dkg_stage(),
+            primes_ready: self.primes.is_some() || self.aux.is_some(),
+            pool_sets: sets.into_values().collect(),
+            pool_low_water: pool.low_water,
+            pool_target: pool.target,
+            pool_max: pool.max,
+            coordination_reachable: self.coordination_reachable,
         }
     }
 
     /// A client's PSBT: validated, made durable, proposed to all, voted on.
-    fn submit(&mut self, psbt: Vec<u8>) -> Result<TxId, String> {
+    fn submit(&mut self, psbt: Vec<u8>) -> Result<TxId, SubmitRefusal> {
         let script = match &self.key {
             Some(k) => k.group.script_pubkey(),
-            None => return Err("the cluster has no key yet: run DKG first".into()),
+            None => return Err(SubmitRefusal::NoKey),
         };
-        let proposed = ProposedTx::from_psbt(&psbt, &script).map_err(|e| e.to_string())?;
+        let proposed = ProposedTx::from_psbt(&psbt, &script).map_err(|e| SubmitRefusal::Invalid(e.to_string()))?;
         let tx = proposed.digest(self.cluster_id());
         if !self.txs.contains_key(&tx) {
             self.accept(tx, proposed, self.me);

@@ -13,160 +13,23 @@
 //! simulated time: their results are delivered at that simulated time
 //! whatever the CPU took, so runs stay exact while engines work in parallel.
 
-use crate::host::{self, Clock, LeaseState};
-use mpc_core::engine::{ComputeJob, Engine};
+use crate::engine_thread::EngineThread;
+use crate::host::{self, Clock, Delivery, Host, LeaseState, Shared, Snapshot, EPOCH_MS};
 use mpc_core::{
     Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
-    Record, Reply, RequestId, Step, TxId, TxState,
+    Record, Reply, RequestId,
 };
 use sha2::{Digest, Sha256};
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
 use std::time::Duration;
 
-/// Simulated wall-clock start of every run (2023-11-14): nodes' clocks are
-/// this plus simulated time, plus their drift.
-pub const EPOCH_MS: u64 = 1_700_000_000_000;
 /// How far simulated time moves per turmoil step.
 pub const TICK_MS: u64 = 10;
 /// `run_until` checks its condition this often (simulated ms): conditions
 /// read every node's status, which costs more than a quiet step.
 const CHECK_EVERY_MS: u64 = 100;
-
-/// One node's protocol engine on a thread of its own (engines are not
-/// `Send`, so each is created on its thread). Jobs carry the incarnation
-/// that asked for them, so results of a crashed incarnation are discarded.
-pub(crate) struct EngineThread {
-    jobs: mpsc::Sender<EngineCommand>,
-    results: mpsc::Receiver<(u32, mpc_core::ComputeResult)>,
-}
-
-enum EngineCommand {
-    Run(u32, ComputeJob),
-    /// The node crashed: its running sessions are lost.
-    Reset,
-}
-
-impl EngineThread {
-    fn spawn(name: String) -> EngineThread {
-        let (jobs, job_rx) = mpsc::channel::<EngineCommand>();
-        let (result_tx, results) = mpsc::channel();
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let mut engine = Engine::new();
-                for command in job_rx {
-                    match command {
-                        EngineCommand::Run(incarnation, job) => {
-                            if result_tx.send((incarnation, engine.run(job))).is_err() {
-                                return;
-                            }
-                        }
-                        EngineCommand::Reset => engine = Engine::new(),
-                    }
-                }
-            })
-            .expect("spawn engine thread");
-        EngineThread { jobs, results }
-    }
-
-    pub(crate) fn submit(&self, incarnation: u32, job: ComputeJob) {
-        self.jobs.send(EngineCommand::Run(incarnation, job)).expect("engine thread alive");
-    }
-
-    /// Blocks until the engine has the result of this incarnation's oldest
-    /// outstanding job.
-    pub(crate) fn result(&self, incarnation: u32) -> mpc_core::ComputeResult {
-        loop {
-            let (from, result) = self.results.recv().expect("engine thread alive");
-            if from == incarnation {
-                return result;
-            }
-        }
-    }
-
-    fn reset(&self) {
-        self.jobs.send(EngineCommand::Reset).expect("engine thread alive");
-    }
-}
-
-/// What an interceptor decides for a message leaving a host.
-pub enum Delivery {
-    Deliver,
-    Drop,
-    /// Send after this many extra milliseconds (reordering).
-    Delay(u64),
-    /// Send twice, the copy after this many extra milliseconds.
-    Duplicate(u64),
-    /// Send it, then this other message to the same recipient (a replay).
-    WithReplay(Box<PeerMessage>),
-}
-
-pub(crate) type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
-pub(crate) type CrashPoint = Box<dyn FnMut(NodeId, &Step) -> bool>;
-
-pub struct Host {
-    pub config: NodeConfig,
-    pub identity: Identity,
-    /// None while crashed.
-    pub node: Option<Node>,
-    /// Durable records, in persist order: survives crashes.
-    pub store: Vec<Record>,
-    /// Where each step's persist list ends in `store` (records recovered at
-    /// start count as one step): a database shell applies each step as one
-    /// transaction.
-    pub step_ends: Vec<usize>,
-    pub(crate) engine: EngineThread,
-    pub(crate) incarnation: u32,
-    pub(crate) bugs: PlantedBugs,
-    /// What the node knew when it crashed, to compare after its restart.
-    pub(crate) before_crash: Option<Snapshot>,
-    /// Inputs from the harness and the shell's own tasks (commands, lease
-    /// changes, engine results); None while crashed.
-    pub(crate) inbox: Option<tokio::sync::mpsc::UnboundedSender<Input>>,
-    pub(crate) clock: Clock,
-    pub(crate) name: String,
-}
-
-/// The durable part of a node's view: what a restart must bring back.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Snapshot {
-    consumed: usize,
-    transactions: Vec<(TxId, TxState)>,
-}
-
-impl Snapshot {
-    pub(crate) fn of(node: &Node) -> Snapshot {
-        let status = node.status();
-        Snapshot { consumed: status.own_consumed, transactions: status.transactions }
-    }
-}
-
-/// State shared by the harness and the hosts' software. Hosts borrow it
-/// only between awaits, so the harness sees it whole between steps.
-pub(crate) struct Shared {
-    pub hosts: BTreeMap<NodeId, Host>,
-    pub addrs: BTreeMap<IpAddr, NodeId>,
-    pub run_seed: u64,
-    pub observations: Vec<(Millis, NodeId, Observation, usize)>,
-    pub replies: Vec<(NodeId, RequestId, Reply)>,
-    pub recovery_violations: Vec<String>,
-    /// Messages a node handled from the watched sender: (from, to, message).
-    pub watched: Option<NodeId>,
-    pub delivered_from_watched: Vec<(NodeId, PeerMessage)>,
-    pub garbage_frames: u64,
-    pub interceptor: Option<Interceptor>,
-    pub crash_point: Option<CrashPoint>,
-    /// Hosts that asked to be crashed (at a crash point) this step.
-    pub crash_requested: Vec<NodeId>,
-    pub lease: LeaseState,
-    pub trace: Sha256,
-    pub steps: u64,
-    pub handle_timings: Option<BTreeMap<&'static str, Vec<Duration>>>,
-}
 
 pub struct Cluster {
     sim: turmoil::Sim<'static>,
@@ -338,7 +201,7 @@ impl Cluster {
 
     /// After a step's records are durable and before anything else of it is
     /// performed, `f` may crash the node (returning true).
-    pub fn set_crash_point(&mut self, f: impl FnMut(NodeId, &Step) -> bool + 'static) {
+    pub fn set_crash_point(&mut self, f: impl FnMut(NodeId, &[Record]) -> bool + 'static) {
         self.shared.borrow_mut().crash_point = Some(Box::new(f));
     }
 

@@ -8,19 +8,108 @@
 //! sends). Every `select!` is `biased`, so no ambient randomness decides
 //! which input comes first.
 
-use crate::cluster::{Delivery, Shared, Snapshot, EPOCH_MS};
+use crate::engine_thread::EngineThread;
 use bincode::Options;
 use mpc_core::engine::ComputeJob;
-use mpc_core::{Input, Millis, Node, NodeId, PeerMessage, RecoveredState, Step};
+use mpc_core::{
+    drive, Core, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
+    Record, RecoveredState, Reply, RequestId, Shell, Step, TxId, TxState,
+};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use turmoil::net::UdpSocket;
+
+/// Simulated wall-clock start of every run (2023-11-14): nodes' clocks are
+/// this plus simulated time, plus their drift.
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// What an interceptor decides for a message leaving a host.
+pub enum Delivery {
+    Deliver,
+    Drop,
+    /// Send after this many extra milliseconds (reordering).
+    Delay(u64),
+    /// Send twice, the copy after this many extra milliseconds.
+    Duplicate(u64),
+    /// Send it, then this other message to the same recipient (a replay).
+    WithReplay(Box<PeerMessage>),
+}
+
+pub(crate) type Interceptor = Box<dyn FnMut(NodeId, &mut Envelope) -> Delivery>;
+/// Sees each step's records once they are durable; true crashes the node
+/// before anything else of the step is performed.
+pub(crate) type CrashPoint = Box<dyn FnMut(NodeId, &[Record]) -> bool>;
+
+/// One node host's shell state: what survives a crash (config, identity,
+/// the durable store) and what does not (the node, its inbox, its engine's
+/// sessions).
+pub struct Host {
+    pub config: NodeConfig,
+    pub identity: Identity,
+    /// None while crashed.
+    pub node: Option<Node>,
+    /// Durable records, in persist order: survives crashes.
+    pub store: Vec<Record>,
+    /// Where each step's persist list ends in `store` (records recovered at
+    /// start count as one step): a database shell applies each step as one
+    /// transaction.
+    pub step_ends: Vec<usize>,
+    pub(crate) engine: EngineThread,
+    pub(crate) incarnation: u32,
+    pub(crate) bugs: PlantedBugs,
+    /// What the node knew when it crashed, to compare after its restart.
+    pub(crate) before_crash: Option<Snapshot>,
+    /// Inputs from the harness and the shell's own tasks (commands, lease
+    /// changes, engine results); None while crashed.
+    pub(crate) inbox: Option<UnboundedSender<Input>>,
+    pub(crate) clock: Clock,
+    pub(crate) name: String,
+}
+
+/// The durable part of a node's view: what a restart must bring back.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    consumed: usize,
+    transactions: Vec<(TxId, TxState)>,
+}
+
+impl Snapshot {
+    pub(crate) fn of(node: &Node) -> Snapshot {
+        let status = node.status();
+        Snapshot { consumed: status.own_consumed, transactions: status.transactions }
+    }
+}
+
+/// The world of the simulated hosts, shared with the harness that runs them.
+/// Hosts borrow it only between awaits, so the harness sees it whole
+/// between steps.
+pub(crate) struct Shared {
+    pub hosts: BTreeMap<NodeId, Host>,
+    pub addrs: BTreeMap<IpAddr, NodeId>,
+    pub run_seed: u64,
+    pub observations: Vec<(Millis, NodeId, Observation, usize)>,
+    pub replies: Vec<(NodeId, RequestId, Reply)>,
+    pub recovery_violations: Vec<String>,
+    /// Messages a node handled from the watched sender: (from, to, message).
+    pub watched: Option<NodeId>,
+    pub delivered_from_watched: Vec<(NodeId, PeerMessage)>,
+    pub garbage_frames: u64,
+    pub interceptor: Option<Interceptor>,
+    pub crash_point: Option<CrashPoint>,
+    /// Hosts that asked to be crashed (at a crash point) this step.
+    pub crash_requested: Vec<NodeId>,
+    pub lease: LeaseState,
+    pub trace: Sha256,
+    pub steps: u64,
+    pub handle_timings: Option<BTreeMap<&'static str, Vec<Duration>>>,
+}
 
 /// The host that plays etcd's lease.
 pub const LEASE_HOST: &str = "etcd";
@@ -277,9 +366,11 @@ fn start(shared: &RefCell<Shared>, id: NodeId, inbox: UnboundedSender<Input>) ->
     }
 }
 
-/// A node host's software, from start (or restart) until turmoil cancels it.
+/// A node host's software, from start (or restart) until turmoil cancels
+/// it: the node rebuilt from its records, run by the core's driver over
+/// [`SimShell`].
 pub(crate) async fn node_host(shared: Rc<RefCell<Shared>>, id: NodeId) -> turmoil::Result {
-    let (inbox_tx, mut inbox) = unbounded_channel();
+    let (inbox_tx, inbox) = unbounded_channel();
     let (jobs_tx, jobs_rx) = unbounded_channel();
     let Some(incarnation) = start(&shared, id, inbox_tx.clone()) else {
         std::future::pending::<()>().await;
@@ -287,48 +378,200 @@ pub(crate) async fn node_host(shared: Rc<RefCell<Shared>>, id: NodeId) -> turmoi
     };
     let socket = Rc::new(UdpSocket::bind(any_addr(PEER_PORT)).await?);
     tokio::task::spawn_local(compute(shared.clone(), id, incarnation, jobs_rx, inbox_tx.clone()));
-    tokio::task::spawn_local(lease_client(shared.clone(), id, inbox_tx.clone()));
+    tokio::task::spawn_local(lease_client(shared.clone(), id, inbox_tx));
     let peers: BTreeMap<NodeId, SocketAddr> =
         shared.borrow().addrs.iter().map(|(ip, n)| (*n, SocketAddr::new(*ip, PEER_PORT))).collect();
-    let mut wake: Option<Millis> = None;
-    let mut last_tick: Option<u64> = None;
-    let mut next = Some(Input::Tick);
-    let mut buf = vec![0u8; MAX_FRAME as usize];
-    loop {
-        let input = match next.take() {
-            Some(input) => input,
-            None => {
-                let clock = shared.borrow().hosts[&id].clock;
-                let now = elapsed_ms();
-                // At most one tick per turmoil step: a timer already due
-                // fires at the next step, never in a loop at frozen time.
-                let sleep_ms = match wake {
-                    Some(at) => clock.elapsed_at(at).saturating_sub(now).max(u64::from(last_tick == Some(now))),
-                    None => 3_600_000,
-                };
-                tokio::select! {
-                    biased;
-                    Some(input) = inbox.recv() => input,
-                    r = socket.recv_from(&mut buf) => {
-                        let (len, src) = r?;
-                        match decode(&shared, src, &buf[..len]) {
-                            Some(input) => input,
-                            None => continue,
-                        }
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
-                        if wake.take().is_none() {
-                            continue;
-                        }
-                        last_tick = Some(elapsed_ms());
-                        Input::Tick
+    let mut node = HostedNode { shared: shared.clone(), id };
+    let mut shell = SimShell {
+        shared,
+        id,
+        socket,
+        peers,
+        jobs: jobs_tx,
+        inbox,
+        last_tick: None,
+        buf: vec![0u8; MAX_FRAME as usize],
+    };
+    match drive(&mut node, &mut shell).await {
+        Ok(()) => Ok(()),
+        Err(never) => match never {},
+    }
+}
+
+/// The node as the driver sees it: it stays in [`Host::node`], where the
+/// harness inspects it between steps, and is borrowed only for one
+/// `handle` call at a time.
+struct HostedNode {
+    shared: Rc<RefCell<Shared>>,
+    id: NodeId,
+}
+
+impl Core for HostedNode {
+    fn handle(&mut self, now: Millis, input: Input) -> Step {
+        let mut s = self.shared.borrow_mut();
+        let Shared { hosts, steps, handle_timings, .. } = &mut *s;
+        let node = hosts.get_mut(&self.id).and_then(|h| h.node.as_mut()).expect("a running host has its node");
+        *steps += 1;
+        let Some(timings) = handle_timings.as_mut() else { return node.handle(now, input) };
+        let kind = input_kind(&input);
+        let started = std::time::Instant::now();
+        let step = node.handle(now, input);
+        timings.entry(kind).or_default().push(started.elapsed());
+        step
+    }
+}
+
+/// The simulator's shell: turmoil datagrams, timers on the host's drifting
+/// clock, lease changes and engine results in; records into the
+/// harness-owned store (where the crash points are), observations and
+/// replies to the harness, sends through the interceptor (the faulty
+/// network card or the Byzantine shell) onto turmoil's network.
+struct SimShell {
+    shared: Rc<RefCell<Shared>>,
+    id: NodeId,
+    socket: Rc<UdpSocket>,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    jobs: UnboundedSender<ComputeJob>,
+    inbox: UnboundedReceiver<Input>,
+    /// When the last timer fired (simulated ms).
+    last_tick: Option<u64>,
+    buf: Vec<u8>,
+}
+
+impl SimShell {
+    /// Accounts for an input about to be handled: the trace, and messages
+    /// from the watched (Byzantine) sender that reached a live node.
+    fn handing_in(&self, now: Millis, input: &Input) {
+        let mut s = self.shared.borrow_mut();
+        if let Input::Peer { from, msg } = input {
+            if s.watched == Some(*from) {
+                s.delivered_from_watched.push((self.id, msg.clone()));
+            }
+        }
+        s.trace.update(self.id.0.to_be_bytes());
+        s.trace.update(now.0.to_be_bytes());
+    }
+}
+
+impl Shell for SimShell {
+    type Error = Infallible;
+
+    async fn next(&mut self, wake_at: Option<Millis>) -> Option<(Millis, Input)> {
+        loop {
+            let clock = self.shared.borrow().hosts[&self.id].clock;
+            let now = elapsed_ms();
+            // At most one tick per turmoil step: a timer already due fires
+            // at the next step, never in a loop at frozen time.
+            let sleep_ms = match wake_at {
+                Some(at) => clock.elapsed_at(at).saturating_sub(now).max(u64::from(self.last_tick == Some(now))),
+                None => 3_600_000,
+            };
+            let input = tokio::select! {
+                biased;
+                Some(input) = self.inbox.recv() => input,
+                r = self.socket.recv_from(&mut self.buf) => {
+                    let Ok((len, src)) = r else { continue };
+                    match decode(&self.shared, src, &self.buf[..len]) {
+                        Some(input) => input,
+                        None => continue,
                     }
                 }
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {
+                    if wake_at.is_none() {
+                        continue;
+                    }
+                    self.last_tick = Some(elapsed_ms());
+                    Input::Tick
+                }
+            };
+            let now = clock.local(elapsed_ms());
+            self.handing_in(now, &input);
+            return Some((now, input));
+        }
+    }
+
+    async fn persist(&mut self, records: &[Record]) -> Result<(), Infallible> {
+        let crash = {
+            let mut s = self.shared.borrow_mut();
+            let Shared { hosts, trace, crash_point, crash_requested, .. } = &mut *s;
+            let host = hosts.get_mut(&self.id).expect("known node");
+            for record in records {
+                trace.update(bincode::serialize(record).expect("records serialise"));
+                host.store.push(record.clone());
             }
+            host.step_ends.push(host.store.len());
+            let crash = crash_point.as_mut().is_some_and(|f| f(self.id, records));
+            if crash {
+                crash_requested.push(self.id);
+            }
+            crash
         };
-        match perform(&shared, id, &socket, &peers, &jobs_tx, input) {
-            Performed::Done { wake_at } => wake = wake_at,
-            Performed::CrashHere => std::future::pending::<()>().await,
+        if crash {
+            // Durable, and nothing else of the step happens: the host waits
+            // for the harness to crash it.
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, observations: &[Observation]) {
+        let mut s = self.shared.borrow_mut();
+        let true_now = Millis(EPOCH_MS + elapsed_ms());
+        let durable = s.hosts[&self.id].store.len();
+        for o in observations {
+            s.trace.update(serde_json::to_vec(o).expect("observations serialise"));
+            s.observations.push((true_now, self.id, o.clone(), durable));
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Reply) {
+        let mut s = self.shared.borrow_mut();
+        s.trace.update(format!("{request:?}{reply:?}").as_bytes());
+        s.replies.push((self.id, request, reply));
+    }
+
+    fn send(&mut self, envelopes: Vec<Envelope>) {
+        let mut s = self.shared.borrow_mut();
+        let Shared { trace, interceptor, .. } = &mut *s;
+        for mut env in envelopes {
+            let deliver = match interceptor.as_mut() {
+                Some(f) => f(self.id, &mut env),
+                None => Delivery::Deliver,
+            };
+            let bytes = bincode::serialize(&env.msg).expect("messages serialise");
+            trace.update(&bytes);
+            let Some(to) = self.peers.get(&env.to).copied() else { continue };
+            let socket = &self.socket;
+            let delayed = |extra: u64, bytes: Vec<u8>| {
+                let socket = socket.clone();
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(Duration::from_millis(extra)).await;
+                    let _ = socket.try_send_to(&bytes, to);
+                });
+            };
+            match deliver {
+                Delivery::Deliver => {
+                    let _ = socket.try_send_to(&bytes, to);
+                }
+                Delivery::Drop => {}
+                Delivery::Delay(extra) => delayed(extra, bytes),
+                Delivery::Duplicate(extra) => {
+                    let _ = socket.try_send_to(&bytes, to);
+                    delayed(extra, bytes);
+                }
+                Delivery::WithReplay(old) => {
+                    let _ = socket.try_send_to(&bytes, to);
+                    let old = bincode::serialize(&old).expect("messages serialise");
+                    trace.update(&old);
+                    let _ = socket.try_send_to(&old, to);
+                }
+            }
+        }
+    }
+
+    fn compute(&mut self, jobs: Vec<ComputeJob>) {
+        for job in jobs {
+            let _ = self.jobs.send(job);
         }
     }
 }
@@ -347,129 +590,6 @@ fn decode(shared: &RefCell<Shared>, src: SocketAddr, bytes: &[u8]) -> Option<Inp
     }
 }
 
-enum Performed {
-    Done {
-        wake_at: Option<Millis>,
-    },
-    /// A crash point fired after the step's records became durable: the
-    /// host waits for the harness to crash it, sending nothing.
-    CrashHere,
-}
-
-/// Hands one input to the node and performs the step: records durable
-/// first, then observations and replies, then sends, then compute jobs.
-fn perform(
-    shared: &RefCell<Shared>,
-    id: NodeId,
-    socket: &Rc<UdpSocket>,
-    peers: &BTreeMap<NodeId, SocketAddr>,
-    jobs: &UnboundedSender<ComputeJob>,
-    input: Input,
-) -> Performed {
-    let mut s = shared.borrow_mut();
-    let elapsed = elapsed_ms();
-    let true_now = Millis(EPOCH_MS + elapsed);
-    let Shared {
-        hosts,
-        trace,
-        steps,
-        handle_timings,
-        observations,
-        replies,
-        crash_point,
-        crash_requested,
-        interceptor,
-        watched,
-        delivered_from_watched,
-        ..
-    } = &mut *s;
-    let host = hosts.get_mut(&id).expect("known node");
-    let now = host.clock.local(elapsed);
-    if let Input::Peer { from, msg } = &input {
-        if *watched == Some(*from) {
-            delivered_from_watched.push((id, msg.clone()));
-        }
-    }
-    let Some(node) = host.node.as_mut() else { return Performed::Done { wake_at: None } };
-    let step = timed_handle(handle_timings, node, now, input);
-    *steps += 1;
-    trace.update(id.0.to_be_bytes());
-    trace.update(now.0.to_be_bytes());
-    for record in &step.persist {
-        trace.update(bincode::serialize(record).expect("records serialise"));
-        host.store.push(record.clone());
-    }
-    if !step.persist.is_empty() {
-        host.step_ends.push(host.store.len());
-    }
-    if let Some(crash) = crash_point.as_mut() {
-        if crash(id, &step) {
-            crash_requested.push(id);
-            return Performed::CrashHere;
-        }
-    }
-    let durable = host.store.len();
-    for o in &step.observations {
-        trace.update(serde_json::to_vec(o).expect("observations serialise"));
-        observations.push((true_now, id, o.clone(), durable));
-    }
-    for (request, reply) in &step.replies {
-        trace.update(format!("{request:?}{reply:?}").as_bytes());
-        replies.push((id, *request, reply.clone()));
-    }
-    for mut env in step.send {
-        let deliver = match interceptor.as_mut() {
-            Some(f) => f(id, &mut env),
-            None => Delivery::Deliver,
-        };
-        let bytes = bincode::serialize(&env.msg).expect("messages serialise");
-        trace.update(&bytes);
-        let Some(to) = peers.get(&env.to).copied() else { continue };
-        let delayed = |extra: u64, bytes: Vec<u8>| {
-            let socket = socket.clone();
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(Duration::from_millis(extra)).await;
-                let _ = socket.try_send_to(&bytes, to);
-            });
-        };
-        match deliver {
-            Delivery::Deliver => {
-                let _ = socket.try_send_to(&bytes, to);
-            }
-            Delivery::Drop => {}
-            Delivery::Delay(extra) => delayed(extra, bytes),
-            Delivery::Duplicate(extra) => {
-                let _ = socket.try_send_to(&bytes, to);
-                delayed(extra, bytes);
-            }
-            Delivery::WithReplay(old) => {
-                let _ = socket.try_send_to(&bytes, to);
-                let old = bincode::serialize(&old).expect("messages serialise");
-                trace.update(&old);
-                let _ = socket.try_send_to(&old, to);
-            }
-        }
-    }
-    for job in step.compute {
-        let _ = jobs.send(job);
-    }
-    Performed::Done { wake_at: step.wake_at }
-}
-
-fn timed_handle(
-    timings: &mut Option<BTreeMap<&'static str, Vec<Duration>>>,
-    node: &mut Node,
-    now: Millis,
-    input: Input,
-) -> Step {
-    let Some(timings) = timings.as_mut() else { return node.handle(now, input) };
-    let kind = input_kind(&input);
-    let started = std::time::Instant::now();
-    let step = node.handle(now, input);
-    timings.entry(kind).or_default().push(started.elapsed());
-    step
-}
-
 fn input_kind(input: &Input) -> &'static str {
     match input {
         Input::Peer { msg, .. } => msg.kind(),
@@ -479,5 +599,7 @@ fn input_kind(input: &Input) -> &'static str {
         Input::Compute(_) => "compute_result",
         Input::SafePrimes(_) => "safe_primes",
         Input::TransportRefused { .. } => "transport_refused",
+        Input::Coordination { .. } => "coordination",
+        Input::ShutDown => "shut_down",
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+mod engine_thread;
 pub mod fixtures;
 pub mod host;
 pub mod scenario;
@@ -16,4 +17,5 @@ pub mod shrink;
 pub mod sweep;
 pub mod wallet;
 
-pub use cluster::{Cluster, Delivery};
+pub use cluster::Cluster;
+pub use host::{Delivery, EPOCH_MS};

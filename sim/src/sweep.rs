@@ -8,8 +8,9 @@
 //! node).
 
 use crate::checker;
-use crate::cluster::{Cluster, Delivery, NetOptions};
+use crate::cluster::{Cluster, NetOptions};
 use crate::host::Clock;
+use crate::host::Delivery;
 use crate::wallet::Spend;
 use crate::{fixtures, scenario, setup};
 use mpc_core::vote::{Decision, SignedVote, VoteBody};
@@ -413,8 +414,8 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     let crash_hits = Rc::new(RefCell::new(0u64));
     if let Some((victim, kind)) = plan.crash_after_persist {
         let hits = crash_hits.clone();
-        cluster.set_crash_point(move |node, step| {
-            let fire = node == victim && *hits.borrow() == 0 && step.persist.iter().any(|r| r.kind() == kind);
+        cluster.set_crash_point(move |node, records| {
+            let fire = node == victim && *hits.borrow() == 0 && records.iter().any(|r| r.kind() == kind);
             if fire {
                 *hits.borrow_mut() += 1;
             }

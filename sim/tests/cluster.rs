@@ -141,8 +141,8 @@ fn crash_right_after_consumption_never_leads_to_reuse() {
     // partial signature leaves.
     let crashed = Rc::new(RefCell::new(None));
     let seen = crashed.clone();
-    cluster.set_crash_point(move |node, step| {
-        let consumed = step.persist.iter().find_map(|r| match r {
+    cluster.set_crash_point(move |node, records| {
+        let consumed = records.iter().find_map(|r| match r {
             Record::PresigConsumed { id, .. } => Some(*id),
             _ => None,
         });
