@@ -138,6 +138,8 @@ pub struct Node {
     pub(crate) policy: Policy,
     pub(crate) vote_key: SigningKey,
     pub(crate) rng: ChaCha20Rng,
+    /// A one-way digest of the construction seed (see [`Node::seed_fingerprint`]).
+    seed_fingerprint: [u8; 32],
     pub(crate) now: Millis,
     pub(crate) leader: Option<NodeId>,
     /// See [`Input::Coordination`]: while false, nothing is consumed.
@@ -215,6 +217,14 @@ impl Node {
             policy,
             vote_key: identity.vote_key,
             rng: ChaCha20Rng::from_seed(seed),
+            seed_fingerprint: {
+                use sha2::Digest;
+                sha2::Sha256::new()
+                    .chain_update(b"mpc-custody/seed-fingerprint/v1")
+                    .chain_update(seed)
+                    .finalize()
+                    .into()
+            },
             now: Millis(0),
             leader: None,
             coordination_reachable: true,
@@ -255,6 +265,13 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.me
+    }
+
+    /// A domain-separated SHA-256 of the seed this node was built with:
+    /// lets a test check that two starts drew different seeds without the
+    /// seed itself ever leaving the core. Not for logs either.
+    pub fn seed_fingerprint(&self) -> [u8; 32] {
+        self.seed_fingerprint
     }
 
     pub fn group_key(&self) -> Option<&GroupKey> {

@@ -126,6 +126,8 @@ pub struct Stats {
     /// certificate from another CA, expired, or unreadable).
     pub rotations: AtomicU64,
     pub rotations_refused: AtomicU64,
+    /// Peers this node has an open stream to right now.
+    pub connected: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 pub struct Transport {
@@ -259,6 +261,12 @@ impl Transport {
         self.endpoint.local_addr().expect("bound endpoint")
     }
 
+    /// How many peers this node has an open connection to (for health and
+    /// metrics).
+    pub fn connected_peers(&self) -> usize {
+        self.stats.connected.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Queues `msg` for `to`; never blocks.
     pub fn send(&self, to: NodeId, msg: PeerMessage) -> Result<(), SendError> {
         let queue = self.queues.get(&to).ok_or(SendError::UnknownPeer(to))?;
@@ -336,6 +344,7 @@ impl PeerSender {
             let opened = tokio::time::Instant::now();
             let mut rotated = false;
             if let Ok(mut stream) = conn.open_uni().await {
+                self.stats.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(self.peer);
                 let mut seq = 0u64;
                 loop {
                     let msg = match pending.take() {
@@ -372,6 +381,7 @@ impl PeerSender {
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            self.stats.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.peer);
             if rotated {
                 continue;
             }

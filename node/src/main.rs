@@ -1,7 +1,11 @@
-//! `mpc-node`: one cluster member (later issues add the networked node), and
-//! `mpc-node demo`, a whole five-node cluster in one process on embedded
-//! defaults: safe primes, DKG, a presignature pool, and a PSBT approved and
-//! signed, with a report anyone can verify.
+//! `mpc-node`: one cluster member (`mpc-node run --config FILE`), and the
+//! operator's tools that work on a node's files: `verify-report`,
+//! `db-check`, `audit-verify`.
+//!
+//! Exit codes of `run`: 0 after a graceful shutdown (SIGTERM, SIGINT); 2
+//! when the configuration or a file it names is wrong (the message names
+//! the file, the field and the problem); 1 when the environment fails
+//! (database or etcd unreachable).
 
 use mpc_node::{demo, report, storage};
 
@@ -17,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run this node as a member of its cluster until SIGTERM or SIGINT.
+    Run {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run a local five-node cluster end to end and write a signed-transaction report.
     Demo {
         /// Directory for the report.
@@ -65,6 +75,30 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     match Cli::parse().command {
+        Cmd::Run { config } => {
+            init_logging();
+            let code = match mpc_node::config::Config::load(&config) {
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    2
+                }
+                Ok(config) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                    Err(e) => {
+                        eprintln!("error: cannot start the runtime: {e}");
+                        1
+                    }
+                    Ok(rt) => match rt.block_on(mpc_node::run::run(config)) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            eprintln!("error: {e}");
+                            e.exit_code()
+                        }
+                    },
+                },
+            };
+            std::process::exit(code);
+        }
         Cmd::Demo { out, seed } => demo::run(&out, seed),
         Cmd::VerifyReport { report } => {
             let summary = report::verify_file(&report)?;
@@ -81,4 +115,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }

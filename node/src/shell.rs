@@ -1,0 +1,367 @@
+//! The node's [`Shell`]: the core's driver plugged into the world.
+//!
+//! Inputs come from the QUIC transport (peer messages, senders as their
+//! certificates name them), the compute workers (engine results), etcd's
+//! view (leadership, and whether consumptions can be fenced), the HTTP API
+//! (operator commands), the background prime generator, the clock and the
+//! shutdown signal. Each step's records go to the database in one
+//! transaction, fenced in etcd first when it consumes a presignature
+//! (DESIGN §4); only then are its observations (metrics, log), replies (the
+//! waiting API request), sends (the transport's bounded queues) and compute
+//! jobs (the workers) performed, by the driver, in that order.
+//!
+//! The shell decides nothing about the protocol: it translates.
+
+use crate::compute::Workers;
+use crate::control::{Check, CommandRequest, Health, PrimesState};
+use crate::metrics::Metrics;
+use mpc_core::engine::{ComputeJob, SafePrimes};
+use mpc_core::{
+    Command, Core, Envelope, Input, Millis, Node, NodeId, Observation, Record, Reply, RequestId, Secret, Shell,
+    StatusReport, Step,
+};
+use mpc_io_quic::{Inbound, Transport};
+use mpc_io_store::coord::{CoordView, Coordinator, Health as CoordHealth};
+use mpc_io_store::{Store, StoreError};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+/// How often the shell asks the core for its status, for the metrics'
+/// gauges and the health report.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// Request ids at and above this are the shell's own status queries; the
+/// API's commands count up from zero.
+const INTERNAL_REQUESTS: u64 = 1 << 63;
+
+/// The node's clock in milliseconds since the Unix epoch, never going
+/// backwards (the core requires it; the daily cap counts days by it).
+#[derive(Default)]
+pub struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    pub fn now(&mut self) -> Millis {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self.last = self.last.max(wall);
+        Millis(self.last)
+    }
+
+    /// How long from now until `at` on this clock.
+    fn until(&mut self, at: Millis) -> Duration {
+        Duration::from_millis(at.0.saturating_sub(self.now().0))
+    }
+}
+
+/// Why a step could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The node as the driver steps it: each `handle` is timed for metrics.
+pub struct TimedNode {
+    pub node: Node,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Core for TimedNode {
+    fn handle(&mut self, now: Millis, input: Input) -> Step {
+        let kind = input_kind(&input);
+        let started = Instant::now();
+        let step = self.node.handle(now, input);
+        self.metrics.handled(kind, started.elapsed());
+        step
+    }
+}
+
+/// Everything outside the core that one node talks to.
+pub struct NodeShell {
+    pub me: NodeId,
+    pub clock: Clock,
+    pub store: Arc<Store>,
+    pub coord: Arc<Coordinator>,
+    pub transport: Arc<Transport>,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub workers: Workers,
+    pub commands: mpsc::Receiver<CommandRequest>,
+    pub coord_view: watch::Receiver<CoordView>,
+    pub primes: Option<oneshot::Receiver<SafePrimes>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+    pub health_tx: watch::Sender<Health>,
+    pub health: Health,
+    /// API requests waiting for the core's reply.
+    pub waiting: BTreeMap<RequestId, oneshot::Sender<Reply>>,
+    pub next_request: u64,
+    pub next_internal: u64,
+    /// Inputs decided on but not yet handed in (one etcd view change can
+    /// mean two inputs).
+    pub queued: VecDeque<Input>,
+    pub next_status: Instant,
+    /// When the background prime generation started, for status.
+    pub primes_since: Option<Instant>,
+    /// The group key is published to etcd once (compare-and-set).
+    pub key_published: bool,
+    /// The shutdown step was handed in.
+    pub shutting_down: bool,
+}
+
+impl NodeShell {
+    /// Inputs for the etcd view as it is now: the core starts every
+    /// incarnation knowing who leads and whether it may consume.
+    pub fn queue_coord_view(&mut self) {
+        let view = self.coord_view.borrow_and_update().clone();
+        self.queued.push_back(view.leadership_input());
+        self.queued.push_back(Input::Coordination { reachable: view.etcd_reachable });
+        self.health.etcd = match &view.health {
+            CoordHealth::Ok => Check::ok(),
+            CoordHealth::Degraded { reason } => Check::failing(reason.clone()),
+        };
+        self.health.leader = view.leader.map(|l| l.0);
+        self.publish_health();
+    }
+
+    fn publish_health(&mut self) {
+        self.health.peers_connected = self.transport.connected_peers();
+        self.health_tx.send_replace(self.health.clone());
+    }
+
+    /// The shell's own status query, so gauges and health stay current.
+    fn status_query(&mut self) -> Input {
+        let request = RequestId(INTERNAL_REQUESTS + self.next_internal);
+        self.next_internal = self.next_internal.wrapping_add(1) % INTERNAL_REQUESTS;
+        Input::Command { request, command: Command::Status }
+    }
+
+    fn on_status(&mut self, report: &StatusReport) {
+        self.metrics.status(report);
+        self.metrics.peers_connected(self.transport.connected_peers());
+        self.health.key_present = report.public_key_hex.is_some();
+        self.health.pool_ready = report.pool_ready;
+        self.health.pool_low_water = report.pool_low_water;
+        self.health.primes = if report.primes_ready {
+            PrimesState::Ready
+        } else if let Some(since) = self.primes_since {
+            PrimesState::Generating { seconds: since.elapsed().as_secs() }
+        } else {
+            PrimesState::Missing
+        };
+        if let (Some(key), false) = (&report.public_key_hex, self.key_published) {
+            self.key_published = true;
+            self.publish_key(key.clone());
+        }
+        self.publish_health();
+    }
+
+    /// DESIGN §4: the group key goes to etcd by compare-and-set; a key
+    /// already there that differs is refused loudly (two DKGs for one
+    /// cluster would send funds to a key nobody can use).
+    fn publish_key(&self, key_hex: String) {
+        let coord = self.coord.clone();
+        let health = self.health_tx.clone();
+        tokio::spawn(async move {
+            let Ok(bytes) = hex::decode(&key_hex) else { return };
+            let mut delay = Duration::from_millis(500);
+            loop {
+                match coord.publish_public_key(&bytes).await {
+                    Ok(outcome) => {
+                        info!(public_key = %key_hex, ?outcome, "group public key in etcd");
+                        return;
+                    }
+                    Err(mpc_io_store::coord::CoordError::Unreachable(e)) => {
+                        debug!("publishing the public key waits for etcd: {e}");
+                    }
+                    Err(e) => {
+                        error!("publishing the public key failed: {e}");
+                        health.send_modify(|h| h.etcd = Check::failing(e.to_string()));
+                        return;
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    fn log(&self, o: &Observation) {
+        match o {
+            Observation::Equivocation { .. }
+            | Observation::ForgedVote { .. }
+            | Observation::ForgedCertificate { .. }
+            | Observation::BadPartialSignature { .. }
+            | Observation::ForeignVote { .. }
+            | Observation::DkgFailed { .. }
+            | Observation::ProtocolFailed { .. } => warn!(node = self.me.0, event = ?o, "misbehaviour or failure"),
+            Observation::RejectedMessage { .. }
+            | Observation::ProposalRejected { .. }
+            | Observation::TransportRefused { .. }
+            | Observation::SigningRefused { .. } => info!(node = self.me.0, event = ?o, "refused"),
+            Observation::DkgCompleted { .. } | Observation::TxSigned { .. } | Observation::TxStateChanged { .. } => {
+                info!(node = self.me.0, event = ?o)
+            }
+            _ => debug!(node = self.me.0, event = ?o),
+        }
+    }
+}
+
+impl Shell for NodeShell {
+    type Error = PersistError;
+
+    async fn next(&mut self, wake_at: Option<Millis>) -> Option<(Millis, Input)> {
+        self.health.driver_running = true;
+        loop {
+            if let Some(input) = self.queued.pop_front() {
+                return Some((self.clock.now(), input));
+            }
+            if Instant::now() >= self.next_status {
+                self.next_status = Instant::now() + STATUS_EVERY;
+                let query = self.status_query();
+                return Some((self.clock.now(), query));
+            }
+            let sleep = match wake_at {
+                Some(at) => self.clock.until(at).min(STATUS_EVERY),
+                None => STATUS_EVERY,
+            };
+            let status_due = tokio::time::Instant::from_std(self.next_status);
+            let primes_pending = self.primes.is_some();
+            let event = tokio::select! {
+                biased;
+                changed = self.shutdown.changed(), if !self.shutting_down => {
+                    Event::Shutdown(changed.is_err() || *self.shutdown.borrow())
+                }
+                Some(result) = self.workers.next() => Event::Input(Input::Compute(result)),
+                Ok(()) = self.coord_view.changed() => Event::CoordView,
+                Some(request) = self.commands.recv() => Event::Command(request),
+                primes = async { self.primes.as_mut().expect("guarded").await }, if primes_pending => {
+                    Event::Primes(primes.ok())
+                }
+                Some(inbound) = self.inbound.recv() => Event::Input(inbound.into_input()),
+                _ = tokio::time::sleep_until(status_due) => Event::Nothing,
+                _ = tokio::time::sleep(sleep) => Event::Timer,
+            };
+            let input = match event {
+                Event::Input(input) => input,
+                Event::Shutdown(true) => {
+                    self.shutting_down = true;
+                    info!(node = self.me.0, "shutting down: abandoning sessions in flight");
+                    Input::ShutDown
+                }
+                Event::Shutdown(false) | Event::Nothing => continue,
+                Event::CoordView => {
+                    self.queue_coord_view();
+                    continue;
+                }
+                Event::Command(request) => {
+                    let id = RequestId(self.next_request);
+                    self.next_request = (self.next_request + 1) % INTERNAL_REQUESTS;
+                    self.waiting.insert(id, request.reply);
+                    Input::Command { request: id, command: request.command }
+                }
+                Event::Primes(primes) => {
+                    self.primes = None;
+                    let Some(primes) = primes else { continue };
+                    info!(node = self.me.0, "safe primes ready");
+                    Input::SafePrimes(Secret::new(primes))
+                }
+                Event::Timer => {
+                    if wake_at.is_some_and(|at| self.clock.now() >= at) {
+                        Input::Tick
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            return Some((self.clock.now(), input));
+        }
+    }
+
+    async fn persist(&mut self, records: &[Record]) -> Result<(), PersistError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        match self.store.apply(now, records).await {
+            Ok(applied) => {
+                self.metrics.persisted(records, started.elapsed());
+                if let Some(epoch) = applied.epoch {
+                    if let Err(e) = self.coord.advance_epoch(epoch).await {
+                        warn!(node = self.me.0, epoch, "publishing the fencing epoch failed: {e}");
+                    }
+                }
+                if !self.health.database.ok {
+                    self.health.database = Check::ok();
+                    self.publish_health();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                error!(node = self.me.0, records = records.len(), "persist failed: {e}");
+                self.health.database = Check::failing(e.to_string());
+                self.publish_health();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn observe(&mut self, observations: &[Observation]) {
+        self.metrics.observed(observations);
+        for o in observations {
+            self.log(o);
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Reply) {
+        if request.0 >= INTERNAL_REQUESTS {
+            if let Reply::Status(report) = &reply {
+                self.on_status(report);
+            }
+            return;
+        }
+        if let Some(waiting) = self.waiting.remove(&request) {
+            // The client may have given up; the command was carried out.
+            let _ = waiting.send(reply);
+        }
+    }
+
+    fn send(&mut self, envelopes: Vec<Envelope>) {
+        for Envelope { to, msg } in envelopes {
+            let kind = msg.kind();
+            if let Err(e) = self.transport.send(to, msg) {
+                debug!(node = self.me.0, to = to.0, kind, "not sent: {e}");
+            }
+        }
+    }
+
+    fn compute(&mut self, jobs: Vec<ComputeJob>) {
+        self.workers.submit(jobs);
+    }
+}
+
+/// What woke the shell.
+enum Event {
+    Input(Input),
+    Shutdown(bool),
+    CoordView,
+    Command(CommandRequest),
+    Primes(Option<SafePrimes>),
+    Timer,
+    Nothing,
+}
+
+/// A fixed name per input kind, for the handle-duration histogram.
+pub fn input_kind(input: &Input) -> &'static str {
+    match input {
+        Input::Peer { msg, .. } => msg.kind(),
+        Input::Tick => "tick",
+        Input::Command { .. } => "command",
+        Input::Leadership { .. } => "leadership",
+        Input::Compute(_) => "compute_result",
+        Input::SafePrimes(_) => "safe_primes",
+        Input::TransportRefused { .. } => "transport_refused",
+        Input::Coordination { .. } => "coordination",
+        Input::ShutDown => "shut_down",
+    }
+}
