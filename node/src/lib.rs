@@ -1,12 +1,14 @@
-//! mpc-node's library half: the demo and its report, and the operator's
-//! database commands, so tests can drive them.
+//! mpc-node's library half: the node process (`run`, `shell`, `compute`,
+//! `primes`), its configuration, control plane, HTTP API and metrics, the
+//! operator's tools (`cluster_init`, `storage`) and the report verifier, so
+//! tests can drive them. It links no simulator: `tests/dependencies.rs`
+//! checks that nothing of `mpc-sim`, turmoil or proptest reaches it.
 
 pub mod api;
 pub mod cluster_init;
 pub mod compute;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod metrics;
 pub mod primes;
 pub mod report;

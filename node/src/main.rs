@@ -7,7 +7,7 @@
 //! the file, the field and the problem); 1 when the environment fails
 //! (database or etcd unreachable).
 
-use mpc_node::{demo, report, storage};
+use mpc_node::{report, storage};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,16 +27,7 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run a local five-node cluster end to end and write a signed-transaction report.
-    Demo {
-        /// Directory for the report.
-        #[arg(long, default_value = "demo-out")]
-        out: PathBuf,
-        /// Seed for the cores' randomness (default: from the OS).
-        #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Check a demo report's signed transaction from the report alone.
+    /// Check a cluster report's signed transaction from the report alone.
     VerifyReport {
         /// The report written by `demo`.
         report: PathBuf,
@@ -99,7 +90,6 @@ fn main() -> anyhow::Result<()> {
             };
             std::process::exit(code);
         }
-        Cmd::Demo { out, seed } => demo::run(&out, seed),
         Cmd::VerifyReport { report } => {
             let summary = report::verify_file(&report)?;
             println!("{summary}");
