@@ -194,7 +194,13 @@ impl Config {
         let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." || field.is_empty() { "(file)".to_string() } else { field };
-            err(&field, e.into_inner().to_string().trim().replace('\n', " "))
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let problem = match line {
+                Some(line) => format!("line {line}: {}", inner.message()),
+                None => inner.message().to_string(),
+            };
+            err(&field, problem)
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };

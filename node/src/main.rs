@@ -92,7 +92,6 @@ fn main() -> anyhow::Result<()> {
                     Ok(rt) => match rt.block_on(mpc_node::run::run(config)) {
                         Ok(()) => 0,
                         Err(e) => {
-                            tracing::error!("{e}");
                             eprintln!("error: {e}");
                             e.exit_code()
                         }

@@ -228,7 +228,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         primes_since,
         key_published: false,
         shutting_down: false,
+        fencing_failed_at: None,
+        told_reachable: None,
     };
+    let anchoring = tokio::spawn(anchor_periodically(store.clone(), coord.clone()));
     shell.queue_coord_view();
     let mut core = TimedNode { node, metrics };
     info!(node = me.0, "running");
@@ -247,6 +250,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     info!(node = me.0, "last step persisted; closing connections");
     drop(core);
+    anchoring.abort();
     let _ = api.await;
     coord_handle.shutdown().await;
     if let Ok(transport) = Arc::try_unwrap(transport) {
@@ -272,6 +276,25 @@ async fn rebuild(store: &Store, config: &Config, identity: &Identity, shell: &mu
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
+        }
+    }
+}
+
+/// How often the audit chain's head is anchored in etcd (DESIGN §4) besides
+/// with every consumption.
+const ANCHOR_EVERY: Duration = Duration::from_secs(10);
+
+/// Anchors the audit head now and then, best effort: a failure is logged
+/// (an anchor the chain no longer reaches is the tamper alarm) and retried.
+async fn anchor_periodically(store: Arc<Store>, coord: Arc<Coordinator>) {
+    loop {
+        tokio::time::sleep(ANCHOR_EVERY).await;
+        match store.anchor_audit_head(&*coord).await {
+            Ok(_) => {}
+            Err(e @ StoreError::Audit(_)) => {
+                error!(node = store.node().0, "audit chain does not reach its anchor: {e}")
+            }
+            Err(e) => tracing::debug!(node = store.node().0, "anchoring the audit head waits: {e}"),
         }
     }
 }

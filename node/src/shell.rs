@@ -35,6 +35,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// Request ids at and above this are the shell's own status queries; the
 /// API's commands count up from zero.
 const INTERNAL_REQUESTS: u64 = 1 << 63;
+/// How long consumption stays off after a consuming step could not be
+/// fenced in etcd.
+const FENCING_RETRY: Duration = Duration::from_secs(5);
 
 /// The node's clock in milliseconds since the Unix epoch, never going
 /// backwards (the core requires it; the daily cap counts days by it).
@@ -109,6 +112,11 @@ pub struct NodeShell {
     pub key_published: bool,
     /// The shutdown step was handed in.
     pub shutting_down: bool,
+    /// When a consuming step last failed to fence in etcd: consumption stays
+    /// off for [`FENCING_RETRY`] after it, whatever the etcd view says.
+    pub fencing_failed_at: Option<Instant>,
+    /// What the core was last told about consuming (see `Input::Coordination`).
+    pub told_reachable: Option<bool>,
 }
 
 impl NodeShell {
@@ -117,13 +125,25 @@ impl NodeShell {
     pub fn queue_coord_view(&mut self) {
         let view = self.coord_view.borrow_and_update().clone();
         self.queued.push_back(view.leadership_input());
-        self.queued.push_back(Input::Coordination { reachable: view.etcd_reachable });
+        self.told_reachable = None;
+        self.queue_reachability();
         self.health.etcd = match &view.health {
             CoordHealth::Ok => Check::ok(),
             CoordHealth::Degraded { reason } => Check::failing(reason.clone()),
         };
         self.health.leader = view.leader.map(|l| l.0);
         self.publish_health();
+    }
+
+    /// Tells the core whether it may consume, when that changed: etcd
+    /// reachable, and no fencing failure in the last [`FENCING_RETRY`].
+    fn queue_reachability(&mut self) {
+        let recently_failed = self.fencing_failed_at.is_some_and(|t| t.elapsed() < FENCING_RETRY);
+        let reachable = self.coord_view.borrow().etcd_reachable && !recently_failed;
+        if self.told_reachable != Some(reachable) {
+            self.told_reachable = Some(reachable);
+            self.queued.push_back(Input::Coordination { reachable });
+        }
     }
 
     fn publish_health(&mut self) {
@@ -215,6 +235,7 @@ impl Shell for NodeShell {
     async fn next(&mut self, wake_at: Option<Millis>) -> Option<(Millis, Input)> {
         self.health.driver_running = true;
         loop {
+            self.queue_reachability();
             if let Some(input) = self.queued.pop_front() {
                 return Some((self.clock.now(), input));
             }
@@ -223,10 +244,13 @@ impl Shell for NodeShell {
                 let query = self.status_query();
                 return Some((self.clock.now(), query));
             }
-            let sleep = match wake_at {
+            let mut sleep = match wake_at {
                 Some(at) => self.clock.until(at).min(STATUS_EVERY),
                 None => STATUS_EVERY,
             };
+            if let Some(failed) = self.fencing_failed_at {
+                sleep = sleep.min((failed + FENCING_RETRY).saturating_duration_since(Instant::now()));
+            }
             let status_due = tokio::time::Instant::from_std(self.next_status);
             let primes_pending = self.primes.is_some();
             let event = tokio::select! {
@@ -283,14 +307,9 @@ impl Shell for NodeShell {
     async fn persist(&mut self, records: &[Record]) -> Result<(), PersistError> {
         let started = Instant::now();
         let now = self.clock.now();
-        match self.store.apply(now, records).await {
-            Ok(applied) => {
+        match self.store.apply_fenced(now, records, &*self.coord).await {
+            Ok(_) => {
                 self.metrics.persisted(records, started.elapsed());
-                if let Some(epoch) = applied.epoch {
-                    if let Err(e) = self.coord.advance_epoch(epoch).await {
-                        warn!(node = self.me.0, epoch, "publishing the fencing epoch failed: {e}");
-                    }
-                }
                 if !self.health.database.ok {
                     self.health.database = Check::ok();
                     self.publish_health();
@@ -299,7 +318,14 @@ impl Shell for NodeShell {
             }
             Err(e) => {
                 error!(node = self.me.0, records = records.len(), "persist failed: {e}");
-                self.health.database = Check::failing(e.to_string());
+                if matches!(e, StoreError::CoordinationUnavailable(_)) {
+                    // The consumption could not be fenced: until etcd answers
+                    // again the rebuilt core must consume nothing, or it
+                    // would fail the same way at once.
+                    self.fencing_failed_at = Some(Instant::now());
+                } else {
+                    self.health.database = Check::failing(e.to_string());
+                }
                 self.publish_health();
                 Err(e.into())
             }

@@ -22,8 +22,7 @@ fn normal_dependencies() -> String {
 fn the_node_links_no_simulator_turmoil_or_proptest() {
     let tree = normal_dependencies();
     assert!(tree.lines().any(|l| l.starts_with("mpc-core ")), "cargo tree printed no mpc-core:\n{tree}");
-    let found: Vec<&str> =
-        tree.lines().filter(|l| FORBIDDEN.iter().any(|f| l.split(' ').next() == Some(*f))).collect();
+    let found: Vec<&str> = tree.lines().filter(|l| FORBIDDEN.iter().any(|f| l.split(' ').next() == Some(*f))).collect();
     assert!(found.is_empty(), "mpc-node's normal dependencies include {found:?}");
 }
 
