@@ -12,6 +12,9 @@
 # data dir, the log and the pid file. Ports are picked free from 23790 up
 # (client) and 23800 up (peer); the standard 2379/2380 are never used.
 # Starting again with a DIR whose etcd is still running reuses it.
+# MPC_ETCD_KEEP_DATA=1 keeps the data dir across stop/start (and reuses
+# the same ports): a local cluster's fencing epochs must survive a restart
+# of its etcd.
 set -euo pipefail
 
 log() { echo "etcd.sh: $*" >&2; }
@@ -116,15 +119,27 @@ start() {
     install_etcd
     set_arch_env
 
-    local i client peer url pid
-    for i in $(seq 0 40); do
-        client=$((23790 + 20 * i))
-        peer=$((23800 + 20 * i))
+    local i client peer url pid keep="${MPC_ETCD_KEEP_DATA:-0}" previous=""
+    if [ "$keep" = 1 ] && [ -f "$dir/ports" ] && [ -d "$dir/data" ]; then
+        previous="$(cat "$dir/ports")"
+    fi
+    for i in $(seq -1 40); do
+        if [ "$i" -lt 0 ]; then
+            [ -n "$previous" ] || continue
+            client="${previous% *}"
+            peer="${previous#* }"
+        elif [ -n "$previous" ]; then
+            die "the kept etcd data in $dir/data needs its old ports ($previous), which are busy"
+        else
+            client=$((23790 + 20 * i))
+            peer=$((23800 + 20 * i))
+        fi
         if port_busy "$client" || port_busy "$peer"; then
             continue
         fi
         url="http://127.0.0.1:$client"
-        rm -rf "$dir/data"
+        [ "$keep" = 1 ] || rm -rf "$dir/data"
+        echo "$client $peer" >"$dir/ports"
         log "starting etcd in $dir (client $url, peer 127.0.0.1:$peer)"
         # No inherited stdout: the caller's $(...) must not wait for etcd.
         nohup etcd \
@@ -190,7 +205,7 @@ stop() {
         log "no etcd running from $dir"
     fi
     rm -f "$dir/etcd.pid" "$dir/endpoint"
-    rm -rf "$dir/data"
+    [ "${MPC_ETCD_KEEP_DATA:-0}" = 1 ] || rm -rf "$dir/data"
 }
 
 case "${1:-}" in

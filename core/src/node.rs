@@ -475,6 +475,16 @@ impl Node {
         }
     }
 
+    /// Avoids `node` for one `suspect_ms`, without a strike: it said it
+    /// cannot sign for a while (a retryable refusal), which is no fault.
+    pub(crate) fn suspect_briefly(&mut self, node: NodeId) {
+        if node != self.me {
+            let until = self.now.plus(self.config.cluster.timeouts.suspect_ms);
+            let entry = self.suspects.entry(node).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
     /// A member proven to cheat is avoided for good.
     pub(crate) fn convict(&mut self, node: NodeId) {
         if node != self.me {

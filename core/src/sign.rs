@@ -314,7 +314,7 @@ impl Node {
                 if refusal.is_retryable() {
                     // Not a fault, but the signer cannot sign for a while:
                     // pick sets without it until then.
-                    self.suspect(from);
+                    self.suspect_briefly(from);
                 }
                 return self.retry_input(tx, input, format!("{from} refused: {refusal:?}"));
             }
