@@ -20,10 +20,38 @@ use serde::{Deserialize, Serialize};
 
 /// The envelope format this build speaks.
 pub const VERSION: u8 = 1;
-/// Default largest frame: room for cggmp24's aux-info rounds (the largest
-/// messages, with their ZK proofs), small enough that a hostile peer cannot
-/// make a node buffer much.
-pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Default largest frame (the length field's count: version byte and
+/// envelope), sized to the largest message the protocol really sends, with
+/// room to spare, so that a peer cannot make a node buffer more per frame.
+///
+/// Measured with `cargo run --release -p mpc-io-quic --example
+/// message_sizes` (cggmp24 `SecurityLevel128`, whole frames with worst-case
+/// envelope numbers):
+///
+/// | message | frame bytes |
+/// |---|---|
+/// | `TxSigned`, a transaction of [`MAX_SIGNED_TX_BYTES`], 64 presignature ids | 1,056,381 (the largest) |
+/// | `Proposal`, a PSBT of `MAX_PSBT_BYTES` (1 MiB) | 1,048,602 |
+/// | aux info, n = 5: largest P2P round message (ZK proofs over 3072-bit moduli) | 208,966 |
+/// | aux info, n = 5: largest broadcast (ring-Pedersen parameters and proof) | 202,434 |
+/// | `SyncRequest`, 1024 known transactions | 32,792 |
+/// | presigning, 3 signers: largest P2P round message | 27,589 |
+/// | keygen 3-of-5: largest round message | 512 |
+/// | `SigningRequest` with a 5-vote certificate; a vote | 598; 120 |
+///
+/// So a 1 MiB PSBT, or the transaction signed from it, is what bounds the
+/// frame; the limit is 1 MiB + 64 KiB (1,114,112 bytes, 5% above the
+/// largest). The aux-info proofs do not grow with the number of parties.
+/// `tests/frame_limit.rs` checks that the limit admits the maximal
+/// proposal, signed transaction and sync request and real keygen and
+/// presigning messages, and stays within 64 KiB of the largest.
+pub const DEFAULT_MAX_FRAME: usize = mpc_core::tx::MAX_PSBT_BYTES + 64 * 1024;
+/// Largest signed transaction a `TxSigned` message carries: the unsigned
+/// transaction fits in a PSBT of at most `MAX_PSBT_BYTES`, and signing adds
+/// the segwit marker and flag (2 bytes) and one P2WPKH witness per input
+/// (item count, DER signature with sighash byte, key: at most 1 + 1 + 73 +
+/// 1 + 33 = 109 bytes), for at most `MAX_INPUTS` inputs.
+pub const MAX_SIGNED_TX_BYTES: usize = mpc_core::tx::MAX_PSBT_BYTES + 2 + mpc_core::tx::MAX_INPUTS * 109;
 const LEN_BYTES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
