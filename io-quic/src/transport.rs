@@ -80,10 +80,11 @@ const SHORT_LIVED: Duration = Duration::from_secs(1);
 pub const QUEUE_ENTRY_BYTES: usize = 256;
 const _: () = assert!(std::mem::size_of::<Queued>() + 64 <= QUEUE_ENTRY_BYTES);
 
-/// Default budget of queued inbound bytes per member: four maximal frames,
-/// so a peer's largest messages stream without waiting for the node to take
-/// each one, while four peers cost at most about 17 MiB of queued messages.
-pub const DEFAULT_PEER_INBOUND_BYTES: usize = 4 * frame::DEFAULT_MAX_FRAME;
+/// Default budget of queued inbound bytes per member: four maximal frames
+/// (4,457,472 bytes), so a peer's largest messages stream without waiting
+/// for the node to take each one, while four peers cost at most about
+/// 17 MiB of queued messages.
+pub const DEFAULT_PEER_INBOUND_BYTES: usize = 4 * (frame::DEFAULT_MAX_FRAME + QUEUE_ENTRY_BYTES);
 
 /// Default QUIC receive window per accepted connection (its one stream and
 /// the connection as a whole): 1 MiB keeps a 100 ms path at about 10 MB/s,
@@ -236,20 +237,26 @@ impl PeerInbound {
         }
     }
 
-    /// Charges a frame of `len` bytes, waiting while the budget is full.
-    /// The wait is what stops the reader, and with it QUIC's flow-control
-    /// credit to the sender.
-    async fn reserve(self: &Arc<Self>, len: usize) -> Charge {
+    /// Charges a frame of `len` bytes if the budget has room now.
+    fn try_reserve(self: &Arc<Self>, len: usize) -> Option<Charge> {
         let bytes = len + QUEUE_ENTRY_BYTES;
         // `start` checked that the budget fits in a u32 and holds the largest frame.
-        let n = bytes as u32;
-        let permit = match self.permits.clone().try_acquire_many_owned(n) {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.waits.fetch_add(1, Ordering::Relaxed);
-                self.permits.clone().acquire_many_owned(n).await.expect("the semaphore is never closed")
-            }
-        };
+        let permit = self.permits.clone().try_acquire_many_owned(bytes as u32).ok()?;
+        Some(self.charged(bytes, permit))
+    }
+
+    /// Charges a frame of `len` bytes, waiting until the node has taken
+    /// enough of this member's messages. The wait is what stops the reader,
+    /// and with it QUIC's flow-control credit to the sender.
+    async fn reserve(self: &Arc<Self>, len: usize) -> Charge {
+        let bytes = len + QUEUE_ENTRY_BYTES;
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let permit =
+            self.permits.clone().acquire_many_owned(bytes as u32).await.expect("the semaphore is never closed");
+        self.charged(bytes, permit)
+    }
+
+    fn charged(self: &Arc<Self>, bytes: usize, permit: OwnedSemaphorePermit) -> Charge {
         let now = self.queued.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         self.high_water.fetch_max(now, Ordering::Relaxed);
         Charge { inbound: self.clone(), bytes: bytes as u64, _permit: permit }
@@ -765,15 +772,33 @@ async fn accept(incoming: quinn::Incoming, rx: Arc<Receiving>) {
     rx.live.retire(peer, id);
 }
 
-/// Reads one stream's frames into the inbox. Each frame is charged to the
-/// member's budget once its length is known and before its body is read;
-/// while the budget is full this waits, reading nothing.
+/// Reads one stream's frames into the inbox, then stops the stream. The
+/// stop matters when the connection was closed (replaced by a newer one,
+/// or shut down): quinn keeps a closed connection's state until its drain
+/// period ends, unread stream data included, unless the stream is stopped.
+/// Without it, a member reconnecting in a loop would leave a receive window
+/// of data behind per connection for that long.
 async fn read_stream(
     rx: Arc<Receiving>,
     peer: NodeId,
     addr: SocketAddr,
     conn: quinn::Connection,
     mut stream: quinn::RecvStream,
+) {
+    read_frames(&rx, peer, addr, &conn, &mut stream).await;
+    // Already stopped, or read to its end: nothing left to discard.
+    let _ = stream.stop(0u32.into());
+}
+
+/// Each frame is charged to the member's budget once its length is known
+/// and before its body is read; while the budget is full this waits,
+/// reading nothing.
+async fn read_frames(
+    rx: &Receiving,
+    peer: NodeId,
+    addr: SocketAddr,
+    conn: &quinn::Connection,
+    stream: &mut quinn::RecvStream,
 ) {
     let cfg = &rx.cfg;
     let Some(budget) = rx.stats.inbound.get(&peer).cloned() else {
@@ -784,20 +809,22 @@ async fn read_stream(
     let mut expected = 0u64;
     loop {
         if let (None, Some(len)) = (&charge, decoder.declared_len()) {
-            let full = budget.permits.available_permits() < len + QUEUE_ENTRY_BYTES;
-            if full {
-                tracing::debug!(
-                    node = cfg.me.0,
-                    peer = peer.0,
-                    queued = budget.queued.load(Ordering::Relaxed),
-                    budget = budget.budget,
-                    "inbound budget full: reading from the member paused"
-                );
-            }
-            charge = tokio::select! {
-                biased;
-                _ = conn.closed() => return,
-                c = budget.reserve(len) => Some(c),
+            charge = match budget.try_reserve(len) {
+                Some(c) => Some(c),
+                None => {
+                    tracing::debug!(
+                        node = cfg.me.0,
+                        peer = peer.0,
+                        queued = budget.queued.load(Ordering::Relaxed),
+                        budget = budget.budget,
+                        "inbound budget full: reading from the member paused"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = conn.closed() => return,
+                        c = budget.reserve(len) => Some(c),
+                    }
+                }
             };
         }
         let bytes = match stream.read_chunk(decoder.wanted(), true).await {
