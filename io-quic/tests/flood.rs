@@ -128,24 +128,11 @@ fn a_flooding_member_cannot_grow_the_node_past_its_budgets() {
     }
     let peak = rss_kib(victim.pid(), "VmHWM");
 
-    // In order and complete, while the flooder kept sending.
-    assert!(during.in_order, "honest messages out of order or missing");
-    assert!(during.flood > flood_at_drain, "what the flooder had queued was not delivered");
-    // The victim's own accounting, for both members.
-    for (peer, p) in &during.peers {
-        assert!(p.high <= p.budget, "node {peer}: {} bytes queued at most, budget {}", p.high, p.budget);
-    }
-    assert_eq!(during.refused, 0, "the flood was valid traffic: bounded by pushback, not by refusing frames");
-    // Several connections, each allowed one stream.
-    let (connections, streams) = (flood.connections.load(Relaxed), flood.streams.load(Relaxed));
-    assert!(connections > FLOOD_CONNECTIONS as u64, "the flooder's connections were not replaced: {connections}");
-    assert!(during.replaced > 0);
-    assert!(streams <= connections, "{streams} streams opened on {connections} connections");
-
     // Memory: what the victim may hold for its two members, plus a margin.
     let members = 2;
     let allowed = members * (DEFAULT_PEER_INBOUND_BYTES as u64 + DEFAULT_RECEIVE_WINDOW as u64) + RSS_MARGIN;
     let grown = (peak.saturating_sub(baseline)) * 1024;
+    let (connections, streams) = (flood.connections.load(Relaxed), flood.streams.load(Relaxed));
     eprintln!(
         "flood: offered {} MiB on {connections} connections ({streams} streams); victim RSS {} MiB after warm-up, \
          {} MiB held, peak {} MiB (grew {} MiB, allowed {} MiB); flooder queued at most {} bytes of {}; \
@@ -161,6 +148,19 @@ fn a_flooding_member_cannot_grow_the_node_past_its_budgets() {
         during.flood - flood_resumed,
     );
     assert!(grown <= allowed, "the victim grew by {grown} bytes, more than the {allowed} its budgets allow");
+
+    // In order and complete, while the flooder kept sending.
+    assert!(during.in_order, "honest messages out of order or missing");
+    assert!(during.flood > flood_at_drain, "what the flooder had queued was not delivered");
+    // The victim's own accounting, for both members.
+    for (peer, p) in &during.peers {
+        assert!(p.high <= p.budget, "node {peer}: {} bytes queued at most, budget {}", p.high, p.budget);
+    }
+    assert_eq!(during.refused, 0, "the flood was valid traffic: bounded by pushback, not by refusing frames");
+    // Several connections, each allowed one stream.
+    assert!(connections > FLOOD_CONNECTIONS as u64, "the flooder's connections were not replaced: {connections}");
+    assert!(during.replaced > 0);
+    assert!(streams <= connections, "{streams} streams opened on {connections} connections");
 
     victim.command("quit");
     drop(honest);
