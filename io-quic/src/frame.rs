@@ -340,6 +340,28 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_buffered_at_exactly_its_length_and_its_header_read_alone() {
+        let env = envelope(5, 3000);
+        let bytes = encode(&env, DEFAULT_MAX_FRAME).unwrap();
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&bytes[..3]).unwrap();
+        assert_eq!(d.declared_len(), None);
+        d.push(&bytes[3..4]).unwrap();
+        // Known before any of the body is buffered: the transport charges it here.
+        assert_eq!(d.declared_len(), Some(bytes.len() - 4));
+        for piece in bytes[4..].chunks(100) {
+            d.push(piece).unwrap();
+        }
+        assert_eq!(d.declared_len(), None);
+        let frame = d.next_frame().expect("complete");
+        // What is charged is what is held: no growth slack in the buffer.
+        assert_eq!(frame.len(), bytes.len() - 4);
+        assert_eq!(frame.header().unwrap(), Header { from: env.from, to: env.to, seq: 5 });
+        assert_eq!(frame.decode(DEFAULT_MAX_FRAME).unwrap(), env);
+        assert!(d.next_frame().is_none());
+    }
+
+    #[test]
     fn the_reader_never_asks_for_more_than_the_frame() {
         let frame = encode(&envelope(0, 100), DEFAULT_MAX_FRAME).unwrap();
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);

@@ -153,7 +153,9 @@ async fn maximal_messages_cross_a_real_connection_with_the_default_configuration
     }
     for (what, msg) in messages {
         match tokio::time::timeout(net::GUARD, inbox2.recv()).await.expect("hang guard") {
-            Some(Inbound::Message { from: NodeId(1), msg: got }) => assert!(got == msg, "{what} arrived altered"),
+            Some(Inbound::Message { from: NodeId(1), msg: got }) => {
+                assert!(got == msg, "{what} did not arrive: another message came in its place")
+            }
             other => panic!("{what}: {other:?}"),
         }
     }
