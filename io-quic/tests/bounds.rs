@@ -170,7 +170,38 @@ async fn a_newer_connection_from_a_member_replaces_the_older_and_shares_its_budg
         tags.push(next_tag(&mut inbox, 2).await);
     }
     assert_eq!(tags, [0, 1, 100, 101, 102], "the closed connection's queued messages kept, in order");
+    // Its half-read third frame died with it.
+    assert_eq!(inbox.try_recv(), None);
     assert!(budget.high_water.load(Relaxed) <= budget.budget);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_is_refused_when_taken_and_its_connection_closed() {
+    let dir = cert_dir("malformed", 2);
+    let addrs = node_addrs(2);
+    let (_t1, mut inbox) = Transport::start(config(1, &addrs, &dir)).await.unwrap();
+    let member = member_endpoint(&dir, 2);
+    let conn = connect(&member, addrs[&NodeId(1)], 1).await;
+    let mut stream = conn.open_uni().await.unwrap();
+    // A frame whose header (sender, recipient, sequence) is right but whose
+    // message is not a message: the header is checked as it arrives, the
+    // message only when the node takes it.
+    let mut bad = frame_of_len(2, 1, 0, 0, 1000);
+    // length (4), version, from, to, seq (one byte each): the message's variant.
+    bad[8] = 200;
+    stream.write_all(&bad).await.unwrap();
+    match next(&mut inbox).await {
+        Inbound::Refused { peer: Some(NodeId(2)), reason, .. } => assert!(reason.contains("malformed"), "{reason}"),
+        other => panic!("a malformed message was not refused: {other:?}"),
+    }
+    let closed = tokio::time::timeout(GUARD, conn.closed()).await.expect("the connection is closed");
+    assert!(closed.to_string().contains("malformed envelope"), "{closed}");
+    // The member is not shut out: a new connection is heard.
+    let conn = connect(&member, addrs[&NodeId(1)], 1).await;
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.write_all(&frame_of_len(2, 1, 0, 5, 1000)).await.unwrap();
+    assert_eq!(next_tag(&mut inbox, 2).await, 5);
     let _ = std::fs::remove_dir_all(dir);
 }
 
