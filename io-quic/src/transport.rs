@@ -180,6 +180,8 @@ pub enum TransportError {
         "peer_inbound_bytes = {budget} cannot hold one maximal frame: it must be between {min} (max_frame + {QUEUE_ENTRY_BYTES}) and {max}"
     )]
     Budget { budget: usize, min: usize, max: usize },
+    #[error("receive_window = 0 would let no peer send anything")]
+    ZeroWindow,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -510,6 +512,9 @@ impl Transport {
         let max = u32::MAX as usize;
         if !(min..=max).contains(&cfg.peer_inbound_bytes) {
             return Err(TransportError::Budget { budget: cfg.peer_inbound_bytes, min, max });
+        }
+        if cfg.receive_window == 0 {
+            return Err(TransportError::ZeroWindow);
         }
         let tls = Rotating {
             me: cfg.me,

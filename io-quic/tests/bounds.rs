@@ -206,7 +206,7 @@ async fn a_malformed_message_is_refused_when_taken_and_its_connection_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_budget_that_cannot_hold_the_largest_frame_is_refused_at_start() {
+async fn a_budget_that_cannot_hold_the_largest_frame_or_a_zero_window_is_refused_at_start() {
     let dir = cert_dir("budget-config", 2);
     let addrs = node_addrs(2);
     let mut cfg = config(1, &addrs, &dir);
@@ -218,6 +218,9 @@ async fn a_budget_that_cannot_hold_the_largest_frame_is_refused_at_start() {
         Ok(_) => panic!("a budget below one maximal frame was accepted: such a frame could never be read"),
     }
     cfg.peer_inbound_bytes = needed;
+    cfg.receive_window = 0;
+    assert!(matches!(Transport::start(cfg.clone()).await, Err(TransportError::ZeroWindow)), "a zero receive window");
+    cfg.receive_window = 1;
     Transport::start(cfg).await.expect("exactly one maximal frame is enough");
     let _ = std::fs::remove_dir_all(dir);
 }
