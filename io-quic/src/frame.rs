@@ -12,7 +12,10 @@
 //!
 //! The envelope names its sender and recipient and carries a per-stream
 //! sequence number: the receiver checks the sender against the node id in
-//! the peer's certificate and the sequence for gaps and replays.
+//! the peer's certificate and the sequence for gaps and replays. Those
+//! three fields lead the envelope, so [`Frame::header`] reads them without
+//! decoding the message; a received [`Frame`] is held in a buffer of
+//! exactly its length, which is what the transport accounts for.
 
 use bincode::Options;
 use mpc_core::{NodeId, PeerMessage};

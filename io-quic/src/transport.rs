@@ -13,7 +13,11 @@
 //! recipient, and the next sequence number of its stream. Anything else
 //! (another sender, garbage, an oversized or truncated frame, an unknown
 //! version) is refused as [`Inbound::Refused`] naming the peer, and the
-//! offending stream is stopped; other streams and peers go on.
+//! offending stream is stopped; other streams and peers go on. Those
+//! checks read the envelope's leading fields as the frame arrives; the
+//! message itself is decoded when the node takes it from the [`Inbox`],
+//! and one that does not decode is reported there, in its place, and the
+//! connection that carried it is closed.
 //!
 //! What one member can cost this node is bounded in bytes, whatever it
 //! sends and however many connections it opens:
@@ -31,7 +35,7 @@
 //!   waits behind at most one budget's worth of each other member's traffic
 //!   (plus the bounded refusal reports): a flooder slows the others by a
 //!   bounded amount and can never starve them, and busy members share the
-//!   node's attention in proportion to bytes.
+//!   node's attention roughly in proportion to bytes.
 //! - **QUIC's own buffers.** An accepted connection may have one
 //!   unidirectional stream open at a time and no bidirectional ones (the
 //!   protocol uses one ordered stream per connection), no datagrams, and
@@ -45,11 +49,16 @@
 //!   waiting for its dead connection to time out, and a member opening many
 //!   connections holds one receive window and one budget, not one per
 //!   connection. Messages already queued from the older connection stay
-//!   queued and are delivered.
+//!   queued and are delivered; its stream is stopped, which frees what
+//!   quinn had buffered for it at once rather than after the connection's
+//!   drain period.
 //!
 //! So one member costs at most `peer_inbound_bytes + receive_window` of
 //! buffered data, and the node `peers x (peer_inbound_bytes +
-//! receive_window)` plus [`TransportConfig::refusal_queue`] reports.
+//! receive_window)` plus [`TransportConfig::refusal_queue`] reports, plus
+//! what is in flight: handshakes not yet authenticated (quinn's crypto
+//! buffers) and the one message being decoded. `tests/flood.rs` measures
+//! it on a node's resident memory.
 //!
 //! Refusal reports never wait for room: when `refusal_queue` reports are
 //! already waiting, further ones are counted and logged but not queued, so
@@ -103,7 +112,7 @@ pub struct TransportConfig {
     pub me: NodeId,
     pub listen: SocketAddr,
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// The directory `mpc-cli certs init` wrote (ca.pem, node-<id>.pem/.key).
+    /// The directory `mpc-cli certs init` wrote (`ca.pem`, `node-<id>.pem` and `.key`).
     pub cert_dir: PathBuf,
     /// Largest frame sent or accepted ([`frame::DEFAULT_MAX_FRAME`]).
     pub max_frame: usize,

@@ -180,7 +180,7 @@ async fn a_newer_connection_from_a_member_replaces_the_older_and_shares_its_budg
 async fn a_malformed_message_is_refused_when_taken_and_its_connection_closed() {
     let dir = cert_dir("malformed", 2);
     let addrs = node_addrs(2);
-    let (_t1, mut inbox) = Transport::start(config(1, &addrs, &dir)).await.unwrap();
+    let (t1, mut inbox) = Transport::start(config(1, &addrs, &dir)).await.unwrap();
     let member = member_endpoint(&dir, 2);
     let conn = connect(&member, addrs[&NodeId(1)], 1).await;
     let mut stream = conn.open_uni().await.unwrap();
@@ -202,6 +202,10 @@ async fn a_malformed_message_is_refused_when_taken_and_its_connection_closed() {
     let mut stream = conn.open_uni().await.unwrap();
     stream.write_all(&frame_of_len(2, 1, 0, 5, 1000)).await.unwrap();
     assert_eq!(next_tag(&mut inbox, 2).await, 5);
+    // Once the transport is shut down, the inbox ends.
+    t1.shutdown().await;
+    let end = tokio::time::timeout(GUARD, inbox.recv()).await.expect("hang guard");
+    assert_eq!(end, None);
     let _ = std::fs::remove_dir_all(dir);
 }
 
