@@ -12,7 +12,10 @@
 //!
 //! The envelope names its sender and recipient and carries a per-stream
 //! sequence number: the receiver checks the sender against the node id in
-//! the peer's certificate and the sequence for gaps and replays.
+//! the peer's certificate and the sequence for gaps and replays. Those
+//! three fields lead the envelope, so [`Frame::header`] reads them without
+//! decoding the message; a received [`Frame`] is held in a buffer of
+//! exactly its length, which is what the transport accounts for.
 
 use bincode::Options;
 use mpc_core::{NodeId, PeerMessage};
@@ -20,10 +23,38 @@ use serde::{Deserialize, Serialize};
 
 /// The envelope format this build speaks.
 pub const VERSION: u8 = 1;
-/// Default largest frame: room for cggmp24's aux-info rounds (the largest
-/// messages, with their ZK proofs), small enough that a hostile peer cannot
-/// make a node buffer much.
-pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Default largest frame (the length field's count: version byte and
+/// envelope), sized to the largest message the protocol really sends, with
+/// room to spare, so that a peer cannot make a node buffer more per frame.
+///
+/// Measured with `cargo run --release -p mpc-io-quic --example
+/// message_sizes` (cggmp24 `SecurityLevel128`, whole frames with worst-case
+/// envelope numbers):
+///
+/// | message | frame bytes |
+/// |---|---|
+/// | `TxSigned`, a transaction of [`MAX_SIGNED_TX_BYTES`], 64 presignature ids | 1,056,381 (the largest) |
+/// | `Proposal`, a PSBT of `MAX_PSBT_BYTES` (1 MiB) | 1,048,602 |
+/// | aux info, n = 5: largest P2P round message (ZK proofs over 3072-bit moduli) | 208,966 |
+/// | aux info, n = 5: largest broadcast (ring-Pedersen parameters and proof) | 202,434 |
+/// | `SyncRequest`, 1024 known transactions | 32,792 |
+/// | presigning, 3 signers: largest P2P round message | 27,589 |
+/// | keygen 3-of-5: largest round message | 512 |
+/// | `SigningRequest` with a 5-vote certificate; a vote | 598; 120 |
+///
+/// So a 1 MiB PSBT, or the transaction signed from it, is what bounds the
+/// frame; the limit is 1 MiB + 64 KiB (1,114,112 bytes, 5% above the
+/// largest). The aux-info proofs do not grow with the number of parties.
+/// `tests/frame_limit.rs` checks that the limit admits the maximal
+/// proposal, signed transaction and sync request and real keygen and
+/// presigning messages, and stays within 64 KiB of the largest.
+pub const DEFAULT_MAX_FRAME: usize = mpc_core::tx::MAX_PSBT_BYTES + 64 * 1024;
+/// Largest signed transaction a `TxSigned` message carries: the unsigned
+/// transaction fits in a PSBT of at most `MAX_PSBT_BYTES`, and signing adds
+/// the segwit marker and flag (2 bytes) and one P2WPKH witness per input
+/// (item count, DER signature with sighash byte, key: at most 1 + 1 + 73 +
+/// 1 + 33 = 109 bytes), for at most `MAX_INPUTS` inputs.
+pub const MAX_SIGNED_TX_BYTES: usize = mpc_core::tx::MAX_PSBT_BYTES + 2 + mpc_core::tx::MAX_INPUTS * 109;
 const LEN_BYTES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,77 +99,166 @@ pub fn encode(envelope: &WireEnvelope, max: usize) -> Result<Vec<u8>, FrameError
     Ok(frame)
 }
 
+/// The fields every envelope starts with, readable without decoding the
+/// message: the transport checks them as a frame arrives, and decodes the
+/// message itself only when the node takes it (see [`Frame`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Header {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub seq: u64,
+}
+
+/// One received frame, still encoded: the version byte and the envelope.
+///
+/// The transport queues frames in this form and decodes them when the node
+/// takes them, because the encoded size is the size that is accounted: its
+/// buffer holds exactly the frame's bytes. A decoded message can take many
+/// times its encoded size (bincode's varint ids become 16-byte structs,
+/// empty vectors 24-byte headers), so a queue of decoded messages could not
+/// be bounded by the bytes the peer sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    body: Vec<u8>,
+}
+
+impl Frame {
+    /// Bytes the frame occupies in memory (its buffer is allocated at exactly
+    /// the declared length).
+    pub fn len(&self) -> usize {
+        self.body.capacity()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    /// The version and the envelope's leading fields. An unknown version,
+    /// or a frame too short to hold the fields, is refused here.
+    pub fn header(&self) -> Result<Header, FrameError> {
+        let version = self.body[0];
+        if version != VERSION {
+            return Err(FrameError::UnknownVersion { found: version });
+        }
+        bincode::DefaultOptions::new()
+            .with_limit(self.body.len() as u64)
+            .allow_trailing_bytes()
+            .deserialize(&self.body[1..])
+            .map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+
+    /// The whole envelope, decoded with the frame limit.
+    pub fn decode(&self, max: usize) -> Result<WireEnvelope, FrameError> {
+        self.header()?;
+        codec(max).deserialize(&self.body[1..]).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+}
+
+/// Where the decoder is inside the current frame.
+#[derive(Debug)]
+enum Partial {
+    /// Collecting the four length bytes.
+    Length { bytes: [u8; LEN_BYTES], have: usize },
+    /// The length is known and checked; the body is allocated at its first
+    /// byte, at exactly that length.
+    Body { len: usize, body: Vec<u8> },
+}
+
 /// Reassembles frames from the bytes of one stream, in order.
+///
+/// A reader that asks for at most [`FrameDecoder::wanted`] bytes at a time
+/// never pushes past the current frame, so it can reserve memory for a
+/// frame once [`FrameDecoder::declared_len`] tells its length and before
+/// any of its body is buffered.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: Vec<u8>,
+    partial: Partial,
+    ready: std::collections::VecDeque<Frame>,
     max: usize,
 }
 
 impl FrameDecoder {
     pub fn new(max: usize) -> Self {
-        FrameDecoder { buf: Vec::new(), max }
+        FrameDecoder { partial: Partial::Length { bytes: [0; LEN_BYTES], have: 0 }, ready: Default::default(), max }
     }
 
     /// How many more bytes the current frame needs (at least one), so a
     /// reader never pulls more than the limit allows into the buffer.
     pub fn wanted(&self) -> usize {
-        if self.buf.len() < LEN_BYTES {
-            return LEN_BYTES - self.buf.len();
+        match &self.partial {
+            Partial::Length { have, .. } => LEN_BYTES - have,
+            Partial::Body { len, body } => len - body.len(),
         }
-        let len = self.declared_len();
-        (LEN_BYTES + len).saturating_sub(self.buf.len()).max(1)
     }
 
-    fn declared_len(&self) -> usize {
-        u32::from_be_bytes(self.buf[..LEN_BYTES].try_into().expect("four bytes")) as usize
+    /// The length of the frame being received, once its length bytes are in
+    /// and until it is complete.
+    pub fn declared_len(&self) -> Option<usize> {
+        match &self.partial {
+            Partial::Length { .. } => None,
+            Partial::Body { len, .. } => Some(*len),
+        }
     }
 
     /// Adds received bytes. Refuses an oversized length as soon as its four
     /// bytes are in.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= LEN_BYTES {
-            let len = self.declared_len();
-            if len > self.max {
-                return Err(FrameError::TooLarge { len, max: self.max });
-            }
-            if len == 0 {
-                return Err(FrameError::Empty);
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<(), FrameError> {
+        while !bytes.is_empty() {
+            match &mut self.partial {
+                Partial::Length { bytes: len_bytes, have } => {
+                    let take = (LEN_BYTES - *have).min(bytes.len());
+                    len_bytes[*have..*have + take].copy_from_slice(&bytes[..take]);
+                    *have += take;
+                    bytes = &bytes[take..];
+                    if *have == LEN_BYTES {
+                        let len = u32::from_be_bytes(*len_bytes) as usize;
+                        if len > self.max {
+                            return Err(FrameError::TooLarge { len, max: self.max });
+                        }
+                        if len == 0 {
+                            return Err(FrameError::Empty);
+                        }
+                        self.partial = Partial::Body { len, body: Vec::new() };
+                    }
+                }
+                Partial::Body { len, body } => {
+                    if body.capacity() == 0 {
+                        body.reserve_exact(*len);
+                    }
+                    let take = (*len - body.len()).min(bytes.len());
+                    body.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if body.len() == *len {
+                        let body = std::mem::take(body);
+                        self.ready.push_back(Frame { body });
+                        self.partial = Partial::Length { bytes: [0; LEN_BYTES], have: 0 };
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// The next complete envelope, if one is buffered.
+    /// The next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        self.ready.pop_front()
+    }
+
+    /// The next complete envelope, if one is buffered, decoded at once.
     pub fn next_envelope(&mut self) -> Result<Option<WireEnvelope>, FrameError> {
-        if self.buf.len() < LEN_BYTES {
-            return Ok(None);
-        }
-        let len = self.declared_len();
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
-        }
-        if len == 0 {
-            return Err(FrameError::Empty);
-        }
-        if self.buf.len() < LEN_BYTES + len {
-            return Ok(None);
-        }
-        let frame: Vec<u8> = self.buf.drain(..LEN_BYTES + len).skip(LEN_BYTES).collect();
-        if frame[0] != VERSION {
-            return Err(FrameError::UnknownVersion { found: frame[0] });
-        }
-        let envelope = codec(self.max).deserialize(&frame[1..]).map_err(|e| FrameError::Malformed(e.to_string()))?;
-        Ok(Some(envelope))
+        self.next_frame().map(|f| f.decode(self.max)).transpose()
     }
 
     /// The stream ended: an error if it ended inside a frame.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
+        let buffered = match &self.partial {
+            Partial::Length { have, .. } => *have,
+            Partial::Body { body, .. } => LEN_BYTES + body.len(),
+        };
+        if buffered == 0 {
             Ok(())
         } else {
-            Err(FrameError::Truncated { buffered: self.buf.len() })
+            Err(FrameError::Truncated { buffered })
         }
     }
 }
@@ -220,6 +340,28 @@ mod tests {
 
         assert_eq!(decode_all(&[0, 0, 0, 0], 4, DEFAULT_MAX_FRAME), Err(FrameError::Empty));
         assert!(matches!(decode_all(&[0, 0, 0, 1, VERSION], 5, DEFAULT_MAX_FRAME), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_frame_is_buffered_at_exactly_its_length_and_its_header_read_alone() {
+        let env = envelope(5, 3000);
+        let bytes = encode(&env, DEFAULT_MAX_FRAME).unwrap();
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        d.push(&bytes[..3]).unwrap();
+        assert_eq!(d.declared_len(), None);
+        d.push(&bytes[3..4]).unwrap();
+        // Known before any of the body is buffered: the transport charges it here.
+        assert_eq!(d.declared_len(), Some(bytes.len() - 4));
+        for piece in bytes[4..].chunks(100) {
+            d.push(piece).unwrap();
+        }
+        assert_eq!(d.declared_len(), None);
+        let frame = d.next_frame().expect("complete");
+        // What is charged is what is held: no growth slack in the buffer.
+        assert_eq!(frame.len(), bytes.len() - 4);
+        assert_eq!(frame.header().unwrap(), Header { from: env.from, to: env.to, seq: 5 });
+        assert_eq!(frame.decode(DEFAULT_MAX_FRAME).unwrap(), env);
+        assert!(d.next_frame().is_none());
     }
 
     #[test]

@@ -8,12 +8,21 @@
 //! versioned, length-prefixed, size-limited envelope framing; [`tls`],
 //! mutual TLS from the cluster CA; [`transport`], the node's endpoint in
 //! the full mesh.
+//!
+//! Using it: [`Transport::start`] returns the transport and its [`Inbox`];
+//! `transport.send(to, msg)` never blocks, and `inbox.recv().await` yields
+//! the next [`Inbound`] (a message or a refusal report), `None` once the
+//! transport is shut down. What a peer can make this node hold is bounded
+//! in bytes per member id (`TransportConfig::peer_inbound_bytes` of queued
+//! messages plus `TransportConfig::receive_window` inside QUIC): a node
+//! that stops taking messages stops reading from its peers instead of
+//! growing (see [`transport`]).
 
 pub mod certs;
 pub mod frame;
 pub mod tls;
 pub mod transport;
 
-pub use transport::{Inbound, SendError, Transport, TransportConfig, TransportError};
+pub use transport::{Inbound, Inbox, SendError, Transport, TransportConfig, TransportError};
 
 pub use mpc_core::PeerMessage;

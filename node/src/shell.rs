@@ -20,7 +20,7 @@ use mpc_core::{
     Command, Core, Envelope, Input, Millis, Node, NodeId, Observation, Record, Reply, RequestId, Secret, Shell,
     StatusReport, Step,
 };
-use mpc_io_quic::{Inbound, Transport};
+use mpc_io_quic::{Inbox, Transport};
 use mpc_io_store::coord::{CoordView, Coordinator, Health as CoordHealth};
 use mpc_io_store::{Store, StoreError};
 use std::collections::{BTreeMap, VecDeque};
@@ -89,7 +89,7 @@ pub struct NodeShell {
     pub store: Arc<Store>,
     pub coord: Arc<Coordinator>,
     pub transport: Arc<Transport>,
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: Inbox,
     pub workers: Workers,
     pub commands: mpsc::Receiver<CommandRequest>,
     pub coord_view: watch::Receiver<CoordView>,
