@@ -4,7 +4,8 @@
 //! another member's messages still arrive, in order and complete.
 //!
 //! The node under attack runs in a child process (this test binary again,
-//! running the ignored test `victim_process`), so its resident memory can
+//! running this same test with the victim's spec in its environment, which
+//! makes it play the victim), so its resident memory can
 //! be read from /proc without the attacker's own buffers in it. The parent
 //! plays the flooder (node 3, raw QUIC with node 3's real certificate) and
 //! the honest peer (node 2, a real `Transport`), and drives the victim over
@@ -61,6 +62,9 @@ const RSS_MARGIN: u64 = 16 << 20;
 
 #[test]
 fn a_flooding_member_cannot_grow_the_node_past_its_budgets() {
+    if let Ok(spec) = std::env::var(VICTIM_ENV) {
+        return victim_process(spec);
+    }
     let dir = cert_dir("flood", 3);
     let addrs = node_addrs(3);
     let mut victim = Victim::start(&dir, &addrs);
@@ -272,7 +276,12 @@ impl Victim {
     fn start(dir: &Path, addrs: &BTreeMap<NodeId, SocketAddr>) -> Victim {
         let spec = format!("{} {} {} {}", dir.display(), addrs[&NodeId(1)], addrs[&NodeId(2)], addrs[&NodeId(3)]);
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["victim_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "a_flooding_member_cannot_grow_the_node_past_its_budgets",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(VICTIM_ENV, spec)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -375,11 +384,8 @@ impl Drop for Victim {
 
 /// The victim: node 1 with the default configuration, taking messages or
 /// not as the parent says, reporting what it saw and its transport's
-/// accounting. Started by the flood test only.
-#[test]
-#[ignore = "the victim process of a_flooding_member_cannot_grow_the_node_past_its_budgets, started by it"]
-fn victim_process() {
-    let spec = std::env::var(VICTIM_ENV).expect("started by the flood test");
+/// accounting. Runs in the child process the flood test starts.
+fn victim_process(spec: String) {
     let mut words = spec.split(' ');
     let dir = PathBuf::from(words.next().unwrap());
     let addrs: BTreeMap<NodeId, SocketAddr> =

@@ -201,7 +201,13 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
     for round in 0..4 {
         wait_pool(&c, 4);
         c.signal(3, libc::SIGSTOP);
-        let spend = Spend::simple(&format!("local-cluster-kill-{round}"), &[40_000, 50_000, 60_000], &destination(), 120_000, 3_000);
+        let spend = Spend::simple(
+            &format!("local-cluster-kill-{round}"),
+            &[40_000, 50_000, 60_000],
+            &destination(),
+            120_000,
+            3_000,
+        );
         let tx = submit(&c, 1, &spend, &key);
         wait_state(&c, &[1], &tx, TxStateName::Signing, 2 * MINUTES);
         std::thread::sleep(Duration::from_secs(1));

@@ -58,7 +58,11 @@ fn main() -> anyhow::Result<()> {
             let to = mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>()?.assume_checked();
             let spend = mpc_sim::wallet::Spend::simple("mpc-demo", &[150_000, 75_000], &to, 180_000, 2_500);
             std::fs::write(&out, spend.psbt_bytes(&key)).with_context(|| format!("writing {}", out.display()))?;
-            println!("PSBT: {} (2 inputs of {}, 180000 sat to {to})", out.display(), key.address(bitcoin::Network::Regtest));
+            println!(
+                "PSBT: {} (2 inputs of {}, 180000 sat to {to})",
+                out.display(),
+                key.address(bitcoin::Network::Regtest)
+            );
         }
         Cmd::Report { cluster, tx, out, timings } => {
             let report = report(&cluster, &tx, timings.as_deref())?;
@@ -131,7 +135,9 @@ fn report(cli_file: &Path, tx: &str, timings: Option<&str>) -> anyhow::Result<Re
     let presignatures: BTreeSet<String> =
         views.values().flat_map(|v| v.presignatures_consumed.iter().map(|p| p.presignature_id.clone())).collect();
     let public_key_hex = hex::encode(signed.input[0].witness.nth(1).context("no witness key")?);
-    let key = mpc_core::tx::GroupKey::from_compressed(hex::decode(&public_key_hex)?.try_into().map_err(|_| anyhow::anyhow!("key"))?)?;
+    let key = mpc_core::tx::GroupKey::from_compressed(
+        hex::decode(&public_key_hex)?.try_into().map_err(|_| anyhow::anyhow!("key"))?,
+    )?;
     let mut t = Timings::default();
     for part in timings.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
         let (name, secs) = part.split_once('=').context("timings are name=secs")?;
