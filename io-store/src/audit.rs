@@ -7,6 +7,13 @@
 //! public part of what happened (votes with their signatures, presignature
 //! ids, partial signatures, txids): never a secret, since the log is meant
 //! to be read by auditors.
+//!
+//! A chain verifies from its first row to its last, so on its own it cannot
+//! tell that rows were cut off its end (or that the end was cut off and
+//! re-grown with other rows). The [`AuditAnchor`] closes that gap: the head
+//! is published outside the database (etcd, see `coord`), and
+//! [`verify_against`] checks that the chain still reaches the anchored row
+//! with the anchored hash.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,6 +46,19 @@ pub enum ChainError {
     Unlinked { seq: u64, prev: u64 },
     #[error("audit row {seq}: its contents do not match its hash (the row was altered)")]
     Altered { seq: u64 },
+    #[error(
+        "the audit log holds {rows} rows but the published anchor names row {} (anchor {anchor}): \
+         its tail was truncated (rows from {rows} on are missing)",
+        anchor.seq
+    )]
+    TruncatedTail { anchor: AuditAnchor, rows: u64 },
+    #[error(
+        "audit row {} has hash {} but the published anchor names it with another (anchor {anchor}): \
+         the tail up to that row was rewritten",
+        anchor.seq,
+        hex::encode(found)
+    )]
+    RewrittenTail { anchor: AuditAnchor, found: [u8; 32] },
 }
 
 impl ChainError {
@@ -46,6 +66,8 @@ impl ChainError {
     pub fn first_bad_row(&self) -> u64 {
         match self {
             ChainError::Gap { seq, .. } | ChainError::Unlinked { seq, .. } | ChainError::Altered { seq } => *seq,
+            ChainError::TruncatedTail { rows, .. } => *rows,
+            ChainError::RewrittenTail { anchor, .. } => anchor.seq,
         }
     }
 }
@@ -73,6 +95,13 @@ impl Default for ChainHead {
 }
 
 impl ChainHead {
+    /// The anchor for this head: its last row. `None` for an empty chain,
+    /// which there is nothing to anchor.
+    pub fn anchor(&self) -> Option<AuditAnchor> {
+        let seq = self.next_seq.checked_sub(1)?;
+        Some(AuditAnchor { seq, hash: self.last_hash })
+    }
+
     /// The head after `last` (as read back from the database at start-up).
     pub fn after(last: &AuditRow) -> ChainHead {
         ChainHead { next_seq: last.seq + 1, last_hash: last.hash }
@@ -85,6 +114,39 @@ impl ChainHead {
         let row = AuditRow { seq: self.next_seq, at_ms, kind: kind.to_string(), body, prev_hash, hash };
         *self = ChainHead::after(&row);
         row
+    }
+}
+
+/// A chain's head as published outside the database: the sequence number of
+/// a row and its hash. Anchors only move forward (a higher `seq`), so a
+/// database whose chain no longer reaches the anchored row, or reaches it
+/// with another hash, lost or rewrote its tail after the anchor was taken.
+///
+/// Its text form, `<seq> <hash hex>`, is what etcd stores, readable with
+/// `etcdctl get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// The anchored row's sequence number.
+    pub seq: u64,
+    /// That row's hash.
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Display for AuditAnchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.seq, hex::encode(self.hash))
+    }
+}
+
+impl std::str::FromStr for AuditAnchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AuditAnchor, String> {
+        let bad = || format!("expected \"<sequence> <64 hex digits>\", found {text:?}");
+        let (seq, hash) = text.trim().split_once(' ').ok_or_else(bad)?;
+        let seq = seq.parse().map_err(|_| bad())?;
+        let hash = hex::decode(hash).ok().and_then(|h| <[u8; 32]>::try_from(h).ok()).ok_or_else(bad)?;
+        Ok(AuditAnchor { seq, hash })
     }
 }
 
@@ -105,6 +167,28 @@ pub fn verify<'a>(rows: impl IntoIterator<Item = &'a AuditRow>) -> Result<ChainH
         head = ChainHead::after(row);
     }
     Ok(head)
+}
+
+/// [`verify`], and then that the chain still holds the anchored row with
+/// the anchored hash: a chain that verifies on its own but ends before the
+/// anchor was truncated, and one whose row at the anchor differs was
+/// rewritten from some row up to there on. Rows after the anchor are
+/// normal (the anchor lags the head).
+pub fn verify_against<'a>(
+    rows: impl IntoIterator<Item = &'a AuditRow>,
+    anchor: &AuditAnchor,
+) -> Result<ChainHead, ChainError> {
+    let mut at_anchor = None;
+    let head = verify(rows.into_iter().inspect(|row| {
+        if row.seq == anchor.seq {
+            at_anchor = Some(row.hash);
+        }
+    }))?;
+    match at_anchor {
+        None => Err(ChainError::TruncatedTail { anchor: *anchor, rows: head.next_seq }),
+        Some(found) if found != anchor.hash => Err(ChainError::RewrittenTail { anchor: *anchor, found }),
+        Some(_) => Ok(head),
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +237,51 @@ mod tests {
         let mut retimed = rows;
         retimed[5].at_ms += 1;
         assert_eq!(verify(&retimed), Err(ChainError::Altered { seq: 5 }));
+    }
+
+    #[test]
+    fn a_cut_or_regrown_tail_is_caught_against_the_anchor() {
+        let rows = chain(6);
+        let anchor = ChainHead::after(&rows[4]).anchor().unwrap();
+        assert_eq!(anchor, AuditAnchor { seq: 4, hash: rows[4].hash });
+        assert_eq!(verify_against(&rows, &anchor), Ok(ChainHead::after(&rows[5])), "rows past the anchor are fine");
+        assert_eq!(verify_against(&rows[..5], &anchor), Ok(ChainHead::after(&rows[4])));
+
+        // Cut after row 2: the chain alone still verifies.
+        let cut = &rows[..3];
+        assert!(verify(cut).is_ok());
+        let err = verify_against(cut, &anchor).unwrap_err();
+        assert_eq!(err, ChainError::TruncatedTail { anchor, rows: 3 });
+        assert_eq!(err.first_bad_row(), 3);
+        assert!(err.to_string().contains(&anchor.to_string()), "{err}");
+
+        // Cut after row 2 and grown again to past the anchor: verifies alone.
+        let mut regrown = cut.to_vec();
+        let mut head = ChainHead::after(&rows[2]);
+        for i in 0..3 {
+            regrown.push(head.append(5_000 + i, "vote", b"forged".to_vec()));
+        }
+        assert!(verify(&regrown).is_ok());
+        let err = verify_against(&regrown, &anchor).unwrap_err();
+        assert_eq!(err, ChainError::RewrittenTail { anchor, found: regrown[4].hash });
+        assert_eq!(err.first_bad_row(), 4);
+
+        // A broken link is still reported as such, before the anchor.
+        let mut altered = rows.clone();
+        altered[1].body = b"x".to_vec();
+        assert_eq!(verify_against(&altered, &anchor), Err(ChainError::Altered { seq: 1 }));
+        assert_eq!(ChainHead::default().anchor(), None);
+    }
+
+    #[test]
+    fn anchors_read_back_from_their_text() {
+        let anchor = AuditAnchor { seq: 41, hash: [0xab; 32] };
+        let text = anchor.to_string();
+        assert_eq!(text, format!("41 {}", "ab".repeat(32)));
+        assert_eq!(text.parse::<AuditAnchor>(), Ok(anchor));
+        for bad in ["", "41", "x ab", "41 abcd", &format!("-1 {}", "ab".repeat(32))] {
+            assert!(bad.parse::<AuditAnchor>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

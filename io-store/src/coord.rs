@@ -9,7 +9,11 @@
 //! | `nodes/<id>`   | the node id, decimal           | bound to the node's lease     |
 //! | `leader`       | the leader's node id, decimal  | bound to the leader's lease   |
 //! | `epochs/<id>`  | the node's epoch, decimal      | only ever raised              |
+//! | `anchors/<id>` | `<seq> <hash hex>` of the node's audit head | only ever raised (by seq) |
 //!
+//! A node's epoch and audit anchor are raised together, in one etcd
+//! transaction ([`Coordinator::raise`]), before the database transaction of
+//! a step that consumes a presignature commits (`crate::fencing`).
 //! Values are text so that `etcdctl get --prefix /mpc/` is readable by an
 //! operator. Nothing stored here is secret.
 //!
@@ -40,6 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::audit::AuditAnchor;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
     Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
@@ -211,6 +216,24 @@ impl Keys {
     fn epoch(&self, node: NodeId) -> String {
         format!("{}epochs/{}", self.prefix, node.0)
     }
+    fn anchor(&self, node: NodeId) -> String {
+        format!("{}anchors/{}", self.prefix, node.0)
+    }
+}
+
+/// This node's restore-fencing keys as read from etcd: its epoch and its
+/// audit anchor, with the revisions a following [`Coordinator::raise`] is
+/// conditioned on (so that a raise computed from a stale read is refused,
+/// not applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceState {
+    /// `epochs/<id>`; `None` when the key does not exist.
+    pub epoch: Option<u64>,
+    /// `anchors/<id>`; `None` when the key does not exist.
+    pub anchor: Option<AuditAnchor>,
+    /// `mod_revision` of each key when read, 0 when absent.
+    epoch_revision: i64,
+    anchor_revision: i64,
 }
 
 /// The margin by which a node steps down before its lease could expire on
@@ -295,6 +318,13 @@ fn parse_decimal<T: std::str::FromStr>(key: &str, value: &[u8]) -> Result<T, Coo
         key: key.to_string(),
         reason: format!("expected a decimal number, found {:?}", String::from_utf8_lossy(value)),
     })
+}
+
+fn parse_anchor(key: &str, value: &[u8]) -> Result<AuditAnchor, CoordError> {
+    std::str::from_utf8(value)
+        .map_err(|_| "not UTF-8".to_string())
+        .and_then(str::parse)
+        .map_err(|reason| CoordError::Corrupt { key: key.to_string(), reason })
 }
 
 impl Coordinator {
@@ -438,6 +468,92 @@ impl Coordinator {
             debug!(key = %k, "epoch changed under us; retrying");
         }
         Err(CoordError::Contention { key: k, attempts: MAX_CAS_ATTEMPTS })
+    }
+
+    /// The etcd key holding `node`'s epoch (for messages an operator acts on).
+    pub fn epoch_key(&self, node: NodeId) -> String {
+        self.keys.epoch(node)
+    }
+
+    /// The etcd key holding `node`'s audit anchor.
+    pub fn anchor_key(&self, node: NodeId) -> String {
+        self.keys.anchor(node)
+    }
+
+    /// The audit anchor etcd records for `node`, if any: what `audit-verify`
+    /// checks a database's chain against.
+    pub async fn anchor(&self, node: NodeId) -> Result<Option<AuditAnchor>, CoordError> {
+        let k = self.keys.anchor(node);
+        let mut c = self.client.clone();
+        let resp = self.req("reading an audit anchor", c.get(k.clone(), None)).await?;
+        resp.kvs().first().map(|kv| parse_anchor(&k, kv.value())).transpose()
+    }
+
+    /// This node's epoch and audit anchor, read together (one request).
+    pub async fn fence_state(&self) -> Result<FenceState, CoordError> {
+        let (ek, ak) = (self.keys.epoch(self.cfg.node), self.keys.anchor(self.cfg.node));
+        let txn = Txn::new().and_then([TxnOp::get(ek.clone(), None), TxnOp::get(ak.clone(), None)]);
+        let mut c = self.client.clone();
+        let resp = self.req("reading the fencing epoch and audit anchor", c.txn(txn)).await?;
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+            _ => None,
+        });
+        let (epoch_kv, anchor_kv) = (gets.next().flatten(), gets.next().flatten());
+        Ok(FenceState {
+            epoch: epoch_kv.as_ref().map(|kv| parse_decimal(&ek, kv.value())).transpose()?,
+            anchor: anchor_kv.as_ref().map(|kv| parse_anchor(&ak, kv.value())).transpose()?,
+            epoch_revision: epoch_kv.map_or(0, |kv| kv.mod_revision()),
+            anchor_revision: anchor_kv.map_or(0, |kv| kv.mod_revision()),
+        })
+    }
+
+    /// Raises this node's epoch to `epoch` and its audit anchor to `anchor`
+    /// in one etcd transaction, conditioned on both keys being exactly as
+    /// `seen` read them. Neither ever goes down: a value not above the one
+    /// `seen` holds (by epoch, by anchored sequence number) is left out.
+    /// `Ok(false)`: a key changed since `seen` and nothing was written; read
+    /// again and decide again. `Ok(true)`: etcd now holds what was asked.
+    ///
+    /// An error leaves the outcome unknown (the request may have been
+    /// applied and only its answer lost): the caller must act as if the
+    /// raise had happened, which for restore fencing is the safe side.
+    pub async fn raise(
+        &self,
+        seen: &FenceState,
+        epoch: Option<u64>,
+        anchor: Option<AuditAnchor>,
+    ) -> Result<bool, CoordError> {
+        let (ek, ak) = (self.keys.epoch(self.cfg.node), self.keys.anchor(self.cfg.node));
+        let epoch = epoch.filter(|e| seen.epoch.is_none_or(|s| *e > s));
+        let anchor = anchor.filter(|a| seen.anchor.is_none_or(|s| a.seq > s.seq));
+        if epoch.is_none() && anchor.is_none() {
+            return Ok(true);
+        }
+        let unchanged = |key: &str, revision: i64| match revision {
+            0 => Compare::create_revision(key.to_string(), CompareOp::Equal, 0),
+            r => Compare::mod_revision(key.to_string(), CompareOp::Equal, r),
+        };
+        let mut puts = Vec::new();
+        if let Some(e) = epoch {
+            puts.push(TxnOp::put(ek.clone(), e.to_string(), None));
+        }
+        if let Some(a) = anchor {
+            puts.push(TxnOp::put(ak.clone(), a.to_string(), None));
+        }
+        let txn =
+            Txn::new().when([unchanged(&ek, seen.epoch_revision), unchanged(&ak, seen.anchor_revision)]).and_then(puts);
+        let mut c = self.client.clone();
+        let won = self.req("raising the fencing epoch and audit anchor", c.txn(txn)).await?.succeeded();
+        if won {
+            info!(
+                cluster = %self.cfg.cluster, node = self.cfg.node.0, epoch = ?epoch,
+                anchor = ?anchor.map(|a| a.seq), "raised the restore-fencing epoch and audit anchor"
+            );
+        } else {
+            debug!(node = self.cfg.node.0, "fencing keys changed since read; not raised");
+        }
+        Ok(won)
     }
 
     /// The nodes whose liveness key exists, i.e. whose lease has not expired,

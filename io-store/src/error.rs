@@ -3,6 +3,7 @@
 //! formatted).
 
 use crate::audit::ChainError;
+use crate::coord::CoordError;
 use crate::sealing::SealError;
 use mpc_core::{NodeId, PresigId, TxId};
 
@@ -34,6 +35,30 @@ pub enum StoreError {
     OutOfRange(String),
     #[error("audit log: {0}")]
     Audit(#[from] ChainError),
+    /// etcd could not be asked or did not answer, so a step that consumes
+    /// a presignature was rolled back: nothing of it is durable
+    /// ([`crate::Store::apply_fenced`]). Retryable once etcd answers.
+    #[error("coordination unavailable, so restore fencing cannot proceed: {0}")]
+    CoordinationUnavailable(#[source] CoordError),
+    /// etcd holds a higher epoch for this node than its database: the
+    /// database was restored from a backup (or an earlier consuming step's
+    /// raise reached etcd and its commit did not). Its presignatures may
+    /// have been used since; nothing more may be consumed from it before
+    /// start-up fencing ([`crate::fence_at_startup`]) discards them all.
+    #[error(
+        "restore fencing required: etcd holds epoch {published_epoch} for this node, its database only \
+         {database_epoch}; the step was rolled back. Restart the node: start-up fencing discards every \
+         presignature the database holds"
+    )]
+    FencingRequired { database_epoch: u64, published_epoch: u64 },
+    /// etcd holds no epoch for this node although its database consumed
+    /// presignatures before: etcd lost its data, or is another cluster's.
+    #[error(
+        "etcd holds no restore-fencing epoch for this node although its database has consumed presignatures \
+         (epoch {database_epoch}): etcd's data was lost or wiped, or this database belongs to another \
+         cluster; the step was rolled back"
+    )]
+    EpochMissing { database_epoch: u64 },
 }
 
 impl StoreError {

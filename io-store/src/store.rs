@@ -16,16 +16,16 @@
 //! presignatures, signed transactions. A test checks this against replaying
 //! the original records in order.
 
-use crate::audit::{self, AuditRow, ChainHead};
+use crate::audit::{self, AuditAnchor, AuditRow, ChainError, ChainHead};
 use crate::columns::{self, int, uint};
 use crate::error::{redact_url, StoreError};
 use crate::sealing::{MasterKey, RowId};
 use mpc_core::engine::{AuxInfo, KeyShare, PresigPublic, PresigShare, SafePrimes};
 use mpc_core::record::{Record, RecoveredState};
 use mpc_core::vote::{Equivocation, SignedVote};
-use mpc_core::{DkgId, Millis, NodeId, PresigId, Secret, TxId};
+use mpc_core::{DkgId, Millis, NodeId, PresigId, Secret, TxId, TxState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use std::time::Duration;
 
 /// Which database a URL names. The SQL is shared; only the migrations and
@@ -48,14 +48,18 @@ impl Backend {
     }
 }
 
-/// What a committed step changed that the shell acts on after the commit.
+/// What a committed step changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// The fencing epoch after this step, when it consumed a presignature:
-    /// the shell publishes it to etcd (restore fencing, DESIGN §4).
+    /// The fencing epoch after this step, when it consumed a presignature.
+    /// After [`Store::apply_fenced`] etcd already holds it; after the
+    /// unfenced [`Store::apply`] nobody published it.
     pub epoch: Option<u64>,
     /// Audit rows written.
     pub audit_rows: u64,
+    /// The audit anchor this step published to etcd together with the
+    /// epoch (its own last row), if it moved the anchor.
+    pub anchored: Option<AuditAnchor>,
 }
 
 /// The outcome of the restore-fencing check at start-up.
@@ -71,7 +75,7 @@ pub enum Fencing {
 
 /// Per-node database handle. Cheap to share behind an `Arc`.
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
     key: MasterKey,
     node: NodeId,
@@ -170,7 +174,7 @@ impl Store {
 
     /// A write transaction that holds the writer lock from its first
     /// statement on.
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE meta SET int_value = int_value + 1 WHERE name = 'writer'").execute(&mut *tx).await?;
         Ok(tx)
@@ -178,21 +182,38 @@ impl Store {
 
     /// Makes one step's records durable, atomically, with their audit rows.
     /// Nothing of the step is written if any record is refused.
+    ///
+    /// Unfenced: a consumption commits without its epoch being in etcd. A
+    /// node that runs with etcd makes every step durable with
+    /// [`Store::apply_fenced`] instead; this is for what runs without etcd
+    /// (the in-process demo, tools, tests).
     pub async fn apply(&self, now: Millis, records: &[Record]) -> Result<Applied, StoreError> {
         if records.is_empty() {
             return Ok(Applied::default());
         }
         let mut tx = self.begin_write().await?;
-        let mut head = load_head(&mut tx).await?;
+        let (applied, _) = self.write_step(&mut tx, now, records).await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Writes a step's records and their audit rows into `tx` (not
+    /// committed); returns what changed and the audit chain's new head.
+    pub(crate) async fn write_step(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        now: Millis,
+        records: &[Record],
+    ) -> Result<(Applied, ChainHead), StoreError> {
+        let mut head = load_head(tx).await?;
         let mut applied = Applied::default();
         for record in records {
             let row = head.append(now.0, record.kind(), columns::audit_body(record));
-            self.write(&mut tx, record, int(row.seq, "audit seq")?, &mut applied).await?;
-            insert_audit(&mut tx, &row).await?;
+            self.write(tx, record, int(row.seq, "audit seq")?, int(now.0, "step time")?, &mut applied).await?;
+            insert_audit(tx, &row).await?;
             applied.audit_rows += 1;
         }
-        tx.commit().await?;
-        Ok(applied)
+        Ok((applied, head))
     }
 
     fn seal(&self, table: &str, key: &str, plaintext: &[u8]) -> Vec<u8> {
@@ -214,6 +235,7 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         record: &Record,
         written: i64,
+        at_ms: i64,
         applied: &mut Applied,
     ) -> Result<(), StoreError> {
         let me = self.node;
@@ -295,6 +317,7 @@ impl Store {
                     }
                     other => other?,
                 };
+                insert_history(tx, *id, &TxState::Received, written, at_ms).await?;
             }
             Record::OwnVote { vote, at } => insert_vote(tx, vote, Some(int(at.0, "vote time")?), written).await?,
             Record::Vote(vote) => insert_vote(tx, vote, None, written).await?,
@@ -321,6 +344,7 @@ impl Store {
                 if done.rows_affected() != 1 {
                     return Err(StoreError::UnknownTransaction { what: "a state change", tx: *id });
                 }
+                insert_history(tx, *id, state, written, at_ms).await?;
             }
             Record::SignedTx { tx: id, raw_tx } => {
                 let done = sqlx::query("UPDATE transactions SET signed_raw = $1 WHERE tx = $2")
@@ -492,7 +516,7 @@ impl Store {
                 at: Millis(uint(row.try_get(3)?, &name)?),
             });
             let state = columns::state_parse(&row.try_get::<String, _>(4)?, row.try_get(5)?, &name)?;
-            if state != mpc_core::TxState::Received {
+            if state != TxState::Received {
                 states.push(Record::TxState { tx, state });
             }
             if let Some(raw_tx) = row.try_get::<Option<Vec<u8>>, _>(6)? {
@@ -598,14 +622,27 @@ impl Store {
     /// restored from a backup older than some consumption, so every
     /// presignature it still holds as usable is discarded, the epoch is
     /// brought level, and the audit log says so.
-    pub async fn fence(&self, now: Millis, latest: u64) -> Result<Fencing, StoreError> {
+    ///
+    /// `anchor` is the audit anchor published with `latest`. A restored
+    /// database usually lacks the anchored row (its tail was lost with the
+    /// restore); the audit row written here then names that anchor as
+    /// superseded, which is what later lets the node move the anchor past
+    /// the lost tail (see `crate::fencing`) while `audit-verify` still
+    /// reports the loss until it has.
+    pub async fn fence(&self, now: Millis, latest: u64, anchor: Option<AuditAnchor>) -> Result<Fencing, StoreError> {
         let mut tx = self.begin_write().await?;
-        let epoch: i64 =
-            sqlx::query("SELECT int_value FROM meta WHERE name = 'epoch'").fetch_one(&mut *tx).await?.try_get(0)?;
-        let database_epoch = uint(epoch, "meta[epoch]")?;
+        let database_epoch = read_epoch(&mut tx).await?;
         if database_epoch >= latest {
+            tx.rollback().await?;
             return Ok(Fencing::Current { epoch: database_epoch });
         }
+        let superseded = match anchor {
+            Some(a) => match anchor_standing(&mut tx, &a).await? {
+                AnchorStanding::Broken(_) => Some(a),
+                AnchorStanding::Holds | AnchorStanding::Superseded { .. } => None,
+            },
+            None => None,
+        };
         let reason = format!(
             "restore fencing: database epoch {database_epoch} is behind the published epoch {latest}; \
              the database was restored from an older backup"
@@ -625,11 +662,18 @@ impl Store {
         let mut head = load_head(&mut tx).await?;
         let body = serde_json::json!({
             "database_epoch": database_epoch, "latest_epoch": latest, "discarded": discarded, "reason": reason,
+            SUPERSEDED_ANCHOR: superseded.map(|a| a.to_string()),
         });
         let row = head.append(now.0, "restore_fencing", body.to_string().into_bytes());
         insert_audit(&mut tx, &row).await?;
         tx.commit().await?;
-        tracing::warn!(database_epoch, latest, discarded, "{reason}: discarded every presignature it held");
+        tracing::warn!(
+            database_epoch,
+            latest,
+            discarded,
+            superseded_anchor = ?superseded.map(|a| a.seq),
+            "{reason}: discarded every presignature it held"
+        );
         Ok(Fencing::Restored { database_epoch, latest_epoch: latest, discarded })
     }
 
@@ -644,10 +688,24 @@ impl Store {
         Ok(audit::verify(&rows)?)
     }
 
+    /// Checks the whole audit chain and, given the anchor published in etcd
+    /// ([`crate::coord::Coordinator::anchor`]), that the chain still reaches
+    /// it: a tail cut off or rewritten after the anchor was taken verifies
+    /// on its own, and only the anchor shows it. `None` checks the chain
+    /// alone.
+    pub async fn verify_audit_against(&self, anchor: Option<&AuditAnchor>) -> Result<ChainHead, StoreError> {
+        let rows = self.audit_rows().await?;
+        Ok(match anchor {
+            Some(anchor) => audit::verify_against(&rows, anchor)?,
+            None => audit::verify(&rows)?,
+        })
+    }
+
     /// Checks the audit chain of the database at `url` without its master
     /// key and without changing anything (no migrations, no binding): what
-    /// an auditor runs against a copy.
-    pub async fn verify_audit_at(url: &str) -> Result<(ChainHead, u64), StoreError> {
+    /// an auditor runs against a copy. With `anchor`, also that the chain
+    /// reaches it (see [`Store::verify_audit_against`]).
+    pub async fn verify_audit_at(url: &str, anchor: Option<&AuditAnchor>) -> Result<(ChainHead, u64), StoreError> {
         Backend::of_url(url)?;
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
@@ -658,8 +716,70 @@ impl Store {
         let rows = read_audit(&pool).await;
         pool.close().await;
         let rows = rows?;
-        Ok((audit::verify(&rows)?, rows.len() as u64))
+        let head = match anchor {
+            Some(anchor) => audit::verify_against(&rows, anchor)?,
+            None => audit::verify(&rows)?,
+        };
+        Ok((head, rows.len() as u64))
     }
+}
+
+/// The `restore_fencing` audit body's field naming an anchor the restored
+/// database could not reach.
+const SUPERSEDED_ANCHOR: &str = "superseded_anchor";
+
+/// Whether the database's audit chain reaches a published anchor.
+#[derive(Debug)]
+pub(crate) enum AnchorStanding {
+    /// The anchored row is there with the anchored hash.
+    Holds,
+    /// It is not, but restore fencing recorded (audit row `restore_row`)
+    /// that this database was restored from before the anchor.
+    Superseded { restore_row: u64 },
+    /// It is not, and nothing explains it: truncated or rewritten.
+    Broken(ChainError),
+}
+
+pub(crate) async fn anchor_standing(
+    conn: &mut AnyConnection,
+    anchor: &AuditAnchor,
+) -> Result<AnchorStanding, StoreError> {
+    let found: Option<Vec<u8>> = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(int(anchor.seq, "anchored seq")?)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    if found.as_deref() == Some(&anchor.hash[..]) {
+        return Ok(AnchorStanding::Holds);
+    }
+    let text = anchor.to_string();
+    for row in sqlx::query("SELECT seq, body FROM audit_log WHERE kind = 'restore_fencing' ORDER BY seq")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let seq = uint(row.try_get(0)?, "audit_log.seq")?;
+        let body: serde_json::Value = serde_json::from_slice(&row.try_get::<Vec<u8>, _>(1)?)
+            .map_err(|e| StoreError::corrupt(format!("audit_log[{seq}]"), e))?;
+        if body.get(SUPERSEDED_ANCHOR).and_then(|v| v.as_str()) == Some(text.as_str()) {
+            return Ok(AnchorStanding::Superseded { restore_row: seq });
+        }
+    }
+    Ok(AnchorStanding::Broken(match found {
+        Some(found) => {
+            ChainError::RewrittenTail { anchor: *anchor, found: columns::array32(&found, "audit_log.hash")? }
+        }
+        None => {
+            let rows: i64 = sqlx::query("SELECT COUNT(*) FROM audit_log").fetch_one(&mut *conn).await?.try_get(0)?;
+            ChainError::TruncatedTail { anchor: *anchor, rows: uint(rows, "audit_log count")? }
+        }
+    }))
+}
+
+pub(crate) async fn read_epoch(conn: &mut AnyConnection) -> Result<u64, StoreError> {
+    let epoch: i64 =
+        sqlx::query("SELECT int_value FROM meta WHERE name = 'epoch'").fetch_one(&mut *conn).await?.try_get(0)?;
+    uint(epoch, "meta[epoch]")
 }
 
 async fn read_audit(pool: &AnyPool) -> Result<Vec<AuditRow>, StoreError> {
@@ -694,6 +814,26 @@ async fn insert_vote(
     }
 }
 
+/// A state the transaction entered, for its history (`crate::read`).
+async fn insert_history(
+    tx: &mut Transaction<'static, Any>,
+    id: TxId,
+    state: &TxState,
+    written: i64,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    let (name, failure) = columns::state_columns(state);
+    sqlx::query("INSERT INTO transaction_history (tx, written, state, failure, at_ms) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id.0.to_vec())
+        .bind(written)
+        .bind(name)
+        .bind(failure.map(str::to_string))
+        .bind(at_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn presig_state(tx: &mut Transaction<'static, Any>, id: PresigId) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query("SELECT state FROM presignatures WHERE origin = $1 AND seq = $2")
         .bind(i64::from(id.origin.0))
@@ -711,9 +851,9 @@ async fn transition_refused(tx: &mut Transaction<'static, Any>, id: PresigId, to
     }
 }
 
-async fn load_head(tx: &mut Transaction<'static, Any>) -> Result<ChainHead, StoreError> {
+pub(crate) async fn load_head(conn: &mut AnyConnection) -> Result<ChainHead, StoreError> {
     let last = sqlx::query("SELECT seq, at_ms, kind, body, prev_hash, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *conn)
         .await?;
     Ok(match last {
         Some(row) => ChainHead::after(&audit_row(&row)?),

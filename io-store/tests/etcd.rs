@@ -10,9 +10,9 @@
 //! Nothing here asserts a duration: conditions are awaited with generous
 //! timeouts, and orderings are checked on recorded instants.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{free_port, OwnEtcd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -261,10 +261,6 @@ async fn epochs_only_ever_rise() {
     assert_eq!(c.epoch(NodeId(4)).await.unwrap(), Some(59));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_port_is_reported_unreachable() {
     logs();
@@ -282,74 +278,12 @@ async fn closed_port_is_reported_unreachable() {
     }
 }
 
-/// A private etcd the test can kill, so the shared one stays up.
-struct OwnEtcd {
-    child: Option<Child>,
-    dir: PathBuf,
-    client: u16,
-    peer: u16,
-}
-
-impl OwnEtcd {
-    fn new(dir: PathBuf) -> OwnEtcd {
-        std::fs::create_dir_all(&dir).unwrap();
-        OwnEtcd { child: None, dir, client: free_port(), peer: free_port() }
-    }
-
-    /// Starts (or restarts, on the same ports and data) the server.
-    fn spawn(&mut self) {
-        self.kill();
-        let url = |p: u16| format!("http://127.0.0.1:{p}");
-        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "own", "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &url(self.client)])
-            .args(["--advertise-client-urls", &url(self.client)])
-            .args(["--listen-peer-urls", &url(self.peer)])
-            .args(["--initial-advertise-peer-urls", &url(self.peer)])
-            .args(["--initial-cluster", &format!("own={}", url(self.peer))])
-            .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run the `etcd` binary ({e}); install it with \
-                     `io-store/scripts/etcd.sh start /tmp/mpc-etcd` (Debian etcd-server)"
-                )
-            });
-        self.child = Some(child);
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
-    }
-
-    /// SIGKILL: etcd vanishes without a goodbye, as in a crash or partition.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnEtcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_etcd_pauses_leadership_and_recovers() {
     // Fail like the other tests when no etcd was set up, even though this
     // one brings its own server.
     etcd_endpoint();
-    let mut etcd = OwnEtcd::new(std::env::temp_dir().join(unique("own-etcd")));
-    etcd.spawn();
+    let mut etcd = OwnEtcd::start("own-etcd");
     let endpoint = etcd.endpoint();
     let cluster = unique("lost");
 

@@ -1,5 +1,6 @@
 //! Shared by the storage tests: fresh databases on both backends, a test
-//! master key, and realistic record streams from the simulator.
+//! master key, realistic record streams from the simulator, and etcd (the
+//! shared test server, or a private one a test can stop and restart).
 #![allow(dead_code)]
 
 use mpc_core::{DurableView, Identity, Node, NodeConfig, NodeId, Record, RecoveredState};
@@ -8,9 +9,12 @@ use mpc_sim::sweep::{run_seed_keeping_stores, SeedPlan};
 use mpc_sim::{fixtures, setup};
 use sqlx::Connection;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
@@ -170,4 +174,109 @@ pub async fn apply_in_steps(store: &Store, records: &[Record]) {
 
 pub fn kinds(records: &[Record]) -> Vec<&'static str> {
     records.iter().map(|r| r.kind()).collect()
+}
+
+/// The shared throwaway etcd's URL (scripts/etcd.sh).
+pub fn etcd_endpoint() -> String {
+    match std::env::var("MPC_TEST_ETCD") {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "MPC_TEST_ETCD is not set: these tests need a real etcd. Run scripts/test.sh, or start a throwaway \
+             one with `eval \"$(scripts/etcd.sh start /tmp/mpc-etcd)\"` (installs Debian's etcd-server if \
+             needed and exports MPC_TEST_ETCD), rerun, then `scripts/etcd.sh stop /tmp/mpc-etcd`"
+        ),
+    }
+}
+
+/// A cluster name no other test (or earlier run) uses.
+pub fn unique_cluster(label: &str) -> String {
+    unique(label).replace('_', "-")
+}
+
+/// A coordinator for `node` of `cluster` with short timeouts, so that an
+/// unreachable etcd fails a request quickly.
+pub async fn coordinator(endpoint: &str, cluster: &str, node: NodeId) -> mpc_io_store::coord::Coordinator {
+    use mpc_io_store::coord::{CoordConfig, Coordinator};
+    let mut cfg = CoordConfig::new(vec![endpoint.to_string()], cluster, node);
+    cfg.dial_timeout = Duration::from_secs(3);
+    cfg.request_timeout = Duration::from_secs(2);
+    // A private etcd may still be starting: patience, bounded.
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match Coordinator::connect(cfg.clone()).await {
+            Ok(c) => return c,
+            Err(e) => assert!(std::time::Instant::now() < give_up, "etcd at {endpoint} never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private etcd (Debian's `etcd` binary) a test can kill and restart
+/// while the shared one stays up. Killed when dropped, also on a panic.
+pub struct OwnEtcd {
+    child: Option<Child>,
+    dir: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+impl OwnEtcd {
+    /// Starts one on free loopback ports with its data in a fresh directory.
+    pub fn start(label: &str) -> OwnEtcd {
+        let dir = std::env::temp_dir().join(unique(label));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut etcd = OwnEtcd { child: None, dir, client: free_port(), peer: free_port() };
+        etcd.spawn();
+        etcd
+    }
+
+    /// Starts (or restarts, on the same ports and data) the server.
+    pub fn spawn(&mut self) {
+        self.kill();
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "own", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &url(self.client)])
+            .args(["--advertise-client-urls", &url(self.client)])
+            .args(["--listen-peer-urls", &url(self.peer)])
+            .args(["--initial-advertise-peer-urls", &url(self.peer)])
+            .args(["--initial-cluster", &format!("own={}", url(self.peer))])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run the `etcd` binary ({e}); install it with \
+                     `scripts/etcd.sh start /tmp/mpc-etcd` (Debian etcd-server)"
+                )
+            });
+        self.child = Some(child);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// SIGKILL: etcd vanishes without a goodbye, as in a crash or partition.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnEtcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
