@@ -47,16 +47,18 @@ pub enum ChainError {
     #[error("audit row {seq}: its contents do not match its hash (the row was altered)")]
     Altered { seq: u64 },
     #[error(
-        "the audit log holds {rows} rows but the published anchor names row {} (anchor {anchor}): \
-         its tail was truncated (rows from {rows} on are missing)",
-        anchor.seq
+        "the audit log holds {rows} rows but the published anchor names row {} (hash {}): its tail was \
+         truncated (rows from {rows} on are missing)",
+        anchor.seq,
+        hex::encode(anchor.hash)
     )]
     TruncatedTail { anchor: AuditAnchor, rows: u64 },
     #[error(
-        "audit row {} has hash {} but the published anchor names it with another (anchor {anchor}): \
-         the tail up to that row was rewritten",
+        "audit row {} has hash {} but the published anchor names it with hash {}: the tail up to that row \
+         was rewritten",
         anchor.seq,
-        hex::encode(found)
+        hex::encode(found),
+        hex::encode(anchor.hash)
     )]
     RewrittenTail { anchor: AuditAnchor, found: [u8; 32] },
 }
@@ -253,7 +255,7 @@ mod tests {
         let err = verify_against(cut, &anchor).unwrap_err();
         assert_eq!(err, ChainError::TruncatedTail { anchor, rows: 3 });
         assert_eq!(err.first_bad_row(), 3);
-        assert!(err.to_string().contains(&anchor.to_string()), "{err}");
+        assert!(err.to_string().contains(&hex::encode(anchor.hash)), "{err}");
 
         // Cut after row 2 and grown again to past the anchor: verifies alone.
         let mut regrown = cut.to_vec();

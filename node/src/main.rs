@@ -46,10 +46,21 @@ enum Cmd {
         master_key_file: Option<PathBuf>,
     },
     /// Verify a node database's hash-chained audit log; names the first bad row.
+    /// With --etcd, --cluster and --node, also check it against the node's
+    /// audit anchor in etcd (a truncated or rewritten tail).
     AuditVerify {
         /// postgres://… or sqlite://…
         #[arg(long)]
         db: String,
+        /// etcd client URL where the node publishes its audit anchor.
+        #[arg(long, requires_all = ["cluster", "node"])]
+        etcd: Option<String>,
+        /// The cluster's name (etcd keys under /mpc/<cluster>/).
+        #[arg(long, requires = "etcd")]
+        cluster: Option<String>,
+        /// The node whose database this is.
+        #[arg(long, requires = "etcd")]
+        node: Option<u16>,
     },
 }
 
@@ -76,8 +87,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", storage::check(&db, mpc_core::NodeId(node), key)?);
             Ok(())
         }
-        Cmd::AuditVerify { db } => {
-            println!("{}", storage::audit_verify(&db)?);
+        Cmd::AuditVerify { db, etcd, cluster, node } => {
+            let anchor_at = match (etcd, cluster, node) {
+                (Some(etcd), Some(cluster), Some(node)) => {
+                    Some(storage::AnchorSource { etcd, cluster, node: mpc_core::NodeId(node) })
+                }
+                _ => None,
+            };
+            println!("{}", storage::audit_verify(&db, anchor_at)?);
             Ok(())
         }
     }
