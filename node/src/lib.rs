@@ -1,8 +1,9 @@
-//! mpc-node's library half: the demo and its report, and the operator's
-//! database commands, so tests can drive them.
+//! mpc-node's library half: the demo and its report, the operator's
+//! database commands, the HTTP API and the metrics, so tests can drive them.
 
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod metrics;
 pub mod report;
 pub mod storage;
