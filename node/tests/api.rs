@@ -539,7 +539,7 @@ fn metrics_are_prometheus_text_with_the_pool_and_the_votes() {
 
 #[test]
 fn without_a_database_reads_answer_503_and_submissions_still_work() {
-    let node = TestNode::start(Options { id: NodeId(1), keyed: true, database: false });
+    let node = TestNode::start(Options { database: false, ..Options::keyed(1) });
     let c = client();
     still_serves(&c, &node, 1);
     let (code, _, _) =

@@ -14,20 +14,22 @@ use axum::Json;
 #[error("{status} {}: {}", detail.code, detail.message)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub detail: ErrorDetail,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the
+    /// common case should stay small.
+    pub detail: Box<ErrorDetail>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            detail: ErrorDetail {
+            detail: Box::new(ErrorDetail {
                 code: code.to_string(),
                 message: message.into(),
                 problem: None,
                 public_key_hex: None,
                 dkg_id: None,
-            },
+            }),
         }
     }
 
@@ -106,7 +108,7 @@ impl IntoResponse for ApiError {
         let status = self.status;
         let busy = self.detail.code == "busy";
         let unauthorized = status == StatusCode::UNAUTHORIZED;
-        let mut response = (status, Json(ErrorBody { error: self.detail })).into_response();
+        let mut response = (status, Json(ErrorBody { error: *self.detail })).into_response();
         if busy {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -71,7 +71,8 @@ pub fn foreign_script() -> ScriptBuf {
     p2wpkh(8).0
 }
 
-pub fn node_config() -> NodeConfig {
+/// The cluster's configuration; `vote_ms` overrides the vote deadline.
+pub fn node_config(vote_ms: Option<u64>) -> NodeConfig {
     let members = (1..=5u16)
         .map(|i| (NodeId(i), MemberInfo { vote_key: vote_key(NodeId(i)).verifying_key().to_bytes() }))
         .collect();
@@ -85,7 +86,7 @@ pub fn node_config() -> NodeConfig {
             byzantine_tolerance: 1,
             network: NETWORK,
             pool: PoolConfig::default(),
-            timeouts: Timeouts::default(),
+            timeouts: Timeouts { vote_ms: vote_ms.unwrap_or(Timeouts::default().vote_ms), ..Timeouts::default() },
         },
         policy: PolicyConfig {
             max_amount_sat: 100_000_000,
@@ -261,14 +262,17 @@ pub struct Options {
     /// Attach a database (persist and reads); without one, records are
     /// dropped and transaction reads answer 503.
     pub database: bool,
+    /// The vote deadline, when not the default (10 minutes): a transaction
+    /// nobody else votes on expires after it.
+    pub vote_ms: Option<u64>,
 }
 
 impl Options {
     pub fn keyed(id: u16) -> Options {
-        Options { id: NodeId(id), keyed: true, database: true }
+        Options { id: NodeId(id), keyed: true, database: true, vote_ms: None }
     }
     pub fn unkeyed(id: u16) -> Options {
-        Options { id: NodeId(id), keyed: false, database: true }
+        Options { id: NodeId(id), keyed: false, database: true, vote_ms: None }
     }
 }
 
@@ -311,7 +315,7 @@ impl TestNode {
         let identity = Identity { id, vote_key: vote_key(id) };
         let mut seed = [0u8; 32];
         seed[..2].copy_from_slice(&id.0.to_be_bytes());
-        let node = Node::new(node_config(), identity, seed, recovered).expect("the node starts");
+        let node = Node::new(node_config(options.vote_ms), identity, seed, recovered).expect("the node starts");
         let status = node.status();
 
         let metrics = Arc::new(Metrics::new(id));
