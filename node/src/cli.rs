@@ -120,18 +120,16 @@ enum Certs {
         /// Directory to write ca.pem, ca.key, node-<id>.pem, node-<id>.key.
         #[arg(long)]
         out: PathBuf,
-        /// Cluster name, recorded in the CA's subject.
+        /// Cluster id, recorded in the CA's subject (`--cluster` names the
+        /// cluster file of the API commands).
         #[arg(long, default_value = "mpc-custody")]
-        cluster: String,
+        cluster_id: String,
         /// Validity of node certificates in days (the CA gets ten times it).
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
-    /// Renew one node's key and certificate under the directory's CA.
+    /// Renew the key and certificate of the node given by --node under the directory's CA.
     Issue {
-        /// The node to renew.
-        #[arg(long)]
-        node: u16,
         /// The directory made by `certs init`.
         #[arg(long)]
         dir: PathBuf,
@@ -228,8 +226,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.global;
     let out = Out { json: g.json };
     match cli.command {
-        Top::Certs { command: Certs::Init { nodes, out, cluster, days } } => certs::init(&out, &cluster, nodes, days),
-        Top::Certs { command: Certs::Issue { node, dir, days } } => certs::issue(&dir, node, days),
+        Top::Certs { command: Certs::Init { nodes, out, cluster_id, days } } => {
+            certs::init(&out, &cluster_id, nodes, days)
+        }
+        Top::Certs { command: Certs::Issue { dir, days } } => {
+            let node = g.node.ok_or_else(|| CliError::Usage("certs issue needs --node N".into()))?;
+            certs::issue(&dir, node, days)
+        }
         Top::Dkg { command: Dkg::Run { nodes, poll } } => commands::dkg_run(&cluster(g)?, &nodes, poll.polling(), &out),
         Top::Dkg { command: Dkg::Status } => commands::dkg_status(&cluster(g)?.selected(g.node)?, &out),
         Top::Presig { command: Presig::Status } => commands::presig_status(&cluster(g)?.all_or(g.node)?, &out),
@@ -268,6 +271,16 @@ mod tests {
         for code in 0..=6 {
             assert!(help.contains(&format!("\n  {code}  ")), "exit code {code} missing from --help:\n{help}");
         }
+    }
+
+    #[test]
+    fn certs_issue_takes_the_global_node_and_init_its_own_cluster_id() {
+        let cli = Cli::try_parse_from(["mpc-cli", "certs", "issue", "--node", "4", "--dir", "d"]).unwrap();
+        assert_eq!(cli.global.node, Some(4));
+        let cli = Cli::try_parse_from(["mpc-cli", "certs", "init", "--nodes", "5", "--out", "d", "--cluster-id", "c"]);
+        assert!(
+            matches!(cli.unwrap().command, Top::Certs { command: Certs::Init { cluster_id, .. } } if cluster_id == "c")
+        );
     }
 
     #[test]
