@@ -12,12 +12,14 @@
 //! - [`fencing`]: restore fencing: [`Store::apply_fenced`] (every step a
 //!   node makes durable), [`fence_at_startup`], and the audit anchor.
 //! - [`read`]: durable reads of transactions for the HTTP API.
+//! - [`operator_audit`]: operator requests in the audit trail.
 
 pub mod audit;
 mod columns;
 pub mod coord;
 pub mod error;
 pub mod fencing;
+pub mod operator_audit;
 pub mod read;
 pub mod sealing;
 pub mod store;

@@ -862,7 +862,7 @@ pub(crate) async fn load_head(conn: &mut AnyConnection) -> Result<ChainHead, Sto
     })
 }
 
-async fn insert_audit(tx: &mut Transaction<'static, Any>, row: &AuditRow) -> Result<(), StoreError> {
+pub(crate) async fn insert_audit(tx: &mut Transaction<'static, Any>, row: &AuditRow) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO audit_log (seq, at_ms, kind, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(int(row.seq, "audit seq")?)
         .bind(int(row.at_ms, "audit time")?)

@@ -1,19 +1,84 @@
-//! `mpc-cli`: the operator's tool. `certs init` creates the cluster CA and
-//! one certificate per node (node id in the SAN, keys owner-only); `certs
-//! issue` renews one node's certificate under the same CA. A running node
-//! picks renewed files up without a restart (issue 5's transport).
+//! `mpc-cli`: the operator's tool.
+//!
+//! - `certs init|issue`: the cluster CA and the nodes' mutual-TLS
+//!   certificates (no node needed).
+//! - `dkg run|status`, `presig status`, `tx submit|status|wait|list`,
+//!   `cluster status`: talk to the nodes' HTTP APIs, found in the cluster
+//!   file (`--cluster FILE`, else `MPC_CLI_CLUSTER`, else `./mpc-cli.toml`):
+//!
+//!   ```toml
+//!   token_file = "operator.token"   # relative to this file
+//!   [nodes]
+//!   1 = "http://127.0.0.1:8101"
+//!   ```
+//!
+//!   `--token-file F` or `MPC_TOKEN` override the token. Single-node
+//!   commands ask `--node N` (default: the lowest id). Output is a table for
+//!   people, or the API's JSON with `--json`.
+//!
+//! Exit codes, for scripts to branch on ([`EXIT_CODES`], also in `--help`):
+//! 0 success; 1 an error talking to a node or an unexpected answer (nodes
+//! disagreeing on the key included); 2 usage or local file problems; 3 not
+//! found; 4 refused by the node (a 4xx other than 404: bad PSBT, no key,
+//! bad token); 5 node unavailable (connection refused, timed out, 503);
+//! 6 `tx wait` ended in a state other than signed (rejected, failed,
+//! expired). Multi-node commands print every node and exit with the first
+//! failing node's code.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use mpc_core::NodeId;
-use mpc_io_quic::certs;
+// The binary's root is this file, so its modules are named by path: they
+// live in `cli/` beside it.
+#[path = "cli/certs.rs"]
+mod certs;
+#[path = "cli/client.rs"]
+mod client;
+#[path = "cli/cluster_file.rs"]
+mod cluster_file;
+#[path = "cli/commands.rs"]
+mod commands;
+#[path = "cli/table.rs"]
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+use client::CliError;
+use cluster_file::{Cluster, TokenSource};
+use commands::{Out, Polling};
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  error talking to a node, or an unexpected answer (e.g. nodes disagree on the key)
+  2  usage or local file problem (arguments, cluster file, token file, PSBT file)
+  3  not found
+  4  refused by the node (4xx other than 404: invalid PSBT, no key, bad token, ...)
+  5  node unavailable (connection refused, timeout, 503)
+  6  tx wait ended in a state other than signed (rejected, failed, expired)";
 
 #[derive(Parser)]
-#[command(name = "mpc-cli", version, about = "mpc-custody operator tool")]
+#[command(name = "mpc-cli", version, about = "mpc-custody operator tool", after_help = EXIT_CODES)]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Top,
+}
+
+#[derive(Args)]
+struct Global {
+    /// The cluster file: node API URLs and the token file [default: $MPC_CLI_CLUSTER, else ./mpc-cli.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// The node for single-node commands (default: the lowest id in the cluster file).
+    #[arg(long, global = true, value_name = "N")]
+    node: Option<u16>,
+    /// The operator token's file, instead of the cluster file's (or $MPC_TOKEN).
+    #[arg(long, global = true, value_name = "F")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -22,6 +87,26 @@ enum Top {
     Certs {
         #[command(subcommand)]
         command: Certs,
+    },
+    /// Distributed key generation.
+    Dkg {
+        #[command(subcommand)]
+        command: Dkg,
+    },
+    /// The presignature pool.
+    Presig {
+        #[command(subcommand)]
+        command: Presig,
+    },
+    /// Transactions: submit PSBTs, follow their votes and signing.
+    Tx {
+        #[command(subcommand)]
+        command: Tx,
+    },
+    /// The cluster as a whole.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
     },
 }
 
@@ -35,18 +120,16 @@ enum Certs {
         /// Directory to write ca.pem, ca.key, node-<id>.pem, node-<id>.key.
         #[arg(long)]
         out: PathBuf,
-        /// Cluster name, recorded in the CA's subject.
+        /// Cluster id, recorded in the CA's subject (`--cluster` names the
+        /// cluster file of the API commands).
         #[arg(long, default_value = "mpc-custody")]
-        cluster: String,
+        cluster_id: String,
         /// Validity of node certificates in days (the CA gets ten times it).
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
-    /// Renew one node's key and certificate under the directory's CA.
+    /// Renew the key and certificate of the node given by --node under the directory's CA.
     Issue {
-        /// The node to renew.
-        #[arg(long)]
-        node: u16,
         /// The directory made by `certs init`.
         #[arg(long)]
         dir: PathBuf,
@@ -55,21 +138,159 @@ enum Certs {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Top::Certs { command: Certs::Init { nodes, out, cluster, days } } => {
-            let files = certs::init(&out, &cluster, nodes, days)
-                .with_context(|| format!("creating certificates in {}", out.display()))?;
-            println!(
-                "cluster CA and {nodes} node certificates in {} ({} files; keys 0600)",
-                out.display(),
-                files.len()
-            );
-        }
-        Top::Certs { command: Certs::Issue { node, dir, days } } => {
-            certs::issue(&dir, NodeId(node), days).with_context(|| format!("renewing node {node}"))?;
-            println!("renewed node-{node}'s key and certificate in {}", dir.display());
+/// How often and how long to poll.
+#[derive(Args, Clone, Copy)]
+struct PollArgs {
+    /// Milliseconds between polls.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Give up after this many seconds (exit 1; 5 if a node stayed unreachable). 0: never.
+    #[arg(long, default_value_t = 0)]
+    timeout_secs: u64,
+}
+
+impl PollArgs {
+    fn polling(self) -> Polling {
+        Polling {
+            interval: Duration::from_millis(self.interval_ms.max(10)),
+            timeout: (self.timeout_secs > 0).then(|| Duration::from_secs(self.timeout_secs)),
         }
     }
-    Ok(())
+}
+
+#[derive(Subcommand)]
+enum Dkg {
+    /// Start DKG on the first listed node and wait until every listed node
+    /// reports the same key; print the key and the address. A key that
+    /// exists or a DKG already running is waited for, not an error.
+    Run {
+        /// The nodes to wait for, e.g. 1,2,3,4,5.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u16>,
+        #[command(flatten)]
+        poll: PollArgs,
+    },
+    /// One node's DKG stage, public key and address.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum Presig {
+    /// The pool per node and per signer set (every node, or --node).
+    Status,
+}
+
+#[derive(Subcommand)]
+enum Tx {
+    /// Submit a PSBT (binary or base64) from FILE, or stdin with `-`; prints the transaction id.
+    Submit { file: PathBuf },
+    /// A transaction's state, votes, history and signed transaction.
+    Status { id: String },
+    /// Poll until the transaction is signed (exit 0) or ends otherwise:
+    /// rejected, failed or expired (exit 6).
+    Wait {
+        id: String,
+        #[command(flatten)]
+        poll: PollArgs,
+    },
+    /// Transactions, newest first.
+    List {
+        /// Only this state: received, voting, approved, rejected, expired,
+        /// signing, signed, broadcast, confirmed, failed.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Every node's health, leader, key, pool and peers.
+    Status,
+}
+
+fn cluster(global: &Global) -> Result<Cluster, CliError> {
+    let path = global
+        .cluster
+        .clone()
+        .or_else(|| std::env::var_os("MPC_CLI_CLUSTER").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("mpc-cli.toml"));
+    let token = TokenSource { token_file: global.token_file.clone(), token_env: std::env::var("MPC_TOKEN").ok() };
+    Cluster::load(&path, token)
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let g = &cli.global;
+    let out = Out { json: g.json };
+    match cli.command {
+        Top::Certs { command: Certs::Init { nodes, out, cluster_id, days } } => {
+            certs::init(&out, &cluster_id, nodes, days)
+        }
+        Top::Certs { command: Certs::Issue { dir, days } } => {
+            let node = g.node.ok_or_else(|| CliError::Usage("certs issue needs --node N".into()))?;
+            certs::issue(&dir, node, days)
+        }
+        Top::Dkg { command: Dkg::Run { nodes, poll } } => commands::dkg_run(&cluster(g)?, &nodes, poll.polling(), &out),
+        Top::Dkg { command: Dkg::Status } => commands::dkg_status(&cluster(g)?.selected(g.node)?, &out),
+        Top::Presig { command: Presig::Status } => commands::presig_status(&cluster(g)?.all_or(g.node)?, &out),
+        Top::Tx { command } => {
+            let node = cluster(g)?.selected(g.node)?;
+            match command {
+                Tx::Submit { file } => commands::tx_submit(&node, &file, &out),
+                Tx::Status { id } => commands::tx_status(&node, &id, &out),
+                Tx::Wait { id, poll } => commands::tx_wait(&node, &id, poll.polling(), &out),
+                Tx::List { state, offset, limit } => commands::tx_list(&node, state.as_deref(), offset, limit, &out),
+            }
+        }
+        Top::Cluster { command: ClusterCmd::Status } => commands::cluster_status(&cluster(g)?.all_or(g.node)?, &out),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_documents_the_exit_codes() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for code in 0..=6 {
+            assert!(help.contains(&format!("\n  {code}  ")), "exit code {code} missing from --help:\n{help}");
+        }
+    }
+
+    #[test]
+    fn certs_issue_takes_the_global_node_and_init_its_own_cluster_id() {
+        let cli = Cli::try_parse_from(["mpc-cli", "certs", "issue", "--node", "4", "--dir", "d"]).unwrap();
+        assert_eq!(cli.global.node, Some(4));
+        let cli = Cli::try_parse_from(["mpc-cli", "certs", "init", "--nodes", "5", "--out", "d", "--cluster-id", "c"]);
+        assert!(
+            matches!(cli.unwrap().command, Top::Certs { command: Certs::Init { cluster_id, .. } } if cluster_id == "c")
+        );
+    }
+
+    #[test]
+    fn dkg_run_takes_a_comma_separated_node_list() {
+        let cli = Cli::try_parse_from(["mpc-cli", "dkg", "run", "--nodes", "1,2,3,4,5", "--json"]).unwrap();
+        match cli.command {
+            Top::Dkg { command: Dkg::Run { nodes, .. } } => assert_eq!(nodes, [1, 2, 3, 4, 5]),
+            _ => panic!("parsed as another command"),
+        }
+        assert!(cli.global.json);
+        assert!(Cli::try_parse_from(["mpc-cli", "dkg", "run"]).is_err(), "--nodes is required");
+    }
 }
