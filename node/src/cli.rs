@@ -1,7 +1,9 @@
 //! `mpc-cli`: the operator's tool.
 //!
 //! - `certs init|issue`: the cluster CA and the nodes' mutual-TLS
-//!   certificates (no node needed).
+//!   certificates; `cluster init`: a whole cluster's files (certificates,
+//!   keys, node configs, operator token, the cluster file); `primes
+//!   generate`: safe primes ahead of time (no node needed).
 //! - `dkg run|status`, `presig status`, `tx submit|status|wait|list`,
 //!   `cluster status`: talk to the nodes' HTTP APIs, found in the cluster
 //!   file (`--cluster FILE`, else `MPC_CLI_CLUSTER`, else `./mpc-cli.toml`):
@@ -35,6 +37,8 @@ mod client;
 mod cluster_file;
 #[path = "cli/commands.rs"]
 mod commands;
+#[path = "cli/setup.rs"]
+mod setup;
 #[path = "cli/table.rs"]
 mod table;
 
@@ -108,6 +112,21 @@ enum Top {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Safe primes for aux info, made ahead of time.
+    Primes {
+        #[command(subcommand)]
+        command: Primes,
+    },
+}
+
+#[derive(Subcommand)]
+enum Primes {
+    /// Generate one node's safe primes into FILE (owner-only); point the
+    /// node's `node.safe_primes_file` at it.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +197,14 @@ enum Dkg {
 enum Presig {
     /// The pool per node and per signer set (every node, or --node).
     Status,
+    /// Wait, with a progress bar, until the selected node sees at least
+    /// this many presignatures ready.
+    Wait {
+        #[arg(long)]
+        ready: u64,
+        #[command(flatten)]
+        poll: PollArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +237,93 @@ enum Tx {
 enum ClusterCmd {
     /// Every node's health, leader, key, pool and peers.
     Status,
+    /// Write everything a cluster needs into DIR: the CA and node
+    /// certificates, each node's vote and master keys (owner-only) and
+    /// node.toml, an operator token, and DIR/mpc-cli.toml for this tool.
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// How many nodes.
+    #[arg(long)]
+    nodes: u16,
+    /// The directory to write (refused if it holds a cluster).
+    #[arg(long)]
+    out: PathBuf,
+    /// etcd client URLs, every node uses them (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Binds votes, execution ids and etcd keys to this cluster.
+    #[arg(long, default_value = "local")]
+    cluster_id: String,
+    /// bitcoin, testnet, signet or regtest.
+    #[arg(long, default_value = "regtest")]
+    network: bitcoin::Network,
+    /// Signers per signature (default: a majority).
+    #[arg(long)]
+    threshold: Option<u16>,
+    /// Each node's host address, in id order (default: all 127.0.0.1).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<std::net::IpAddr>,
+    /// Node N's QUIC port is this plus N.
+    #[arg(long, default_value_t = 7100)]
+    peer_port_base: u16,
+    /// Node N's API port is this plus N.
+    #[arg(long, default_value_t = 8100)]
+    api_port_base: u16,
+    /// A node's database, as ID=URL (postgres://...); others use SQLite in their directory.
+    #[arg(long = "database-url", value_name = "ID=URL")]
+    database_urls: Vec<String>,
+    #[arg(long, default_value_t = 50)]
+    pool_low_water: usize,
+    #[arg(long, default_value_t = 100)]
+    pool_target: usize,
+    #[arg(long, default_value_t = 150)]
+    pool_max: usize,
+    #[arg(long, default_value_t = 5)]
+    pool_parallel: usize,
+    /// An address every node's policy allows paying (repeat).
+    #[arg(long = "allow-destination", value_name = "ADDRESS")]
+    allowed_destinations: Vec<String>,
+    /// Safe primes every node loads (`primes generate`, or the TEST-ONLY fixtures on regtest).
+    #[arg(long, value_name = "FILE")]
+    safe_primes: Option<PathBuf>,
+    /// The operator named in the audit trail for this token.
+    #[arg(long, default_value = "operator")]
+    operator: String,
+}
+
+impl InitArgs {
+    fn spec(self) -> Result<mpc_node::cluster_init::ClusterInit, CliError> {
+        let mut spec = mpc_node::cluster_init::ClusterInit::local(self.out, self.nodes, self.etcd);
+        spec.cluster_id = self.cluster_id;
+        spec.network = self.network;
+        spec.threshold = self.threshold;
+        spec.hosts = self.hosts;
+        spec.peer_port_base = self.peer_port_base;
+        spec.api_port_base = self.api_port_base;
+        for entry in self.database_urls {
+            let (id, url) = entry
+                .split_once('=')
+                .and_then(|(id, url)| Some((id.parse::<u16>().ok()?, url.to_string())))
+                .ok_or_else(|| CliError::Usage(format!("--database-url {entry:?}: expected ID=URL")))?;
+            spec.database_urls.insert(id, url);
+        }
+        spec.pool = mpc_core::PoolConfig {
+            low_water: self.pool_low_water,
+            target: self.pool_target,
+            max: self.pool_max,
+            parallel_sessions: self.pool_parallel,
+        };
+        spec.policy.allowed_destinations = self.allowed_destinations;
+        spec.safe_primes_file = self
+            .safe_primes
+            .map(|p| std::path::absolute(&p).map_err(|e| CliError::Local(format!("{}: {e}", p.display()))))
+            .transpose()?;
+        spec.operator = self.operator;
+        Ok(spec)
+    }
 }
 
 fn cluster(global: &Global) -> Result<Cluster, CliError> {
@@ -236,6 +350,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Top::Dkg { command: Dkg::Run { nodes, poll } } => commands::dkg_run(&cluster(g)?, &nodes, poll.polling(), &out),
         Top::Dkg { command: Dkg::Status } => commands::dkg_status(&cluster(g)?.selected(g.node)?, &out),
         Top::Presig { command: Presig::Status } => commands::presig_status(&cluster(g)?.all_or(g.node)?, &out),
+        Top::Presig { command: Presig::Wait { ready, poll } } => {
+            commands::presig_wait(&cluster(g)?.selected(g.node)?, ready, poll.polling(), &out)
+        }
+        Top::Primes { command: Primes::Generate { out } } => setup::primes_generate(&out),
+        Top::Cluster { command: ClusterCmd::Init(args) } => setup::cluster_init(&args.spec()?),
         Top::Tx { command } => {
             let node = cluster(g)?.selected(g.node)?;
             match command {

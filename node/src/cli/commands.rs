@@ -242,6 +242,37 @@ pub fn presig_status(nodes: &[NodeClient], out: &Out) -> Result<(), CliError> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// `presig wait --ready N`: polls one node's pool with a progress bar.
+pub fn presig_wait(node: &NodeClient, ready: u64, polling: Polling, out: &Out) -> Result<(), CliError> {
+    let bar = ProgressBar::with_draw_target(Some(ready), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:20} {pos}/{len} presignatures ready  {msg}") {
+        bar.set_style(style);
+    }
+    let started = Instant::now();
+    loop {
+        match node.get::<PresignatureStatus>("/api/v1/presignatures/status") {
+            Ok(s) => {
+                bar.set_position(s.ready.min(ready));
+                bar.set_message(format!("{} generating, {:.1}/min", s.generating, s.fill_rate.per_minute));
+                if s.ready >= ready {
+                    bar.finish_and_clear();
+                    return out.print(&s, || format!("node {}: {} presignatures ready\n", s.node, s.ready));
+                }
+            }
+            Err(CliError::Unavailable(_) | CliError::Failed(_)) => bar.set_message("node unreachable"),
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        }
+        if polling.timeout.is_some_and(|t| started.elapsed() >= t) {
+            bar.finish_and_clear();
+            return Err(CliError::Failed(format!("fewer than {ready} presignatures ready in time")));
+        }
+        std::thread::sleep(polling.interval);
+    }
+}
+
 fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, CliError> {
     serde_json::to_value(v).map_err(|e| CliError::Failed(format!("cannot print JSON: {e}")))
 }
