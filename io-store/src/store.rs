@@ -645,7 +645,8 @@ impl Store {
         };
         let reason = format!(
             "restore fencing: database epoch {database_epoch} is behind the published epoch {latest}; \
-             the database was restored from an older backup"
+             the database was restored from an older backup (or a consuming step's epoch reached etcd and \
+             its commit did not)"
         );
         let discarded = sqlx::query(
             "UPDATE presignatures SET state = 'discarded', sealed_share = NULL, discard_reason = $1 \
