@@ -75,12 +75,15 @@ pub fn parse_check(bytes: &[u8]) -> Result<(), ApiError> {
     }
 }
 
-/// A PSBT decoder error that means the input ran out.
+/// A PSBT decoder error that means the input ran out: the stream decoder
+/// hit its end. (`psbt::Error::Io` with the same kind is not one: the
+/// library reports a field value too short for its type that way, inside
+/// a PSBT that is whole, which is malformed.)
 fn is_truncation(e: &psbt::Error) -> bool {
-    let eof = |kind: bitcoin::io::ErrorKind| kind == bitcoin::io::ErrorKind::UnexpectedEof;
     match e {
-        psbt::Error::Io(io) => eof(io.kind()),
-        psbt::Error::ConsensusEncoding(bitcoin::consensus::encode::Error::Io(io)) => eof(io.kind()),
+        psbt::Error::ConsensusEncoding(bitcoin::consensus::encode::Error::Io(io)) => {
+            io.kind() == bitcoin::io::ErrorKind::UnexpectedEof
+        }
         _ => false,
     }
 }
@@ -150,5 +153,32 @@ mod tests {
         assert_eq!(e.detail.problem.as_deref(), Some("truncated"));
         let e = parse_check(b"this is not a psbt at all").unwrap_err();
         assert_eq!(e.detail.problem.as_deref(), Some("malformed"));
+        let e = parse_check(&short_field_psbt()).unwrap_err();
+        assert_eq!(e.detail.problem.as_deref(), Some("malformed"), "a short field is not a cut-off PSBT: {e}");
+    }
+
+    /// A whole PSBT (every map closed) whose one input's BIP-32 derivation
+    /// value is 2 bytes, shorter than a key source's fingerprint.
+    fn short_field_psbt() -> Vec<u8> {
+        use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+        let tx = bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![bitcoin::TxIn::default()],
+            output: vec![bitcoin::TxOut { value: bitcoin::Amount::from_sat(1_000), script_pubkey: ScriptBuf::new() }],
+        };
+        let unsigned = bitcoin::consensus::serialize(&tx);
+        let key = PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[7; 32]).unwrap()).serialize();
+        let mut b = b"psbt\xff".to_vec();
+        b.extend([1, 0, unsigned.len() as u8]); // global: the unsigned transaction
+        b.extend(&unsigned);
+        b.push(0);
+        b.extend([34, 6]); // input: BIP-32 derivation of `key`
+        b.extend(key);
+        b.extend([2, 0, 0]); // ...whose value is 2 bytes
+        b.push(0);
+        b.push(0); // the output's empty map
+        assert!(Psbt::deserialize(&b[..b.len() - 1]).is_err());
+        b
     }
 }
