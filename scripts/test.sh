@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Every test of the workspace, after installing what the build needs; then
-# the planted-bug tests, which need mpc-core's TEST-ONLY `planted-bugs`
-# feature, and the reduced-level test, which needs its TEST-ONLY
-# `reduced-security-test-only` feature (the node binary enables neither;
-# the last line checks it refuses to start when built with the latter).
+# Every test of the workspace, after installing what the build needs
+# (and promtool, which the metrics tests require); then the planted-bug
+# tests, which need mpc-core's TEST-ONLY `planted-bugs` feature, the
+# reduced-level tests, which need its TEST-ONLY `reduced-security-test-only`
+# feature, the README's main command on five real processes (with the
+# TEST-ONLY fixture primes to keep it short) and its report verified, and
+# last the node's refusal to start when built with the reduced level.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-# Real servers for the storage tests: a throwaway PostgreSQL cluster and a
-# single-member etcd on loopback, stopped when this script exits.
+export MPC_REQUIRE_PROMTOOL=1
+scripts/setup.sh --promtool
+# Real servers for the storage and multi-process tests: a throwaway
+# PostgreSQL cluster and a single-member etcd on loopback, stopped when this
+# script exits.
 services=$(mktemp -d "${TMPDIR:-/tmp}/mpc-services.XXXXXX")
 chmod 755 "$services" # the server runs as the `postgres` user when we are root
 trap 'scripts/postgres.sh stop "$services/postgres"; scripts/etcd.sh stop "$services/etcd"' EXIT
 eval "$(scripts/postgres.sh start "$services/postgres")"
 eval "$(scripts/etcd.sh start "$services/etcd")"
+# Builds every binary too: the multi-process suites (mpc-tests) run the
+# mpc-node and mpc-cli of this target directory.
 cargo test --workspace --locked
 cargo test --locked -p mpc-sim --features planted-bugs --test planted
 cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
@@ -21,4 +27,8 @@ cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
 # under faults, cheap enough for twenty-odd seeds.
 MPC_SIM_LIVE_SEEDS=0..12 MPC_SIM_KEYGEN_SEEDS=0..6 \
   cargo test --locked -p mpc-sim --features reduced-security --test sweep live_
-cargo test --locked -p mpc-node --features mpc-sim/reduced-security --test level
+# The main command (README), on the test build, and its report checked by
+# both verifiers (demo.sh runs them and fails if either does).
+MPC_PROFILE=debug scripts/demo.sh --fixture-primes "$services/demo"
+# Last: this rebuilds mpc-node with the TEST-ONLY level to see it refuse.
+cargo test --locked -p mpc-node --features mpc-core/reduced-security-test-only --test level

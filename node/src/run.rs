@@ -195,7 +195,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let stop = async move {
             let _ = api_stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+        if let Err(e) = crate::api::serve(listener, router, stop).await {
             error!("HTTP API stopped: {e}");
         }
     });

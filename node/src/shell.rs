@@ -74,7 +74,7 @@ pub struct TimedNode {
 
 impl Core for TimedNode {
     fn handle(&mut self, now: Millis, input: Input) -> Step {
-        let kind = input_kind(&input);
+        let kind = crate::metrics::input_kind(&input);
         let started = Instant::now();
         let step = self.node.handle(now, input);
         self.metrics.handled(kind, started.elapsed());
@@ -375,19 +375,4 @@ enum Event {
     Primes(Option<SafePrimes>),
     Timer,
     Nothing,
-}
-
-/// A fixed name per input kind, for the handle-duration histogram.
-pub fn input_kind(input: &Input) -> &'static str {
-    match input {
-        Input::Peer { msg, .. } => msg.kind(),
-        Input::Tick => "tick",
-        Input::Command { .. } => "command",
-        Input::Leadership { .. } => "leadership",
-        Input::Compute(_) => "compute_result",
-        Input::SafePrimes(_) => "safe_primes",
-        Input::TransportRefused { .. } => "transport_refused",
-        Input::Coordination { .. } => "coordination",
-        Input::ShutDown => "shut_down",
-    }
 }

@@ -245,7 +245,9 @@ pub fn presig_status(nodes: &[NodeClient], out: &Out) -> Result<(), CliError> {
 /// `presig wait --ready N`: polls one node's pool with a progress bar.
 pub fn presig_wait(node: &NodeClient, ready: u64, polling: Polling, out: &Out) -> Result<(), CliError> {
     let bar = ProgressBar::with_draw_target(Some(ready), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:20} {pos}/{len} presignatures ready  {msg}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed}] {bar:20} {pos}/{len} presignatures ready  {msg}")
+    {
         bar.set_style(style);
     }
     let started = Instant::now();

@@ -39,6 +39,10 @@ pub fn primes_generate(out: &Path) -> Result<(), CliError> {
     let primes = mpc_node::primes::generate();
     bar.finish_and_clear();
     mpc_node::primes::write(out, &primes).map_err(|e| CliError::Local(format!("writing {}: {e}", out.display())))?;
-    println!("safe primes in {} ({:.0} s; owner-only; set node.safe_primes_file to it)", out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "safe primes in {} ({:.0} s; owner-only; set node.safe_primes_file to it)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
