@@ -240,7 +240,7 @@ enum ClusterCmd {
     /// Write everything a cluster needs into DIR: the CA and node
     /// certificates, each node's vote and master keys (owner-only) and
     /// node.toml, an operator token, and DIR/mpc-cli.toml for this tool.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
 }
 
 #[derive(Args)]
@@ -354,7 +354,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             commands::presig_wait(&cluster(g)?.selected(g.node)?, ready, poll.polling(), &out)
         }
         Top::Primes { command: Primes::Generate { out } } => setup::primes_generate(&out),
-        Top::Cluster { command: ClusterCmd::Init(args) } => setup::cluster_init(&args.spec()?),
+        Top::Cluster { command: ClusterCmd::Init(args) } => setup::cluster_init(&(*args).spec()?),
         Top::Tx { command } => {
             let node = cluster(g)?.selected(g.node)?;
             match command {

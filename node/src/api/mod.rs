@@ -198,7 +198,12 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::map_response(json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Real failures are logged where they happen (handlers, panics,
+        // audit); a 503 from a readiness probe is an answer, not an error.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(inner)
 }
 
