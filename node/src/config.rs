@@ -428,6 +428,18 @@ token_sha256 = "{}"
         assert_eq!(e.field, "cluster.threshold");
     }
 
+    /// The README's complete example is a valid configuration.
+    #[test]
+    fn the_readme_example_loads() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme.split("\n## Configuration\n").nth(1).expect("a Configuration section");
+        let example = section.split("```toml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a toml block");
+        let c = Config::parse(Path::new("/etc/mpc-custody/node.toml"), example).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.core.cluster.members.len(), 5);
+        assert_eq!(c.operators.len(), 1);
+        assert!(c.database_url.starts_with("postgres://"));
+    }
+
     #[test]
     fn a_bad_token_digest_and_a_duplicate_operator_are_refused() {
         let dup = format!("[[api.operators]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\n", hex::encode([1u8; 32]));
