@@ -58,6 +58,24 @@ pub enum Input {
     ShutDown,
 }
 
+impl Input {
+    /// A short fixed name per kind of input, for metrics and logs (peer
+    /// messages all count as `peer`; see [`PeerMessage::kind`] for theirs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Peer { .. } => "peer",
+            Input::Tick => "tick",
+            Input::Command { .. } => "command",
+            Input::Leadership { .. } => "leadership",
+            Input::Compute(_) => "compute",
+            Input::SafePrimes(_) => "safe_primes",
+            Input::TransportRefused { .. } => "transport_refused",
+            Input::Coordination { .. } => "coordination",
+            Input::ShutDown => "shut_down",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Start distributed key generation with every member.
@@ -131,6 +149,7 @@ pub struct StatusReport {
     pub address: Option<String>,
     /// Presignatures ready cluster-wide, as this node sees them.
     pub pool_ready: usize,
+    /// Presigning sessions under way cluster-wide, as this node sees them.
     pub pool_generating: usize,
     /// This node's own shares by state.
     pub own_ready: usize,

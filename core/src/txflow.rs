@@ -53,7 +53,9 @@ impl Node {
             public_key_hex: self.key.as_ref().map(|k| k.group.hex()),
             address: self.key.as_ref().map(|k| k.group.address(self.config.cluster.network).to_string()),
             pool_ready: self.pool_ready(),
-            pool_generating: self.initiated.len(),
+            // Sessions this node knows of, whoever started them (the
+            // coordinator's own count, `initiated`, is only the leader's).
+            pool_generating: sets.values().map(|s| s.generating).sum::<usize>().max(self.initiated.len()),
             own_ready: own(|p| matches!(p, OwnPresig::Ready { .. })),
             own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
             own_discarded: own(|p| matches!(p, OwnPresig::Discarded)),

@@ -74,17 +74,7 @@ const MAX_READY_EVENTS: usize = 10_000;
 
 /// The input kind label of `input`, one of [`INPUT_KINDS`].
 pub fn input_kind(input: &Input) -> &'static str {
-    match input {
-        Input::Peer { .. } => "peer",
-        Input::Tick => "tick",
-        Input::Command { .. } => "command",
-        Input::Leadership { .. } => "leadership",
-        Input::Compute(_) => "compute",
-        Input::SafePrimes(_) => "safe_primes",
-        Input::TransportRefused { .. } => "transport_refused",
-        Input::Coordination { .. } => "coordination",
-        Input::ShutDown => "shut_down",
-    }
+    input.kind()
 }
 
 /// The class of a presignature discard reason, one of [`DISCARD_CLASSES`].

@@ -590,16 +590,11 @@ fn decode(shared: &RefCell<Shared>, src: SocketAddr, bytes: &[u8]) -> Option<Inp
     }
 }
 
+/// Timings are kept per message kind for peer messages, per input kind
+/// otherwise.
 fn input_kind(input: &Input) -> &'static str {
     match input {
         Input::Peer { msg, .. } => msg.kind(),
-        Input::Tick => "tick",
-        Input::Command { .. } => "command",
-        Input::Leadership { .. } => "leadership",
-        Input::Compute(_) => "compute_result",
-        Input::SafePrimes(_) => "safe_primes",
-        Input::TransportRefused { .. } => "transport_refused",
-        Input::Coordination { .. } => "coordination",
-        Input::ShutDown => "shut_down",
+        other => other.kind(),
     }
 }

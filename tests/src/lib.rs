@@ -29,6 +29,30 @@ pub fn etcd_endpoint() -> String {
     })
 }
 
+/// A new, empty PostgreSQL database on the test server (`scripts/test.sh`
+/// starts one and exports `MPC_TEST_POSTGRES`), as a URL for a node.
+pub fn fresh_postgres_database(label: &str) -> String {
+    let admin = std::env::var("MPC_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "MPC_TEST_POSTGRES is not set: start PostgreSQL with `eval \"$(scripts/postgres.sh start /tmp/mpc-pg)\"`"
+        )
+    });
+    let name = format!(
+        "mpc_tests_{label}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+        conn.close().await.expect("close");
+    });
+    let (base, _) = admin.rsplit_once('/').expect("a URL with a database path");
+    format!("{base}/{name}")
+}
+
 /// A binary of this workspace, built into the same target directory as
 /// the running test.
 pub fn workspace_binary(name: &str) -> PathBuf {

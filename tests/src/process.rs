@@ -212,6 +212,15 @@ impl LocalCluster {
     pub fn config_path(&self, id: u16) -> &Path {
         &self.configs[&id]
     }
+
+    /// Rewrites node `id`'s configuration (before it starts).
+    pub fn edit_config(&self, id: u16, edit: impl FnOnce(String) -> String) {
+        let path = &self.configs[&id];
+        let text = std::fs::read_to_string(path).expect("config");
+        let edited = edit(text.clone());
+        assert_ne!(edited, text, "the edit of node {id}'s config changed nothing");
+        std::fs::write(path, edited).expect("config");
+    }
 }
 
 impl Drop for LocalCluster {

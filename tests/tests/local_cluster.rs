@@ -1,5 +1,8 @@
-//! Five real `mpc-node` processes on loopback, through their HTTP APIs:
-//! DKG, the pool filled, PSBTs approved and signed (checked with
+//! Five real `mpc-node` processes on loopback, through their HTTP APIs,
+//! node 4 on PostgreSQL and the others on SQLite, node 1 generating its
+//! safe primes in the background at its first start and node 2 loading
+//! primes made by `mpc-cli primes generate` (the others use the TEST-ONLY
+//! fixture primes): DKG, the pool filled, PSBTs approved and signed (checked with
 //! libbitcoinconsensus), a signer killed with `kill -9` while it signs
 //! (the transaction still completes, the node restarts and catches up),
 //! SIGTERM and restart, `promtool` on a live node's metrics, the OpenAPI
@@ -180,10 +183,26 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
     // A frozen signer costs one signing timeout before another set signs.
     options.timeouts.signing_ms = 5_000;
     options.timeouts.suspect_ms = 30_000;
+    options.database_urls.insert(4, mpc_tests::fresh_postgres_database("five"));
     let mut c = LocalCluster::new("five", options);
+    // The real paths for safe primes: node 1 makes its own at first start,
+    // node 2 loads a file `mpc-cli primes generate` wrote.
+    let fixture_line = format!("safe_primes_file = \"{}\"\n", fixture_primes_path());
+    c.edit_config(1, |t| t.replace(&fixture_line, ""));
+    let made = c.node_dir(2).join("primes.json");
+    let out = std::process::Command::new(mpc_tests::workspace_binary("mpc-cli"))
+        .args(["primes", "generate", "--out"])
+        .arg(&made)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    c.edit_config(2, |t| t.replace(&fixture_line, &format!("safe_primes_file = \"{}\"\n", made.display())));
     c.start_all();
     wait_live(&c, &c.ids());
     let key = dkg(&c);
+    assert!(c.log(1).contains("generating safe primes in the background"), "{}", c.log_tail(1, 40));
+    assert!(c.log(1).contains("safe primes generated"), "{}", c.log_tail(1, 40));
+    assert!(c.log(2).contains("safe primes loaded from file"), "{}", c.log_tail(2, 40));
     wait_pool(&c, 4);
 
     // A two-input PSBT submitted to node 2, signed by the cluster.
@@ -270,6 +289,7 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
     }
     let all = records(&c);
     let consumed = assert_no_share_signed_two_messages(&all);
+    assert!(all[&1].iter().any(|r| matches!(r, Record::SafePrimes(_))), "node 1's own primes were not persisted");
     assert!(consumed >= 3 * 5, "too few consumptions recorded ({consumed}) for what was signed");
     c.start(2);
     wait_live(&c, &[2]);
@@ -321,6 +341,11 @@ fn the_two_messages_check_catches_a_reused_share() {
         let caught = std::panic::catch_unwind(|| assert_no_share_signed_two_messages(&bad));
         assert!(caught.is_err(), "a presignature used for two messages passed the check");
     }
+}
+
+/// The fixture primes' path as `cluster init` wrote it into the configs.
+fn fixture_primes_path() -> String {
+    mpc_tests::fixture_primes().display().to_string()
 }
 
 trait ParsePresig {
