@@ -50,7 +50,9 @@ up() {
     if [ "${1:-}" = "--fixture-primes" ]; then
         primes=(--safe-primes "$root/sim/fixtures/test-only-safe-primes-5.json")
     fi
-    eval "$(MPC_ETCD_KEEP_DATA=1 scripts/etcd.sh start "$dir/etcd")"
+    local etcd_env
+    etcd_env=$(MPC_ETCD_KEEP_DATA=1 scripts/etcd.sh start "$dir/etcd") || die "etcd did not start"
+    eval "$etcd_env"
     if [ ! -f "$dir/mpc-cli.toml" ]; then
         "$cli_bin" cluster init --nodes "$nodes" --out "$dir" --etcd "$MPC_TEST_ETCD" \
             --cluster-id "local-$(basename "$dir")" --pool-low-water 2 --pool-target 4 --pool-max 6 \

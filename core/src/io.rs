@@ -272,6 +272,14 @@ pub enum Observation {
         session: String,
         reason: String,
     },
+    /// This node now avoids `member` as a signer: it let a session or a
+    /// signing request time out (the `strikes`-th time; each lasts longer).
+    /// How silence shows: a member that withholds its part is suspected by
+    /// whoever waited for it.
+    MemberSuspected {
+        member: NodeId,
+        strikes: u32,
+    },
     /// See [`Input::TransportRefused`].
     TransportRefused {
         peer: Option<NodeId>,

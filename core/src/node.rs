@@ -184,6 +184,17 @@ pub struct Node {
     pub(crate) late_records: Vec<Record>,
 }
 
+/// The seed of one incarnation's random stream.
+fn incarnation_seed(seed: &[u8; 32], incarnation: u64) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::new()
+        .chain_update(b"mpc-custody/incarnation-seed/v1")
+        .chain_update(seed)
+        .chain_update(incarnation.to_be_bytes())
+        .finalize()
+        .into()
+}
+
 impl Node {
     /// Builds a node from its configuration, identity, a seed for all its
     /// randomness, and the records it persisted before (empty on first start).
@@ -259,6 +270,16 @@ impl Node {
         for record in recovered.records {
             node.replay(record)?;
         }
+        // Every start is a new incarnation: a sequence number, reserved
+        // durably in the startup step (so before anything drawn from the
+        // stream can leave the node), is mixed into the seed. A seed handed
+        // in twice (a shell's bug, a cloned machine's entropy) then still
+        // yields a fresh stream, never a replay of the nonces a previous
+        // incarnation already sent messages from. If the startup step's
+        // persist fails, the number is drawn again next time, but nothing
+        // of this incarnation left the node (persist comes first).
+        let incarnation = node.reserve_seq();
+        node.rng = ChaCha20Rng::from_seed(incarnation_seed(&seed, incarnation));
         node.finish_recovery();
         Ok(node)
     }
@@ -272,6 +293,12 @@ impl Node {
     /// seed itself ever leaving the core. Not for logs either.
     pub fn seed_fingerprint(&self) -> [u8; 32] {
         self.seed_fingerprint
+    }
+
+    /// The latest time this node's shell has handed it (its own clock, as
+    /// the core sees it; never goes backwards).
+    pub fn clock(&self) -> Millis {
+        self.now
     }
 
     pub fn group_key(&self) -> Option<&GroupKey> {
@@ -375,6 +402,17 @@ impl Node {
                 at(if input.presig.is_some() { input.deadline } else { input.not_before.max(self.now.plus(POLL_MS)) });
             }
         }
+        // Approved work nobody here coordinates yet: wake when this node's
+        // turn to take it over comes.
+        if self.key.is_some() {
+            self.txs
+                .iter()
+                .filter(|(id, t)| {
+                    matches!(t.state, TxState::Approved | TxState::Signing) && !self.signing.contains_key(id)
+                })
+                .filter_map(|(id, _)| self.takeover_at(*id))
+                .for_each(&mut at);
+        }
         self.initiated.values().for_each(|d| at(*d));
         self.suspects.values().for_each(|d| at(*d));
         if self.has_coordination_work() {
@@ -471,7 +509,9 @@ impl Node {
             let strikes = self.strikes.entry(node).or_default();
             let until = self.now.plus(self.config.cluster.timeouts.suspect_ms << (*strikes).min(6));
             *strikes += 1;
+            let strikes = *strikes;
             self.suspects.insert(node, until);
+            self.observe(Observation::MemberSuspected { member: node, strikes });
         }
     }
 

@@ -13,7 +13,7 @@
 //! verifies, and runs the finished transaction through Bitcoin Core's
 //! interpreter before reporting it signed.
 
-use crate::ids::{NodeId, PresigId, TxId};
+use crate::ids::{Millis, NodeId, PresigId, TxId};
 use crate::io::Observation;
 use crate::message::{PartialSig, PeerMessage, SigningRefusal};
 use crate::node::{InputSigning, Node, OwnPresig, SigningJob};
@@ -37,16 +37,22 @@ impl Node {
     /// coordination is down. Member `base + k` takes over after `k` takeover
     /// periods if the transaction is still unsigned.
     fn coordinates(&self, tx: TxId) -> bool {
-        let Some(entry) = self.txs.get(&tx) else { return false };
+        self.takeover_at(tx).is_some_and(|at| self.now >= at)
+    }
+
+    /// When this node starts coordinating signing of `tx` if it is still
+    /// unsigned: at once for the first in line, `k` takeover periods after
+    /// the approval for member `base + k`.
+    pub(crate) fn takeover_at(&self, tx: TxId) -> Option<Millis> {
+        let entry = self.txs.get(&tx)?;
         let base = self.leader.unwrap_or(entry.proposer);
         let n = self.config.cluster.n() as u64;
         let rank = (self.me.0 as u64 + n - base.0 as u64) % n;
         if rank == 0 {
-            return true;
+            return Some(self.now);
         }
         let takeover = 2 * self.config.cluster.timeouts.signing_ms;
-        let since = entry.approved_at.unwrap_or(self.now);
-        self.now >= since.plus(rank * takeover)
+        Some(entry.approved_at.unwrap_or(self.now).plus(rank * takeover))
     }
 
     /// Coordinator: start, time out and retry signing of approved transactions.
@@ -61,6 +67,13 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for tx in candidates {
+            // The approval time is not durable: after a restart the clock
+            // of takeover starts when this incarnation first sees the
+            // transaction approved, so a node of any rank still takes over.
+            let now = self.now;
+            if let Some(entry) = self.txs.get_mut(&tx) {
+                entry.approved_at.get_or_insert(now);
+            }
             if !self.signing.contains_key(&tx) {
                 if !self.coordinates(tx) {
                     continue;

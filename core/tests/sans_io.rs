@@ -36,6 +36,19 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// Lines of `text` (named `name`) whose code, comments stripped, holds a
+/// forbidden name.
+fn violations(name: &str, text: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        if FORBIDDEN_IN_SOURCE.iter().any(|bad| code.contains(bad)) {
+            hits.push(format!("{name}:{}: {}", n + 1, line.trim()));
+        }
+    }
+    hits
+}
+
 #[test]
 fn core_source_uses_no_io_clock_or_ambient_randomness() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -45,14 +58,7 @@ fn core_source_uses_no_io_clock_or_ambient_randomness() {
     let mut hits = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read source");
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            for bad in FORBIDDEN_IN_SOURCE {
-                if code.contains(bad) {
-                    hits.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
-                }
-            }
-        }
+        hits.extend(violations(&file.display().to_string(), &text));
     }
     assert!(hits.is_empty(), "core/ must stay sans-IO and deterministic:\n{}", hits.join("\n"));
 }
@@ -68,8 +74,19 @@ fn core_manifest_names_no_io_crate() {
     }
 }
 
+/// The scan itself, on a planted source file: it names the offending line
+/// of code and lets a comment that merely mentions a forbidden name pass.
 #[test]
 fn the_guard_itself_catches_a_planted_violation() {
-    let planted = "let t = std::time::Instant::now();";
-    assert!(FORBIDDEN_IN_SOURCE.iter().any(|bad| planted.contains(bad)));
+    let planted =
+        "fn clean() {}\n// Instant::now is never used here\nfn bad() { let t = std::time::Instant::now(); }\n";
+    assert_eq!(
+        violations("planted.rs", planted),
+        vec!["planted.rs:3: fn bad() { let t = std::time::Instant::now(); }"]
+    );
+    let real = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node.rs")).unwrap();
+    assert!(violations("node.rs", &real).is_empty());
+    let mut mutated = real.clone();
+    mutated.push_str("\nfn ambient() -> u64 { rand::random() }\n");
+    assert_eq!(violations("node.rs", &mutated).len(), 1, "a planted `rand::random` in node.rs went unseen");
 }

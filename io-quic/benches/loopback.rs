@@ -54,7 +54,8 @@ fn main() {
 async fn run(count: usize) -> Vec<Figures> {
     let dir = std::env::temp_dir().join(format!("mpc-quic-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    certs::init(&dir, "bench", 2, 1).unwrap();
+    let _ = std::fs::remove_dir_all(certs::default_ca_dir(&dir));
+    certs::init(&dir, &certs::default_ca_dir(&dir), "bench", 2, 1).unwrap();
     let sockets: Vec<_> = (0..2).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: BTreeMap<NodeId, std::net::SocketAddr> =
         sockets.iter().enumerate().map(|(i, s)| (NodeId(i as u16 + 1), s.local_addr().unwrap())).collect();

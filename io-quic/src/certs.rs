@@ -8,10 +8,15 @@
 //! member; a server reads the client's id from the same SAN after the
 //! handshake. Certificates from any other CA fail the chain check.
 //!
-//! Files in a certificate directory: `ca.pem`, `ca.key`, `node-<id>.pem`,
-//! `node-<id>.key`. Keys are written owner-only (0600), each file through a
-//! temporary name and a rename, so a node watching its files for rotation
-//! never reads half a certificate.
+//! Files in a certificate directory, the one nodes load from: `ca.pem`,
+//! `node-<id>.pem`, `node-<id>.key`. The CA's private key is never there:
+//! it lives in a CA directory of its own (`ca.pem`, `ca.key`; by default
+//! the certificate directory's sibling `<name>-ca`, see
+//! [`default_ca_dir`]), so that a node's host never holds the key that
+//! could mint a certificate for any member; the operator keeps it offline.
+//! Keys are written owner-only (0600), each file through a temporary name
+//! and a rename, so a node watching its files for rotation never reads half
+//! a certificate.
 
 use mpc_core::NodeId;
 use rcgen::{
@@ -33,6 +38,8 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("{0} already holds a cluster CA: refusing to overwrite it (use `certs issue` to renew a node)")]
     CaExists(PathBuf),
+    #[error("{0}: the CA key must not be kept in the directory nodes load their certificates from; give another CA directory")]
+    CaKeyWithNodes(PathBuf),
     #[error("node ids run from 1 to {max}; got {got}")]
     BadNode { got: u16, max: u16 },
     #[error("certificate does not parse: {0}")]
@@ -76,8 +83,18 @@ pub fn node_id_of(cert_der: &[u8]) -> Result<NodeId, CertError> {
 pub fn ca_cert_path(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }
-pub fn ca_key_path(dir: &Path) -> PathBuf {
-    dir.join("ca.key")
+/// The CA's private key in a CA directory (never in a certificate
+/// directory nodes load from).
+pub fn ca_key_path(ca_dir: &Path) -> PathBuf {
+    ca_dir.join("ca.key")
+}
+
+/// The CA directory used when none is given: the certificate directory's
+/// sibling with `-ca` appended (`/etc/mpc/certs` -> `/etc/mpc/certs-ca`).
+pub fn default_ca_dir(cert_dir: &Path) -> PathBuf {
+    let mut name = cert_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "certs".into());
+    name.push("-ca");
+    cert_dir.with_file_name(name)
 }
 pub fn node_cert_path(dir: &Path, node: NodeId) -> PathBuf {
     dir.join(format!("node-{}.pem", node.0))
@@ -115,10 +132,10 @@ impl ClusterCa {
         Ok((ClusterCa { issuer: Issuer::new(params, key), cert_pem }, key_pem))
     }
 
-    /// The CA of a certificate directory.
-    pub fn load(dir: &Path) -> Result<ClusterCa, CertError> {
-        let cert_pem = read(&ca_cert_path(dir))?;
-        let key = KeyPair::from_pem(&read(&ca_key_path(dir))?)?;
+    /// The CA kept in a CA directory.
+    pub fn load(ca_dir: &Path) -> Result<ClusterCa, CertError> {
+        let cert_pem = read(&ca_cert_path(ca_dir))?;
+        let key = KeyPair::from_pem(&read(&ca_key_path(ca_dir))?)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
         Ok(ClusterCa { issuer, cert_pem })
     }
@@ -153,35 +170,58 @@ impl ClusterCa {
     }
 }
 
-/// `mpc-cli certs init`: a new CA and certificates for nodes 1..=`nodes`
-/// in `dir`. Refuses a directory that already has a CA.
-pub fn init(dir: &Path, cluster: &str, nodes: u16, days: i64) -> Result<Vec<PathBuf>, CertError> {
+/// `mpc-cli certs init`: a new CA in `ca_dir` (its certificate and key)
+/// and certificates for nodes 1..=`nodes` in `dir` (with the CA's
+/// certificate, never its key). Refuses directories that already hold a
+/// CA, and one directory for both.
+pub fn init(dir: &Path, ca_dir: &Path, cluster: &str, nodes: u16, days: i64) -> Result<Vec<PathBuf>, CertError> {
     if nodes == 0 {
         return Err(CertError::BadNode { got: 0, max: 0 });
     }
-    if ca_key_path(dir).exists() {
-        return Err(CertError::CaExists(dir.to_path_buf()));
+    if same_dir(dir, ca_dir) {
+        return Err(CertError::CaKeyWithNodes(dir.to_path_buf()));
     }
-    std::fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_path_buf(), source })?;
+    for d in [dir, ca_dir] {
+        if ca_key_path(d).exists() || ca_cert_path(d).exists() {
+            return Err(CertError::CaExists(d.to_path_buf()));
+        }
+    }
+    for d in [dir, ca_dir] {
+        std::fs::create_dir_all(d).map_err(|source| CertError::Io { path: d.to_path_buf(), source })?;
+    }
+    restrict_dir(ca_dir)?;
     // The CA outlives its node certificates, which are renewed.
     let (ca, ca_key_pem) = ClusterCa::generate(cluster, days.saturating_mul(10))?;
-    write_file(&ca_key_path(dir), &ca_key_pem, true)?;
+    write_file(&ca_key_path(ca_dir), &ca_key_pem, true)?;
+    write_file(&ca_cert_path(ca_dir), &ca.cert_pem, false)?;
     write_file(&ca_cert_path(dir), &ca.cert_pem, false)?;
-    let mut written = vec![ca_cert_path(dir), ca_key_path(dir)];
+    let mut written = vec![ca_cert_path(ca_dir), ca_key_path(ca_dir), ca_cert_path(dir)];
     for id in 1..=nodes {
         written.extend(write_node(dir, &ca, NodeId(id), days)?);
     }
     Ok(written)
 }
 
-/// `mpc-cli certs issue`: a fresh key and certificate for one node, signed
-/// by the directory's CA, replacing the old files atomically.
-pub fn issue(dir: &Path, node: NodeId, days: i64) -> Result<Vec<PathBuf>, CertError> {
+/// `mpc-cli certs issue`: a fresh key and certificate for one node in
+/// `dir`, signed by the CA in `ca_dir`, replacing the old files atomically.
+pub fn issue(dir: &Path, ca_dir: &Path, node: NodeId, days: i64) -> Result<Vec<PathBuf>, CertError> {
     if node.0 == 0 {
         return Err(CertError::BadNode { got: 0, max: u16::MAX });
     }
-    let ca = ClusterCa::load(dir)?;
+    let ca = ClusterCa::load(ca_dir)?;
     write_node(dir, &ca, node, days)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    a == b || canonical(a) == canonical(b)
+}
+
+/// The CA directory is the owner's alone (0700).
+fn restrict_dir(dir: &Path) -> Result<(), CertError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| CertError::Io { path: dir.to_path_buf(), source })
 }
 
 fn write_node(dir: &Path, ca: &ClusterCa, node: NodeId, days: i64) -> Result<Vec<PathBuf>, CertError> {
@@ -221,6 +261,7 @@ mod tests {
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mpc-certs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(default_ca_dir(&dir));
         dir
     }
 
@@ -232,8 +273,12 @@ mod tests {
     #[test]
     fn init_writes_a_ca_and_one_certificate_per_node_with_private_keys() {
         let dir = scratch("init");
-        let files = init(&dir, "test-cluster", 5, 30).unwrap();
-        assert_eq!(files.len(), 2 + 5 * 2);
+        let ca_dir = default_ca_dir(&dir);
+        let files = init(&dir, &ca_dir, "test-cluster", 5, 30).unwrap();
+        assert_eq!(files.len(), 3 + 5 * 2);
+        assert!(!ca_key_path(&dir).exists(), "the CA key is in the nodes' directory");
+        assert!(ca_key_path(&ca_dir).exists());
+        assert_eq!(std::fs::metadata(&ca_dir).unwrap().permissions().mode() & 0o777, 0o700);
         for id in 1..=5 {
             let pem = std::fs::read_to_string(node_cert_path(&dir, NodeId(id))).unwrap();
             assert_eq!(node_id_of(&der(&pem)).unwrap(), NodeId(id));
@@ -243,17 +288,32 @@ mod tests {
             let private = path.extension().unwrap() == "key";
             assert_eq!(mode, if private { 0o600 } else { 0o644 }, "{}", path.display());
         }
-        assert!(matches!(init(&dir, "test-cluster", 5, 30), Err(CertError::CaExists(_))));
+        assert!(matches!(init(&dir, &ca_dir, "test-cluster", 5, 30), Err(CertError::CaExists(_))));
         let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(ca_dir);
+    }
+
+    #[test]
+    fn one_directory_for_nodes_and_ca_key_is_refused() {
+        let dir = scratch("same");
+        assert!(matches!(init(&dir, &dir, "c", 3, 30), Err(CertError::CaKeyWithNodes(_))));
+        assert!(!ca_key_path(&dir).exists());
+    }
+
+    #[test]
+    fn the_default_ca_directory_is_a_sibling() {
+        assert_eq!(default_ca_dir(Path::new("/etc/mpc/certs")), PathBuf::from("/etc/mpc/certs-ca"));
+        assert_eq!(default_ca_dir(Path::new("certs")), PathBuf::from("certs-ca"));
     }
 
     #[test]
     fn issue_renews_one_node_under_the_same_ca() {
         let dir = scratch("issue");
-        init(&dir, "c", 3, 30).unwrap();
+        let ca_dir = default_ca_dir(&dir);
+        init(&dir, &ca_dir, "c", 3, 30).unwrap();
         let before = std::fs::read_to_string(node_cert_path(&dir, NodeId(2))).unwrap();
         let other = std::fs::read_to_string(node_cert_path(&dir, NodeId(3))).unwrap();
-        issue(&dir, NodeId(2), 30).unwrap();
+        issue(&dir, &ca_dir, NodeId(2), 30).unwrap();
         let after = std::fs::read_to_string(node_cert_path(&dir, NodeId(2))).unwrap();
         assert_ne!(before, after);
         assert_eq!(other, std::fs::read_to_string(node_cert_path(&dir, NodeId(3))).unwrap());
@@ -266,6 +326,7 @@ mod tests {
         assert_eq!(leaf.issuer(), ca.subject());
         leaf.verify_signature(Some(ca.public_key())).expect("signed by the cluster CA");
         let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(ca_dir);
     }
 
     #[test]

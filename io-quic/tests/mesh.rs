@@ -18,7 +18,8 @@ const GUARD: Duration = Duration::from_secs(60);
 fn cert_dir(name: &str, nodes: u16) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mpc-quic-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    certs::init(&dir, name, nodes, 30).unwrap();
+    let _ = std::fs::remove_dir_all(certs::default_ca_dir(&dir));
+    certs::init(&dir, &certs::default_ca_dir(&dir), name, nodes, 30).unwrap();
     dir
 }
 
@@ -121,7 +122,7 @@ async fn rogue_ca_and_expired_certificates_are_refused_at_the_handshake() {
     let _ = std::fs::remove_dir_all(&expired_dir);
     std::fs::create_dir_all(&expired_dir).unwrap();
     std::fs::copy(certs::ca_cert_path(&dir), certs::ca_cert_path(&expired_dir)).unwrap();
-    let ca = ClusterCa::load(&dir).unwrap();
+    let ca = ClusterCa::load(&certs::default_ca_dir(&dir)).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let old = ca.issue(NodeId(3), now - time::Duration::days(60), now - time::Duration::days(30)).unwrap();
     certs::write_file(&certs::node_cert_path(&expired_dir, NodeId(3)), &old.cert_pem, false).unwrap();
@@ -290,7 +291,7 @@ async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
         t1.send(NodeId(2), msg(1, sent)).unwrap();
         sent += 1;
     }
-    certs::issue(&dir, NodeId(1), 30).unwrap(); // renewed on disk, as `mpc-cli certs issue` does it
+    certs::issue(&dir, &certs::default_ca_dir(&dir), NodeId(1), 30).unwrap(); // renewed on disk, as `mpc-cli certs issue` does it
     let give_up = std::time::Instant::now() + GUARD;
     while stat(&t1, |s| &s.rotations) == 0 {
         assert!(std::time::Instant::now() < give_up, "hang guard: the renewal was never picked up");
@@ -315,16 +316,28 @@ async fn certificates_rotate_while_traffic_flows_and_bad_ones_are_refused() {
     assert_eq!(received, (0..sent).collect::<Vec<_>>(), "nothing lost across the rotation");
 
     // A certificate from another CA put in place of node 1's: refused, and
-    // node 1 keeps working with the one it has.
+    // node 1 keeps working with the one it has. The refusal counter is read
+    // relative to its value now: the legitimate renewal above may already
+    // have raised it (a poll between its key and its certificate sees a
+    // pair that does not match).
+    let refused_before = stat(&t1, |s| &s.rotations_refused);
     let rogue = cert_dir("rotate-rogue", 2);
-    for (from, to) in [
-        (certs::node_key_path(&rogue, NodeId(1)), certs::node_key_path(&dir, NodeId(1))),
-        (certs::node_cert_path(&rogue, NodeId(1)), certs::node_cert_path(&dir, NodeId(1))),
-    ] {
-        std::fs::copy(from, to).unwrap();
+    let staged: Vec<_> = [certs::node_key_path(&dir, NodeId(1)), certs::node_cert_path(&dir, NodeId(1))]
+        .into_iter()
+        .zip([certs::node_key_path(&rogue, NodeId(1)), certs::node_cert_path(&rogue, NodeId(1))])
+        .map(|(to, from)| {
+            let tmp = std::path::PathBuf::from(format!("{}.staged", to.display()));
+            std::fs::copy(from, &tmp).unwrap();
+            (tmp, to)
+        })
+        .collect();
+    for (tmp, to) in staged {
+        std::fs::rename(tmp, to).unwrap(); // both in place within microseconds of each other
     }
-    until("the bad rotation examined", || stat(&t1, |s| &s.rotations_refused) > 0).await;
-    assert_eq!(stat(&t1, |s| &s.rotations), 1);
+    until("the bad rotation examined", || stat(&t1, |s| &s.rotations_refused) > refused_before).await;
+    // Twenty more polls: whatever the watcher saw last, nothing was applied.
+    tokio::time::sleep(Duration::from_millis(50 * 20)).await;
+    assert_eq!(stat(&t1, |s| &s.rotations), 1, "a certificate from another CA was applied");
     t1.send(NodeId(2), msg(1, sent)).unwrap();
     assert_eq!(next(&mut inbox2).await, Inbound::Message { from: NodeId(1), msg: msg(1, sent) });
     drop(t2);

@@ -42,7 +42,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::audit::AuditAnchor;
 use etcd_client::{
@@ -1145,27 +1145,19 @@ impl Runner {
     }
 }
 
-/// `2024-05-01T12:34:56Z`, for the health reason; no date crate needed for
-/// one timestamp.
+/// `2024-05-01T12:34:56Z` (RFC 3339, whole seconds, UTC), for the health
+/// reason.
 fn format_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (proleptic Gregorian), after H. Hinnant's algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::from(t);
+    let whole = t.replace_nanosecond(0).unwrap_or(t);
+    whole.format(&Rfc3339).unwrap_or_else(|_| format!("{} s after the Unix epoch", whole.unix_timestamp()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn utc_formatting() {
@@ -1174,6 +1166,8 @@ mod tests {
         assert_eq!(format_utc(t), "2000-02-29T01:01:01Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
         assert_eq!(format_utc(t), "2024-12-31T23:59:59Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_500); // whole seconds only
+        assert_eq!(format_utc(t), "1970-01-01T00:00:01Z");
     }
 
     #[test]

@@ -13,6 +13,11 @@ pub enum StoreError {
     UnsupportedUrl { url: String },
     #[error("cannot open the database at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
+    #[error(
+        "the database's {setting} is {value}: a committed step could be lost in a power cut, so it is refused \
+         (SQLite needs WAL and synchronous FULL, PostgreSQL fsync and synchronous_commit on)"
+    )]
+    NotDurable { setting: &'static str, value: String },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -72,14 +77,36 @@ impl StoreError {
     }
 }
 
-/// The URL with any password replaced, for messages and logs.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+/// Query parameters whose values are secrets (libpq's and sqlx's names).
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "passfile", "sslkey"];
+
+/// The URL with any password replaced, for messages and logs: the one in
+/// the user-info part (parsed by the `url` crate, so a password holding
+/// `@` or `:` is hidden whole) and secret query parameters. A URL that does
+/// not parse is shown only by its scheme, since where its password starts
+/// is unknown.
+pub(crate) fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        let scheme = raw
+            .split_once(':')
+            .map(|(s, _)| s)
+            .filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)));
+        return format!("{}:<unparseable URL>", scheme.unwrap_or("?"));
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url.query_pairs().any(|(k, _)| SECRET_PARAMS.contains(&k.as_ref())) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SECRET_PARAMS.contains(&k.as_ref()) { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -91,5 +118,20 @@ mod tests {
         assert_eq!(redact_url("postgres://mpc:hunter2@127.0.0.1:5432/n1"), "postgres://mpc:***@127.0.0.1:5432/n1");
         assert_eq!(redact_url("postgres://mpc@127.0.0.1/n1"), "postgres://mpc@127.0.0.1/n1");
         assert_eq!(redact_url("sqlite:///var/lib/mpc/n1.db"), "sqlite:///var/lib/mpc/n1.db");
+    }
+
+    /// The cases the hand-rolled splitter got wrong: an `@` inside the
+    /// password, and a password passed as a query parameter.
+    #[test]
+    fn awkward_passwords_are_hidden_whole() {
+        let shown = redact_url("postgres://mpc:hun@ter2@db.example:5432/n1");
+        assert!(!shown.contains("hun") && !shown.contains("ter2"), "{shown}");
+        assert!(shown.contains("db.example:5432/n1"), "{shown}");
+        let shown = redact_url("postgres://mpc@db.example/n1?sslmode=verify-full&password=hunter2");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("sslmode=verify-full"), "{shown}");
+        let shown = redact_url("postgres://mpc:hunter2@[not a host/n1");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.starts_with("postgres:"), "{shown}");
     }
 }

@@ -33,6 +33,8 @@ pub enum SealError {
     MissingKey(String),
     #[error("malformed master key from {source_name}: {reason}")]
     MalformedKey { source_name: String, reason: String },
+    #[error("master key file {path} is readable by others (mode {mode:o}); chmod 600 it")]
+    ExposedKeyFile { path: String, mode: u32 },
     #[error("wrong master key: this database was created under another master key")]
     WrongKey,
     #[error("sealed value of {row} is malformed: {reason}")]
@@ -98,19 +100,33 @@ impl MasterKey {
         Ok(MasterKey(bytes))
     }
 
-    /// Reads the key from a file holding 64 hex digits.
+    /// Reads the key from a file holding 64 hex digits. A file that its
+    /// group or others may read is refused: the key unseals every secret
+    /// of the node, so a loose mode is a leak waiting to happen, not a
+    /// style matter.
     pub fn from_file(path: &Path) -> Result<MasterKey, SealError> {
+        use std::os::unix::fs::PermissionsExt;
         let name = format!("file {}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| SealError::MissingKey(format!("{name}: {e}")))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SealError::ExposedKeyFile { path: path.display().to_string(), mode });
+        }
         let mut text = std::fs::read_to_string(path).map_err(|e| SealError::MissingKey(format!("{name}: {e}")))?;
         let key = Self::from_hex(&text, &name);
         text.zeroize();
         key
     }
 
-    /// Reads the key from an environment variable holding 64 hex digits.
+    /// Reads the key from an environment variable holding 64 hex digits,
+    /// then removes the variable from this process's environment, so that
+    /// child processes and `/proc/self/environ` readers do not inherit it.
+    /// Call it before other threads start: the environment is not
+    /// synchronised.
     pub fn from_env(var: &str) -> Result<MasterKey, SealError> {
         let name = format!("environment variable {var}");
         let mut text = std::env::var(var).map_err(|_| SealError::MissingKey(format!("{name} is not set")))?;
+        std::env::remove_var(var);
         let key = Self::from_hex(&text, &name);
         text.zeroize();
         key
@@ -194,6 +210,32 @@ mod tests {
     const ROW: RowId<'static> = RowId { table: "presignatures", key: "presig-1-7" };
 
     #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mpc-sealing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("master.key");
+        std::fs::write(&path, MasterKey::generate_hex().as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        MasterKey::from_file(&path).expect("an owner-only key file opens");
+        for mode in [0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = MasterKey::from_file(&path).unwrap_err();
+            assert!(matches!(err, SealError::ExposedKeyFile { mode: m, .. } if m == mode), "{err}");
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_leaves_the_environment_once_read() {
+        const VAR: &str = "MPC_SEALING_TEST_MASTER_KEY";
+        std::env::set_var(VAR, MasterKey::generate_hex().as_str());
+        MasterKey::from_env(VAR).expect("a key from the environment");
+        assert!(std::env::var_os(VAR).is_none(), "{VAR} is still in the environment");
+    }
+
+    #[test]
     fn sealed_values_open_only_in_their_own_row_under_their_own_key() {
         let k = key(7);
         let sealed = k.seal(ROW, b"share");
@@ -252,6 +294,8 @@ mod tests {
         let path = dir.join("master.key");
         let hex = MasterKey::generate_hex();
         std::fs::write(&path, format!("{}\n", hex.as_str())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let k = MasterKey::from_file(&path).unwrap();
         assert_eq!(k.open(ROW, &MasterKey::from_hex(&hex, "same").unwrap().seal(ROW, b"v")).unwrap().as_slice(), b"v");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -48,6 +48,49 @@ impl Backend {
     }
 }
 
+/// The settings a committed step's durability rests on, as the database
+/// reports them on a live connection: what `check_durability` insists on.
+/// SQLite: WAL and `synchronous = FULL` (2) or EXTRA (3), so a commit is
+/// on disk, WAL included, when it returns. PostgreSQL: `fsync = on` (a
+/// server setting we cannot change, so a server without it is refused)
+/// and `synchronous_commit = on` (set per connection at connect).
+async fn durability_settings(pool: &AnyPool, backend: Backend) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let queries: &[(&'static str, &str)] = match backend {
+        Backend::Sqlite => &[("journal_mode", "PRAGMA journal_mode"), ("synchronous", "PRAGMA synchronous")],
+        Backend::Postgres => &[("fsync", "SHOW fsync"), ("synchronous_commit", "SHOW synchronous_commit")],
+    };
+    let mut out = Vec::new();
+    for (name, query) in queries {
+        let row = sqlx::query(query).fetch_one(&mut *conn).await?;
+        // PRAGMA synchronous answers an integer, the others text.
+        let value = match row.try_get::<String, _>(0) {
+            Ok(text) => text,
+            Err(_) => row.try_get::<i64, _>(0)?.to_string(),
+        };
+        out.push((*name, value.to_ascii_lowercase()));
+    }
+    Ok(out)
+}
+
+/// Refuses a database whose settings would let a committed step vanish in
+/// a power cut: a presignature's consumption must be on disk before its
+/// partial signature leaves the node.
+async fn check_durability(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
+    for (setting, value) in durability_settings(pool, backend).await? {
+        let ok = match setting {
+            "journal_mode" => value == "wal",
+            "synchronous" => value == "2" || value == "3",
+            "fsync" | "synchronous_commit" => value == "on",
+            _ => true,
+        };
+        if !ok {
+            return Err(StoreError::NotDurable { setting, value });
+        }
+    }
+    Ok(())
+}
+
 /// What a committed step changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -109,9 +152,17 @@ impl Store {
                     Ok(())
                 })
             }),
-            Backend::Postgres => options,
+            // Commits wait for the WAL flush, whatever the role's or the
+            // database's default says.
+            Backend::Postgres => options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET synchronous_commit = on").await?;
+                    Ok(())
+                })
+            }),
         };
         let pool = options.connect(url).await.map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+        check_durability(&pool, backend).await?;
         match backend {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
@@ -123,6 +174,13 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The durability settings in force on this database's connections,
+    /// read back from it (see `durability_settings`); `open` refused the
+    /// database unless they are the safe ones.
+    pub async fn durability(&self) -> Result<Vec<(&'static str, String)>, StoreError> {
+        durability_settings(&self.pool, self.backend).await
     }
 
     pub fn node(&self) -> NodeId {
@@ -462,7 +520,7 @@ impl Store {
     /// a corrupted or moved ciphertext stops here with the row's name.
     pub async fn recover(&self) -> Result<RecoveredState, StoreError> {
         let me = self.node;
-        let mut conn = self.pool.begin().await?;
+        let mut conn = self.snapshot().await?;
         let mut records = Vec::new();
 
         let next: i64 = sqlx::query("SELECT int_value FROM meta WHERE name = 'next_seq'")

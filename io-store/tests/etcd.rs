@@ -1,9 +1,9 @@
 //! Coordination against a real etcd. Start one first:
 //!
 //! ```sh
-//! eval "$(io-store/scripts/etcd.sh start /tmp/mpc-etcd)"   # exports MPC_TEST_ETCD
+//! eval "$(scripts/etcd.sh start /tmp/mpc-etcd)"   # exports MPC_TEST_ETCD
 //! cargo test -p mpc-io-store --test etcd
-//! io-store/scripts/etcd.sh stop /tmp/mpc-etcd
+//! scripts/etcd.sh stop /tmp/mpc-etcd
 //! ```
 //!
 //! Each test uses its own cluster name, so tests share one server safely.
@@ -40,9 +40,9 @@ fn etcd_endpoint() -> String {
         Ok(v) if !v.is_empty() => v,
         _ => panic!(
             "MPC_TEST_ETCD is not set: these tests need a real etcd. Start a throwaway one with \
-             `eval \"$(io-store/scripts/etcd.sh start /tmp/mpc-etcd)\"` (installs Debian's \
+             `eval \"$(scripts/etcd.sh start /tmp/mpc-etcd)\"` (installs Debian's \
              etcd-server if needed and exports MPC_TEST_ETCD), rerun, then \
-             `io-store/scripts/etcd.sh stop /tmp/mpc-etcd`"
+             `scripts/etcd.sh stop /tmp/mpc-etcd`"
         ),
     }
 }
@@ -301,6 +301,7 @@ async fn lost_etcd_pauses_leadership_and_recovers() {
         v.i_lead && v.leader == Some(NodeId(1)) && v.etcd_reachable && v.health == Health::Ok
     })
     .await;
+    let first_lease = node_lease(&endpoint, &cluster, 1).await.expect("node 1 registered under a lease");
 
     etcd.kill();
     eventually("etcd's loss is reported", || async {
@@ -327,5 +328,16 @@ async fn lost_etcd_pauses_leadership_and_recovers() {
     })
     .await;
     assert_eq!(coord.live_nodes().await.unwrap(), ids(&[1]));
+    // Re-registered: its liveness key now hangs on a lease granted after
+    // the restart, not on the one etcd restored from its data.
+    let second_lease = node_lease(&endpoint, &cluster, 1).await.expect("node 1 registered again");
+    assert_ne!(second_lease, first_lease, "node 1 still hangs on the lease it had before etcd went away");
     handle.shutdown().await;
+}
+
+/// The lease `nodes/<id>` is attached to, read straight from etcd.
+async fn node_lease(endpoint: &str, cluster: &str, node: u16) -> Option<i64> {
+    let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connect to etcd");
+    let got = client.get(format!("/mpc/{cluster}/nodes/{node}"), None).await.expect("read the liveness key");
+    got.kvs().first().map(|kv| kv.lease())
 }

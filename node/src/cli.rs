@@ -136,9 +136,14 @@ enum Certs {
         /// How many nodes.
         #[arg(long)]
         nodes: u16,
-        /// Directory to write ca.pem, ca.key, node-<id>.pem, node-<id>.key.
+        /// Directory nodes load from: ca.pem, node-<id>.pem, node-<id>.key.
         #[arg(long)]
         out: PathBuf,
+        /// Directory for the CA's certificate and private key, kept apart
+        /// from what nodes load (default: OUT's sibling `<name>-ca`; keep
+        /// it offline).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         /// Cluster id, recorded in the CA's subject (`--cluster` names the
         /// cluster file of the API commands).
         #[arg(long, default_value = "mpc-custody")]
@@ -149,9 +154,13 @@ enum Certs {
     },
     /// Renew the key and certificate of the node given by --node under the directory's CA.
     Issue {
-        /// The directory made by `certs init`.
+        /// The nodes' certificate directory made by `certs init`.
         #[arg(long)]
         dir: PathBuf,
+        /// The CA directory `certs init` wrote (default: DIR's sibling
+        /// `<name>-ca`).
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
@@ -340,12 +349,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.global;
     let out = Out { json: g.json };
     match cli.command {
-        Top::Certs { command: Certs::Init { nodes, out, cluster_id, days } } => {
-            certs::init(&out, &cluster_id, nodes, days)
+        Top::Certs { command: Certs::Init { nodes, out, ca_dir, cluster_id, days } } => {
+            certs::init(&out, ca_dir.as_deref(), &cluster_id, nodes, days)
         }
-        Top::Certs { command: Certs::Issue { dir, days } } => {
+        Top::Certs { command: Certs::Issue { dir, ca_dir, days } } => {
             let node = g.node.ok_or_else(|| CliError::Usage("certs issue needs --node N".into()))?;
-            certs::issue(&dir, node, days)
+            certs::issue(&dir, ca_dir.as_deref(), node, days)
         }
         Top::Dkg { command: Dkg::Run { nodes, poll } } => commands::dkg_run(&cluster(g)?, &nodes, poll.polling(), &out),
         Top::Dkg { command: Dkg::Status } => commands::dkg_status(&cluster(g)?.selected(g.node)?, &out),

@@ -7,7 +7,8 @@
 //! ```text
 //! DIR/mpc-cli.toml        token_file, [nodes] id = API URL
 //! DIR/operator.token      the bearer token (0600)
-//! DIR/certs/              ca.pem, ca.key, node-<id>.pem, node-<id>.key
+//! DIR/certs/              ca.pem, node-<id>.pem, node-<id>.key (nodes load these)
+//! DIR/certs-ca/           ca.pem, ca.key (0700; only `certs issue` needs it: keep it offline)
 //! DIR/node-<id>/node.toml vote.key, master.key (0600); the node's state
 //! ```
 //!
@@ -119,7 +120,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
     anyhow::ensure!(!cli_config.exists(), "{} already holds a cluster: refusing to overwrite it", spec.out.display());
     std::fs::create_dir_all(&spec.out)?;
     let certs = spec.out.join("certs");
-    mpc_io_quic::certs::init(&certs, &spec.cluster_id, n, 365)?;
+    mpc_io_quic::certs::init(&certs, &mpc_io_quic::certs::default_ca_dir(&certs), &spec.cluster_id, n, 365)?;
 
     let f = (n - 1) / 3;
     let t = spec.threshold.unwrap_or(n / 2 + 1);

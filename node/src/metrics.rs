@@ -197,6 +197,7 @@ pub struct Metrics {
     foreign_votes: IntCounter,
     bad_partial_signatures: IntCounter,
     transport_refusals: IntCounter,
+    member_suspicions: IntCounter,
     rejected_messages: IntCounter,
     rejected_proposals: IntCounter,
     signing_refusals: IntCounter,
@@ -364,6 +365,12 @@ impl Metrics {
                 "mpc_transport_refusals_total",
                 "Connections or messages the QUIC transport refused (bad certificate, sender mismatch, \
                  garbage). Alert on a sustained rate.",
+            ),
+            member_suspicions: counter(
+                &r,
+                "mpc_member_suspicions_total",
+                "Times this node started avoiding a member as a signer because it let a session or a \
+                 signing request time out. A member that keeps raising it is down or withholding its part.",
             ),
             rejected_messages: counter(
                 &r,
@@ -576,6 +583,7 @@ impl Metrics {
                 Observation::TxSigned { .. } => self.transactions_signed.inc(),
                 Observation::ProtocolFailed { .. } => self.protocol_failures.inc(),
                 Observation::TransportRefused { .. } => self.transport_refusals.inc(),
+                Observation::MemberSuspected { .. } => self.member_suspicions.inc(),
             }
         }
     }
@@ -754,6 +762,7 @@ mod tests {
                 Observation::ForgedVote { claimed_voter: NodeId(3), from: NodeId(5) },
                 Observation::BadPartialSignature { signer: NodeId(5), tx: tx(9), input: 0, presig: presig(1) },
                 Observation::TransportRefused { peer: None, reason: "garbage".into() },
+                Observation::MemberSuspected { member: NodeId(4), strikes: 1 },
                 Observation::SigningRetried { tx: tx(9), input: 0, attempt: 1, reason: "timeout".into() },
                 Observation::DkgFailed { dkg: DkgId { origin: NodeId(1), seq: 1 }, reason: "deadline passed".into() },
                 Observation::DkgCompleted {
@@ -781,6 +790,7 @@ mod tests {
             "mpc_forged_votes_total",
             "mpc_bad_partial_signatures_total",
             "mpc_transport_refusals_total",
+            "mpc_member_suspicions_total",
             "mpc_signing_retries_total",
             "mpc_dkg_failed_total",
             "mpc_dkg_completed_total",

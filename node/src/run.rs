@@ -62,22 +62,10 @@ fn runtime(what: &str, e: impl std::fmt::Display) -> RunError {
     RunError::Runtime(format!("{what}: {e}"))
 }
 
-/// The master key, checked owner-only first (it unseals every secret).
+/// The master key; `MasterKey::from_file` refuses a file others may read
+/// (the key unseals every secret).
 pub fn master_key(config: &Config) -> Result<MasterKey, ConfigFileError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = &config.master_key_file;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| config.file_error("node.master_key_file", format!("{}: {e}", path.display())))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(config.file_error(
-            "node.master_key_file",
-            format!("{} is readable by others (mode {mode:o}); chmod 600 it", path.display()),
-        ));
-    }
-    MasterKey::from_file(path).map_err(|e| config.file_error("node.master_key_file", e))
+    MasterKey::from_file(&config.master_key_file).map_err(|e| config.file_error("node.master_key_file", e))
 }
 
 /// This node's identity from its vote key file.
@@ -164,6 +152,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let node = build_node(&store, &config, identity.clone()).await?;
     let status = node.status();
 
+    if mpc_io_quic::certs::ca_key_path(&config.cert_dir).exists() {
+        warn!(
+            node = me.0,
+            dir = %config.cert_dir.display(),
+            "the cluster CA's private key is in this node's certificate directory: a node never needs it, \
+             and whoever reads it can mint a certificate for any member; move it offline"
+        );
+    }
     let mut transport_cfg = TransportConfig::new(me, config.raw.transport.listen, config.cert_dir.clone());
     transport_cfg.peers = config.peers.clone();
     let (transport, inbound) = Transport::start(transport_cfg).await.map_err(|e| config.file_error("transport", e))?;

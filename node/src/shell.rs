@@ -220,6 +220,7 @@ impl NodeShell {
             Observation::RejectedMessage { .. }
             | Observation::ProposalRejected { .. }
             | Observation::TransportRefused { .. }
+            | Observation::MemberSuspected { .. }
             | Observation::SigningRefused { .. } => info!(node = self.me.0, event = ?o, "refused"),
             Observation::DkgCompleted { .. } | Observation::TxSigned { .. } | Observation::TxStateChanged { .. } => {
                 info!(node = self.me.0, event = ?o)

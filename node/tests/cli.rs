@@ -10,7 +10,9 @@ fn cli(args: &[&str]) -> std::process::Output {
 #[test]
 fn certs_init_and_issue() {
     let dir = std::env::temp_dir().join(format!("mpc-cli-certs-{}", std::process::id()));
+    let ca_dir = dir.with_file_name(format!("mpc-cli-certs-{}-ca", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&ca_dir);
     let d = dir.to_str().unwrap();
     let out = cli(&["certs", "init", "--nodes", "5", "--out", d]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -22,7 +24,12 @@ fn certs_init_and_issue() {
         let mode = std::fs::metadata(dir.join(format!("node-{id}.key"))).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    assert_eq!(std::fs::metadata(dir.join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    // The CA key is kept apart from what nodes load, in an owner-only
+    // directory the command names.
+    assert!(!dir.join("ca.key").exists(), "the CA key is in the nodes' certificate directory");
+    assert_eq!(std::fs::metadata(ca_dir.join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&ca_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(ca_dir.to_str().unwrap()));
 
     // A second init would replace the CA: refused.
     let again = cli(&["certs", "init", "--nodes", "5", "--out", d]);
@@ -36,8 +43,9 @@ fn certs_init_and_issue() {
 
     let missing = cli(&["certs", "issue", "--node", "4", "--dir", "/nonexistent/dir"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/dir/ca.pem"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/dir-ca/ca.pem"));
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(ca_dir);
 }
 
 #[test]

@@ -25,6 +25,9 @@ use std::sync::OnceLock;
 
 pub const N: u16 = 5;
 const SAFETY_MS: u64 = 120_000;
+/// Presignatures in the fixture cluster's pool (`sim/fixtures`): 40 sets
+/// of three signers.
+const FIXTURE_POOL: usize = 40;
 const LIVENESS_MS: u64 = 1_800_000;
 /// How often (simulated ms) the checker runs during a run.
 const CHECK_EVERY_MS: u64 = 10_000;
@@ -353,7 +356,7 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         SeedShape::Fixture => {
             config.pool.low_water = 0;
             config.pool.target = 0;
-            config.pool.max = 60;
+            config.pool.max = FIXTURE_POOL;
         }
         SeedShape::LiveKeygen => {
             records = fixtures::aux_records(N).expect("aux info fixture (see sim/src/fixtures.rs)");
@@ -392,7 +395,8 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         cluster.watch_deliveries_from(b);
     }
 
-    let net = Rc::new(RefCell::new(NetState { lossy: true, keygen: false, tampered: Vec::new() }));
+    let net =
+        Rc::new(RefCell::new(NetState { lossy: true, keygen: false, tampered: Vec::new(), withheld: Vec::new() }));
     install_interceptor(&mut cluster, plan, net.clone());
     if plan.shape == SeedShape::LiveKeygen {
         // The operator starts DKG at an honest node. Until the key exists
@@ -452,8 +456,12 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         .unwrap()
         .require_network(bitcoin::Network::Regtest)
         .unwrap();
+    let clocks_at_start = clock_errors(&mut cluster);
     let start = cluster.now();
-    let mut submitted: Vec<(usize, NodeId)> = Vec::new();
+    let mut submitted: Vec<(usize, NodeId, mpc_core::RequestId)> = Vec::new();
+    // Faults counted as they take effect, not as planned: a crash of a node
+    // already down, or a partition that separates nobody, is no fault.
+    let (mut crashes_done, mut partitions_done) = (0usize, 0usize);
     // The checker also runs during the run, at every scheduled event and
     // every ten simulated seconds, so a report says when a violation first
     // appeared.
@@ -475,18 +483,28 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
             Act::Submit(i) => {
                 let t = &plan.txs[i];
                 let to = if t.allowed { &destination } else { &stranger };
-                let values: Vec<u64> = (0..t.inputs).map(|k| 90_000 + 10_000 * k as u64).collect();
-                let amount = if i % 2 == 0 { 60_000 } else { 150_000 };
+                // Every planned spend is valid: odd ones pay 150,000 sat (over
+                // a strict node's cap) from inputs that can afford it.
+                let (base, amount) = if i % 2 == 0 { (90_000, 60_000) } else { (160_000, 150_000) };
+                let values: Vec<u64> = (0..t.inputs).map(|k| base + 10_000 * k as u64).collect();
                 let spend = Spend::simple(&format!("seed-{}-tx-{i}", plan.seed), &values, to, amount, 2_000);
                 if cluster.is_up(t.node) {
-                    cluster.command(t.node, mpc_core::Command::SubmitPsbt { psbt: spend.psbt_bytes(&key) });
-                    submitted.push((i, t.node));
+                    let request =
+                        cluster.command(t.node, mpc_core::Command::SubmitPsbt { psbt: spend.psbt_bytes(&key) });
+                    submitted.push((i, t.node, request));
                 }
             }
-            Act::Cut(side) => cluster.partition(&side),
+            Act::Cut(side) => {
+                let ids = cluster.ids();
+                if !side.is_empty() && ids.iter().any(|id| !side.contains(id)) {
+                    partitions_done += 1;
+                }
+                cluster.partition(&side)
+            }
             Act::Heal => cluster.heal(),
             Act::Crash(n) => {
                 if cluster.is_up(n) {
+                    crashes_done += 1;
                     cluster.crash(n)
                 }
             }
@@ -503,6 +521,16 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     }
 
     let lease_lapses = cluster.lease_changes.iter().filter(|(old, new)| old.is_some() && new.is_none()).count();
+    // Clock faults as the cores saw them over the safety phase: an offset
+    // over a minute at its end, a rate off by over 0.1% across it (nodes up
+    // at both samples).
+    let clocks_at_end = clock_errors(&mut cluster);
+    let span = (cluster.now().0 - start.0) as i64;
+    let offsets_seen = clocks_at_end.values().filter(|e| e.abs() > 60_000).count();
+    let drifts_seen = clocks_at_end
+        .iter()
+        .filter(|(id, end)| clocks_at_start.get(id).is_some_and(|begin| (**end - begin).abs() * 1_000 > span))
+        .count();
 
     // The liveness phase: faults heal, Byzantine behaviour goes on.
     cluster.clear_crash_point();
@@ -552,6 +580,21 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     }
     outcome.violations =
         first_seen.into_iter().map(|(v, at)| format!("{v} (first seen at {:.1}s)", at as f64 / 1000.0)).collect();
+    // A valid submission the node refused is a finding, not noise.
+    for (i, node, request) in &submitted {
+        if let Some(mpc_core::Reply::Submitted(Err(refusal))) = cluster.reply(*request) {
+            outcome.violations.push(format!("{node} refused planned tx {i}, a valid spend: {refusal}"));
+        }
+    }
+    // Never above its maximum (the fixture shape's maximum is the fixture
+    // pool's size: nothing is generated there, so nothing may appear).
+    if pool_ready(&cluster) > config.pool.max {
+        outcome.violations.push(format!(
+            "the pool holds {} ready presignatures, above its maximum {}",
+            pool_ready(&cluster),
+            config.pool.max
+        ));
+    }
     if !done {
         if pool_ready(&cluster) < target {
             outcome.violations.push(format!(
@@ -571,7 +614,15 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     if let Some((b, act)) = plan.byzantine {
         // Acts that reached a live node: tampered messages sent, less those
         // that arrived while their recipient was down.
-        let fired = {
+        // Silence fires when a coordinator waited for an answer that never
+        // came: a withheld partial signature, which stalls its signing
+        // attempt until the deadline names the silent signer.
+        let withheld_answers =
+            net.borrow().withheld.iter().filter(|(_, m)| matches!(m, PeerMessage::SigningResponse { .. })).count()
+                as u64;
+        let fired = if act == ByzantineAct::Silence {
+            withheld_answers
+        } else {
             let net = net.borrow();
             let mut delivered = cluster.delivered_from_watched();
             net.tampered
@@ -611,8 +662,8 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         }
     };
     cov("crash between persist and send", *crash_hits.borrow() as usize);
-    cov("crash and restart", plan.crashes.len());
-    cov("partition", plan.partitions.len());
+    cov("crash and restart", crashes_done);
+    cov("partition", partitions_done);
     cov("equivocation detected", cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).len());
     cov("forged vote refused", cluster.observed(|o| matches!(o, Observation::ForgedVote { .. })).len());
     cov("forged certificate refused", cluster.observed(|o| matches!(o, Observation::ForgedCertificate { .. })).len());
@@ -631,12 +682,25 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     cov("live presignature generated", cluster.observed(|o| matches!(o, Observation::PresigReady { .. })).len());
     cov("presignature discarded", cluster.observed(|o| matches!(o, Observation::PresigDiscarded { .. })).len());
     cov("lease lapsed (holder crashed or cut off)", lease_lapses);
-    cov("clock drifting over 0.1%", plan.clocks.values().filter(|c| c.drift_ppm.abs() > 1_000).count());
-    cov("clock offset over a minute", plan.clocks.values().filter(|c| c.offset_ms.abs() > 60_000).count());
+    cov("clock drifting over 0.1%", drifts_seen);
+    cov("clock offset over a minute", offsets_seen);
     cov("garbage frame dropped", cluster.garbage_frames() as usize);
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
+}
+
+/// How far each up node's clock, as its core last read it, is from true
+/// time (ms): every up node is handed a tick and the cluster runs one
+/// millisecond, so each reading is fresh.
+fn clock_errors(cluster: &mut Cluster) -> BTreeMap<NodeId, i64> {
+    let up: Vec<NodeId> = cluster.ids().into_iter().filter(|id| cluster.is_up(*id)).collect();
+    for id in &up {
+        cluster.input(*id, mpc_core::Input::Tick);
+    }
+    cluster.run_for(1);
+    let now = cluster.now().0 as i64;
+    up.into_iter().filter(|id| cluster.is_up(*id)).map(|id| (id, cluster.node(id).clock().0 as i64 - now)).collect()
 }
 
 /// Runs plans on `threads` threads (each seed is independent and runs on
@@ -687,8 +751,10 @@ fn settled(s: &TxState) -> bool {
 }
 
 /// Invariant 6's other half: an act that reached an honest node was seen
-/// and pinned on the right node. (Silence is only visible as absence; the
-/// run's liveness check covers it.)
+/// and pinned on the right node. Silence counts as fired when the member
+/// withheld a partial signature a coordinator asked for (its attribution is
+/// not yet checked: see below). A replayed message is b's own valid message
+/// of before: it cannot be pinned, only survived.
 fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64, outcome: &mut SeedOutcome) {
     if fired == 0 {
         return;
@@ -706,9 +772,15 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
         ByzantineAct::ForeignVotes => {
             !cluster.observed(|o| matches!(o, Observation::ForgedVote { from, .. } if *from == b)).is_empty()
         }
-        // Silence is visible only as absence, a replay only as nothing
-        // changing: the invariants and the liveness check cover both.
-        ByzantineAct::Silence | ByzantineAct::ReplayOldMessages => true,
+        // Silence shows as a timeout when a coordinator waits an attempt
+        // out (`Observation::MemberSuspected`), but not always: in 3 of the
+        // 1000 CI seeds (59, 416, 551) a withheld answer was never waited
+        // out. Until silence has an attribution that always holds, it is
+        // not checked here; the invariants and the liveness check cover it.
+        ByzantineAct::Silence => true,
+        // A replay is an old message of b's, valid then: nothing to pin on
+        // b; the invariants and the liveness check are what must hold.
+        ByzantineAct::ReplayOldMessages => true,
         ByzantineAct::SignRejected => {
             !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
         }
@@ -725,9 +797,12 @@ struct NetState {
     keygen: bool,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
-    /// Messages the Byzantine act changed, or withheld (silence), that the
-    /// network would have delivered: (recipient, message).
+    /// Messages the Byzantine act changed that the network would have
+    /// delivered: (recipient, message).
     tampered: Vec<(NodeId, PeerMessage)>,
+    /// Messages a silent member withheld that the network would have
+    /// delivered: (recipient, message).
+    withheld: Vec<(NodeId, PeerMessage)>,
 }
 
 fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<NetState>>) {
@@ -757,7 +832,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                 match act {
                     ByzantineAct::Silence => {
                         if !matches!(decision, Delivery::Drop) {
-                            net.tampered.push((env.to, env.msg.clone()));
+                            net.withheld.push((env.to, env.msg.clone()));
                         }
                         return Delivery::Drop;
                     }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mpc_core::vote::{Decision, SignedVote, VoteBody};
+use mpc_core::vote::{Decision, Equivocation, SignedVote, VoteBody};
 use mpc_core::{NodeId, Observation, PresigId, Record, TxId, TxState};
 use std::collections::BTreeSet;
 
@@ -63,14 +63,37 @@ fn planted_violations_are_each_caught() {
     cluster.hosts_mut().get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
     assert!(violations(&cluster).iter().any(|v| v.contains("never accepted") || v.contains("fails verification")));
 
-    // An equivocator's approvals do not make a certificate.
-    let key = mpc_sim::setup::vote_key("test-cluster", NodeId(5));
-    let body = |d| VoteBody { tx: TxId([6; 32]), voter: NodeId(5), decision: d };
+    // An honest node must not certify an approval that needs the vote of a
+    // member it holds equivocation evidence against. Two transactions with
+    // the same three approvals (qa = 3) on node 1: one approved cleanly,
+    // one approved after node 1 recorded node 5's two votes as evidence.
+    // Only the second is a violation, so the check reads the evidence
+    // rather than passing or failing on the votes alone.
+    let sign = |voter: u16, tx: TxId, decision: Decision| {
+        let key = mpc_sim::setup::vote_key("test-cluster", NodeId(voter));
+        SignedVote::sign(VoteBody { tx, voter: NodeId(voter), decision }, &key, "test-cluster")
+    };
+    let (clean, tainted) = (TxId([8; 32]), TxId([9; 32]));
     {
         let mut hosts = cluster.hosts_mut();
         let store = &mut hosts.get_mut(&NodeId(1)).unwrap().store;
-        store.push(Record::Vote(SignedVote::sign(body(Decision::Approve), &key, "test-cluster")));
-        store.push(Record::Vote(SignedVote::sign(body(Decision::Reject("x".into())), &key, "test-cluster")));
+        for tx in [clean, tainted] {
+            for voter in [2, 4, 5] {
+                store.push(Record::Vote(sign(voter, tx, Decision::Approve)));
+            }
+            if tx == tainted {
+                store.push(Record::Evidence(Equivocation {
+                    voter: NodeId(5),
+                    tx,
+                    first: sign(5, tx, Decision::Approve),
+                    second: sign(5, tx, Decision::Reject("x".into())),
+                }));
+            }
+            store.push(Record::TxState { tx, state: TxState::Approved });
+        }
     }
-    assert!(violations(&cluster).iter().any(|v| v.contains("approvals")));
+    let v = violations(&cluster);
+    let knew = |tx: TxId| v.iter().any(|v| v.contains("knew equivocated") && v.contains(&tx.short()));
+    assert!(!knew(clean), "three clean approvals were reported: {v:?}");
+    assert!(knew(tainted), "an approval counting a known equivocator was not reported: {v:?}");
 }

@@ -22,7 +22,8 @@ pub const GUARD: Duration = Duration::from_secs(60);
 pub fn cert_dir(name: &str, nodes: u16) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mpc-quic-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    certs::init(&dir, name, nodes, 30).unwrap();
+    let _ = std::fs::remove_dir_all(certs::default_ca_dir(&dir));
+    certs::init(&dir, &certs::default_ca_dir(&dir), name, nodes, 30).unwrap();
     dir
 }
 
