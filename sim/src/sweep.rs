@@ -614,9 +614,9 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     if let Some((b, act)) = plan.byzantine {
         // Acts that reached a live node: tampered messages sent, less those
         // that arrived while their recipient was down.
-        // Silence fires when a coordinator waited for an answer that never
-        // came: a withheld partial signature, which stalls its signing
-        // attempt until the deadline names the silent signer.
+        // Silence counts as fired when a coordinator asked for an answer
+        // that never came: a withheld partial signature. (Its attribution
+        // is not checked yet: see `check_attribution`.)
         let withheld_answers =
             net.borrow().withheld.iter().filter(|(_, m)| matches!(m, PeerMessage::SigningResponse { .. })).count()
                 as u64;
