@@ -37,6 +37,15 @@
 //! What this cannot cover: a process frozen (e.g. a paused VM) between reading
 //! the view and acting on it. The core's own checks (signed votes, consumed
 //! presignatures persisted before release) are what keep such a node harmless.
+//!
+//! # Transport security and errors
+//!
+//! [`CoordConfig::tls`] turns on TLS (`https://` endpoints, a CA of its own,
+//! optionally a client certificate) and [`CoordConfig::auth`] etcd's user
+//! login; neither secret is ever formatted. Errors are told apart by the
+//! etcd client's error type and the gRPC status code etcd answers with
+//! (`tonic::Code`), never by their text; retries after a failed round wait
+//! a jittered, growing pause ([`crate::backoff`]).
 
 use std::fmt;
 use std::future::Future;
@@ -46,14 +55,16 @@ use std::time::{Duration, SystemTime};
 
 use crate::audit::AuditAnchor;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use mpc_core::NodeId;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
+use tonic::Code;
 use tracing::{debug, error, info, warn};
+use zeroize::Zeroizing;
 
 /// How many times [`Coordinator::advance_epoch`] retries a lost
 /// compare-and-set before giving up. Only the node itself writes its epoch, so
@@ -80,11 +91,76 @@ pub struct CoordConfig {
     /// Bound on every single etcd request; an unanswered request counts as
     /// etcd being unreachable.
     pub request_timeout: Duration,
+    /// TLS to etcd: required with `https://` endpoints, refused with plain
+    /// ones.
+    pub tls: Option<EtcdTls>,
+    /// etcd's own authentication (`etcdctl auth enable`): the client logs
+    /// in as this user and sends its token with every request.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// How the client verifies etcd, and proves itself to it.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// PEM: the CA certificate(s) etcd's server certificates chain to. Only
+    /// these are trusted (no system roots).
+    pub ca_pem: Vec<u8>,
+    /// For etcd's `--client-cert-auth`: this node's certificate and key.
+    pub client: Option<ClientIdentity>,
+    /// The name etcd's certificate must carry, when it is not the
+    /// endpoints' host (e.g. endpoints given as IP addresses).
+    pub server_name: Option<String>,
+}
+
+/// A client certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Zeroizing<Vec<u8>>,
+}
+
+/// etcd user and password. The password is never formatted.
+#[derive(Clone)]
+pub struct EtcdAuth {
+    pub user: String,
+    pub password: Zeroizing<String>,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("client", &self.client)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &format_args!("<redacted>"))
+            .finish()
+    }
+}
+
+impl fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdAuth").field("user", &self.user).field("password", &format_args!("<redacted>")).finish()
+    }
+}
+
+/// Whether an endpoint asks for TLS. etcd-client also takes `host:port`
+/// without a scheme; that is plain unless TLS is configured, so this module
+/// insists on a scheme whenever TLS is in play.
+fn is_https(endpoint: &str) -> bool {
+    endpoint.starts_with("https://")
 }
 
 impl CoordConfig {
     /// A configuration with production defaults: 10 s lease, 5 s dial and
-    /// 3 s request timeouts.
+    /// 3 s request timeouts, plain text and no login.
     pub fn new(endpoints: Vec<String>, cluster: impl Into<String>, node: NodeId) -> Self {
         CoordConfig {
             endpoints,
@@ -93,6 +169,8 @@ impl CoordConfig {
             lease_ttl_secs: 10,
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(3),
+            tls: None,
+            auth: None,
         }
     }
 
@@ -113,7 +191,68 @@ impl CoordConfig {
         if self.dial_timeout.is_zero() || self.request_timeout.is_zero() {
             return bad("dial and request timeouts must be non-zero".into());
         }
+        match &self.tls {
+            Some(tls) => {
+                if let Some(plain) = self.endpoints.iter().find(|e| !is_https(e)) {
+                    return bad(format!("TLS to etcd is configured, so endpoint {plain:?} must be https://"));
+                }
+                if tls.ca_pem.is_empty() {
+                    return bad("TLS to etcd needs the CA certificate that signed etcd's certificates".into());
+                }
+                if tls.server_name.as_ref().is_some_and(|n| n.is_empty()) {
+                    return bad("the TLS server name for etcd is empty".into());
+                }
+            }
+            None => {
+                if let Some(tls_endpoint) = self.endpoints.iter().find(|e| is_https(e)) {
+                    return bad(format!(
+                        "endpoint {tls_endpoint:?} is https:// but no CA certificate is configured to verify etcd with"
+                    ));
+                }
+            }
+        }
+        if let Some(auth) = &self.auth {
+            if auth.user.is_empty() || auth.password.is_empty() {
+                return bad("etcd authentication needs a non-empty user and password".into());
+            }
+        }
         Ok(())
+    }
+
+    /// The client options: timeouts, TLS and credentials.
+    fn connect_options(&self) -> ConnectOptions {
+        // require_leader: an etcd member cut off from its cluster's leader
+        // refuses our requests at once (UNAVAILABLE) instead of serving
+        // stale watches, so a partition shows up as "unreachable".
+        let mut opts = ConnectOptions::new().with_connect_timeout(self.dial_timeout).with_require_leader(true);
+        if let Some(tls) = &self.tls {
+            let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some(id) = &tls.client {
+                t = t.identity(Identity::from_pem(&id.cert_pem, &*id.key_pem));
+            }
+            if let Some(name) = &tls.server_name {
+                t = t.domain_name(name.clone());
+            }
+            opts = opts.with_tls(t);
+        }
+        if let Some(auth) = &self.auth {
+            opts = opts.with_user(auth.user.clone(), auth.password.as_str());
+        }
+        opts
+    }
+
+    /// What the connection is secured with, for log lines and error hints
+    /// (no secrets).
+    fn security(&self) -> String {
+        let tls = match &self.tls {
+            Some(EtcdTls { client: Some(_), .. }) => "TLS with a client certificate",
+            Some(_) => "TLS",
+            None => "plain text",
+        };
+        match &self.auth {
+            Some(a) => format!("{tls}, as etcd user {:?}", a.user),
+            None => tls.to_string(),
+        }
     }
 }
 
@@ -138,6 +277,14 @@ pub enum CoordError {
     /// A key under `/mpc/<cluster>/` holds something this module never writes.
     #[error("etcd key {key} holds an unreadable value: {reason}")]
     Corrupt { key: String, reason: String },
+    /// etcd refused our credentials (gRPC UNAUTHENTICATED or
+    /// PERMISSION_DENIED): the user, password or its roles need fixing.
+    #[error("etcd denied the request: {0}")]
+    Denied(String),
+    /// etcd says the thing asked about does not exist (gRPC NOT_FOUND, e.g.
+    /// an expired lease).
+    #[error("not found in etcd: {0}")]
+    NotFound(String),
     /// Repeatedly lost a compare-and-set race.
     #[error("gave up on {key} after losing {attempts} compare-and-set races in a row")]
     Contention { key: String, attempts: u32 },
@@ -283,24 +430,83 @@ async fn request<T>(
     }
 }
 
-fn classify(e: etcd_client::Error, what: &str, endpoints: &[String]) -> CoordError {
+/// What an etcd client error means here, decided by its type and gRPC code,
+/// never by its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The request did not get through (or its answer did not come back).
+    Unreachable,
+    /// etcd refused the credentials.
+    Denied,
+    /// etcd answered NOT_FOUND.
+    NotFound,
+    /// etcd answered with another error.
+    Refused,
+}
+
+fn cause(e: &etcd_client::Error) -> Cause {
     use etcd_client::Error as E;
-    let unreachable = match &e {
-        E::TransportError(_) | E::IoError(_) => true,
-        // gRPC codes CANCELLED (1), UNKNOWN (2: what a connection lost
-        // mid-stream surfaces as), DEADLINE_EXCEEDED (4), UNAVAILABLE (14):
-        // the request did not get through, as opposed to etcd refusing it.
-        E::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 14),
-        // The client's request stream closed under it: connection lost.
-        E::LeaseKeepAliveError(m) | E::WatchError(m) => !m.contains("not found"),
-        _ => false,
-    };
-    if unreachable {
-        CoordError::Unreachable(format!("{what}: etcd at {}: {e}", endpoints.join(",")))
-    } else {
-        CoordError::Etcd(format!("{what}: {e}"))
+    match e {
+        E::TransportError(_) | E::IoError(_) => Cause::Unreachable,
+        E::GRpcStatus(s) => match s.code() {
+            // UNKNOWN is what a connection lost mid-stream surfaces as;
+            // the others say the request did not get through, as opposed to
+            // etcd refusing it.
+            Code::Cancelled | Code::Unknown | Code::DeadlineExceeded | Code::Unavailable => Cause::Unreachable,
+            Code::Unauthenticated | Code::PermissionDenied => Cause::Denied,
+            Code::NotFound => Cause::NotFound,
+            _ => Cause::Refused,
+        },
+        // The client's request stream (its local channel) closed under it:
+        // the connection is gone. (A keep-alive stream opened for a lease
+        // etcd no longer has is turned into NOT_FOUND by `lease_not_found`
+        // before it gets here.)
+        E::LeaseKeepAliveError(_) | E::WatchError(_) => Cause::Unreachable,
+        _ => Cause::Refused,
     }
 }
+
+fn classify(e: etcd_client::Error, what: &str, endpoints: &[String]) -> CoordError {
+    match cause(&e) {
+        Cause::Unreachable => CoordError::Unreachable(format!("{what}: etcd at {}: {e}", endpoints.join(","))),
+        Cause::Denied => CoordError::Denied(format!("{what}: {e}")),
+        Cause::NotFound => CoordError::NotFound(format!("{what}: {e}")),
+        Cause::Refused => CoordError::Etcd(format!("{what}: {e}")),
+    }
+}
+
+/// etcd answers a keep-alive for a lease it does not have with TTL 0, and
+/// etcd-client turns that answer into a `LeaseKeepAliveError` when it opens
+/// the keep-alive stream; nothing else raises that error there (the request
+/// goes into a channel the call itself just made). So, for the opening call
+/// only, it is etcd's "lease not found", given here the gRPC code etcd uses
+/// for it everywhere else (NOT_FOUND).
+fn lease_not_found(e: etcd_client::Error) -> etcd_client::Error {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => etcd_client::Error::GRpcStatus(tonic::Status::not_found(m)),
+        other => other,
+    }
+}
+
+/// `e` and its sources: tonic's transport errors say only "transport
+/// error" themselves and keep the cause (a certificate that does not parse)
+/// in their source.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// What to check when etcd cannot be reached over TLS.
+const TLS_HINT: &str =
+    "does etcd serve TLS at these endpoints, with a certificate from the configured CA for that name?";
 
 /// The kvs of the first `Get` among a transaction's responses.
 fn txn_get_kvs(resp: &etcd_client::TxnResponse) -> Vec<KeyValue> {
@@ -334,17 +540,52 @@ impl Coordinator {
     /// coordination.
     pub async fn connect(cfg: CoordConfig) -> Result<Coordinator, CoordError> {
         cfg.validate()?;
-        // require_leader: an etcd member cut off from its cluster's leader
-        // refuses our requests at once (UNAVAILABLE) instead of serving
-        // stale watches, so a partition shows up as "unreachable".
-        let opts = ConnectOptions::new().with_connect_timeout(cfg.dial_timeout).with_require_leader(true);
-        let client =
-            request(cfg.dial_timeout, "connecting", &cfg.endpoints, Client::connect(&cfg.endpoints, Some(opts)))
-                .await
-                .map_err(|e| match e {
+        if cfg.auth.is_some() && cfg.tls.is_none() {
+            warn!(node = cfg.node.0, "the etcd password is sent without TLS: configure TLS to etcd");
+        }
+        let security = cfg.security();
+        // With a user configured, connecting logs in (etcd's Authenticate),
+        // so a refusal here is about the credentials.
+        let connecting = Client::connect(&cfg.endpoints, Some(cfg.connect_options()));
+        let client = match timeout(cfg.dial_timeout, connecting).await {
+            Ok(Ok(client)) => client,
+            // The channel connects lazily, and a call's transport failure
+            // comes back as a gRPC status: these come from building the
+            // endpoints (their URLs, the TLS settings) before any byte is
+            // sent, so they are configuration errors.
+            Ok(Err(
+                e @ (etcd_client::Error::TransportError(_)
+                | etcd_client::Error::InvalidArgs(_)
+                | etcd_client::Error::InvalidUri(_)),
+            )) => {
+                // etcd-client's error has no `source`: reach into it.
+                let why = match &e {
+                    etcd_client::Error::TransportError(t) => with_sources(t),
+                    other => other.to_string(),
+                };
+                return Err(CoordError::Config(format!("etcd endpoints or TLS settings ({security}) unusable: {why}")));
+            }
+            Ok(Err(e)) => {
+                return Err(match classify(e, "connecting", &cfg.endpoints) {
+                    CoordError::Etcd(m) if cfg.auth.is_some() => CoordError::Denied(format!(
+                        "{m} (connecting with {security}: check the user and password, and that etcd has \
+                             authentication enabled)"
+                    )),
                     CoordError::Etcd(m) => CoordError::Config(format!("bad etcd endpoint: {m}")),
+                    CoordError::Unreachable(m) if cfg.tls.is_some() => {
+                        CoordError::Unreachable(format!("{m} (connecting with {security}: {TLS_HINT})"))
+                    }
                     other => other,
-                })?;
+                })
+            }
+            Err(_) => {
+                return Err(CoordError::Unreachable(format!(
+                    "connecting: no answer from etcd at {} within {:?} ({security})",
+                    cfg.endpoints.join(","),
+                    cfg.dial_timeout
+                )))
+            }
+        };
         let keys = Keys::new(&cfg.cluster);
         let mut probe = client.clone();
         request(
@@ -355,13 +596,20 @@ impl Coordinator {
         )
         .await
         .map_err(|e| match e {
+            CoordError::Unreachable(m) if cfg.tls.is_some() => CoordError::Unreachable(format!(
+                "cannot reach etcd for cluster {:?} (node {}) with {security}: {m} ({TLS_HINT})",
+                cfg.cluster, cfg.node
+            )),
             CoordError::Unreachable(m) => CoordError::Unreachable(format!(
                 "cannot reach etcd for cluster {:?} (node {}): {m}",
                 cfg.cluster, cfg.node
             )),
             other => other,
         })?;
-        info!(cluster = %cfg.cluster, node = cfg.node.0, endpoints = ?cfg.endpoints, "connected to etcd");
+        info!(
+            cluster = %cfg.cluster, node = cfg.node.0, endpoints = ?cfg.endpoints, security = %security,
+            "connected to etcd"
+        );
         Ok(Coordinator { client, cfg, keys, started: Arc::new(AtomicBool::new(false)) })
     }
 
@@ -448,7 +696,13 @@ impl Coordinator {
     pub async fn advance_epoch(&self, epoch: u64) -> Result<u64, CoordError> {
         let k = self.keys.epoch(self.cfg.node);
         let mut c = self.client.clone();
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        // Between lost races: a short jittered pause, so two writers that
+        // keep colliding fall out of step.
+        let mut pauses = crate::backoff::jittered(Duration::from_millis(5), Duration::from_millis(500));
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(pauses.next().unwrap_or(Duration::from_millis(500))).await;
+            }
             let resp = self.req("reading an epoch", c.get(k.clone(), None)).await?;
             let guard = match resp.kvs().first() {
                 None => Compare::create_revision(k.clone(), CompareOp::Equal, 0),
@@ -630,6 +884,7 @@ impl Coordinator {
             watch: None,
             stale_leases: Vec::new(),
             started: self.started.clone(),
+            retry: None,
         };
         let task = tokio::spawn(runner.run(stop_rx));
         Ok(CoordHandle { view: rx, stop: Some(stop_tx), task: Some(task), freeze })
@@ -845,6 +1100,9 @@ struct Runner {
     stale_leases: Vec<i64>,
     /// Cleared when the task ends, so the coordinator can start again.
     started: Arc<AtomicBool>,
+    /// Pauses before retrying after failed rounds; `None` after a round
+    /// that succeeded (see [`Runner::retry_pause`]).
+    retry: Option<crate::backoff::Pauses>,
 }
 
 impl Runner {
@@ -858,6 +1116,17 @@ impl Runner {
 
     fn tick(&self) -> Duration {
         (self.ttl / 4).max(Duration::from_millis(200))
+    }
+
+    /// The pause after a failed round: jittered exponential from a quarter
+    /// tick, always below one tick. Below a tick, because the lease must be
+    /// renewed before its local deadline as soon as etcd answers again;
+    /// jittered, so that the nodes of a cluster do not all retry in step
+    /// against an etcd that is just coming back.
+    fn retry_pause(&mut self) -> Duration {
+        let tick = self.tick();
+        let pauses = self.retry.get_or_insert_with(|| crate::backoff::jittered(tick / 4, tick));
+        pauses.next().unwrap_or(tick)
     }
 
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
@@ -901,13 +1170,17 @@ impl Runner {
                     }
                 }
             };
-            match outcome {
+            let pause = match outcome {
                 None => break 'outer,
-                Some(Ok(())) => publisher.update(|f| {
-                    if f.failure.take().is_some() {
-                        info!(node = self.cfg.node.0, "etcd answers again");
-                    }
-                }),
+                Some(Ok(())) => {
+                    self.retry = None;
+                    publisher.update(|f| {
+                        if f.failure.take().is_some() {
+                            info!(node = self.cfg.node.0, "etcd answers again");
+                        }
+                    });
+                    self.tick()
+                }
                 Some(Err(e)) => {
                     self.watch = None;
                     if let Some(l) = &mut self.lease {
@@ -928,9 +1201,10 @@ impl Runner {
                         }
                         None => f.failure = Some(Failure { since: SystemTime::now(), message: detail, unreachable }),
                     });
+                    self.retry_pause()
                 }
-            }
-            next_round = Instant::now() + self.tick();
+            };
+            next_round = Instant::now() + pause;
         }
         self.stop().await;
     }
@@ -988,12 +1262,13 @@ impl Runner {
             // Opening the stream sends one keep-alive and reads its answer;
             // "lease not found" means the lease expired on the server.
             let mut c = self.client.clone();
-            match request(self.cfg.request_timeout, what, endpoints, c.lease_keep_alive(lease.id)).await {
+            let open = async { c.lease_keep_alive(lease.id).await.map_err(lease_not_found) };
+            match request(self.cfg.request_timeout, what, endpoints, open).await {
                 Ok(pair) => {
                     lease.keeper = Some(pair);
                     renewed_ttl = Some(lease.ttl.as_secs() as i64);
                 }
-                Err(CoordError::Etcd(m)) if m.contains("lease not found") => renewed_ttl = Some(0),
+                Err(CoordError::NotFound(_)) => renewed_ttl = Some(0),
                 Err(e) => return Err(e),
             }
         }
@@ -1065,7 +1340,8 @@ impl Runner {
                 Ok(_) => {
                     debug!(node = self.cfg.node.0, lease = %format!("{id:x}"), "revoked an old lease")
                 }
-                Err(e) if e.to_string().contains("not found") => {}
+                // Already gone (expired): nothing left to revoke.
+                Err(CoordError::NotFound(_)) => {}
                 Err(e) => {
                     debug!(node = self.cfg.node.0, "revoking an old lease: {e}");
                     still.push(id);
@@ -1203,6 +1479,85 @@ mod tests {
         };
         assert_eq!(facts.view(NodeId(3), now).leader, None);
         assert_eq!(facts.view(NodeId(1), now).leader, Some(NodeId(3)));
+    }
+
+    fn status(code: Code) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, "test"))
+    }
+
+    #[test]
+    fn grpc_codes_map_to_typed_errors() {
+        let eps = ["http://127.0.0.1:1".to_string()];
+        let of = |e| classify(e, "testing", &eps);
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Unknown] {
+            assert!(matches!(of(status(code)), CoordError::Unreachable(_)), "{code:?}");
+        }
+        for code in [Code::Unauthenticated, Code::PermissionDenied] {
+            assert!(matches!(of(status(code)), CoordError::Denied(_)), "{code:?}");
+        }
+        assert!(matches!(of(status(Code::NotFound)), CoordError::NotFound(_)));
+        for code in [Code::InvalidArgument, Code::FailedPrecondition, Code::ResourceExhausted, Code::Internal] {
+            assert!(matches!(of(status(code)), CoordError::Etcd(_)), "{code:?}");
+        }
+        let io = etcd_client::Error::IoError(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(of(io), CoordError::Unreachable(_)));
+        let closed = etcd_client::Error::WatchError("channel closed".into());
+        assert!(matches!(of(closed), CoordError::Unreachable(_)));
+        // The message is kept for the operator, the decision is not taken
+        // from it: "not found" text under another code stays what the code says.
+        let e = of(etcd_client::Error::GRpcStatus(tonic::Status::unavailable("lease not found")));
+        assert!(matches!(&e, CoordError::Unreachable(m) if m.contains("lease not found")), "{e}");
+    }
+
+    #[test]
+    fn a_keep_alive_for_a_missing_lease_is_not_found() {
+        // What etcd-client returns when etcd answers the first keep-alive
+        // with TTL 0.
+        let e = lease_not_found(etcd_client::Error::LeaseKeepAliveError("lease not found".into()));
+        assert!(matches!(classify(e, "keeping", &[]), CoordError::NotFound(_)));
+        // Anything else passes through unchanged.
+        let e = lease_not_found(status(Code::Unavailable));
+        assert!(matches!(classify(e, "keeping", &[]), CoordError::Unreachable(_)));
+    }
+
+    fn tls() -> EtcdTls {
+        EtcdTls {
+            ca_pem: b"-----BEGIN CERTIFICATE-----".to_vec(),
+            client: Some(ClientIdentity {
+                cert_pem: b"cert".to_vec(),
+                key_pem: Zeroizing::new(b"PRIVATE KEY hunter2".to_vec()),
+            }),
+            server_name: Some("etcd.internal".into()),
+        }
+    }
+
+    #[test]
+    fn tls_needs_https_endpoints_and_https_needs_a_ca() {
+        let mut c = CoordConfig::new(vec!["https://10.0.0.1:2379".into()], "c", NodeId(1));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("https://10.0.0.1:2379") && e.contains("no CA certificate"), "{e}");
+        c.tls = Some(tls());
+        assert!(c.validate().is_ok());
+        c.endpoints.push("http://10.0.0.2:2379".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("\"http://10.0.0.2:2379\" must be https://"), "{e}");
+        c.endpoints.truncate(1);
+        c.tls.as_mut().unwrap().ca_pem.clear();
+        assert!(matches!(c.validate(), Err(CoordError::Config(_))));
+        c.tls = Some(tls());
+        c.auth = Some(EtcdAuth { user: "node-1".into(), password: Zeroizing::new(String::new()) });
+        assert!(matches!(c.validate(), Err(CoordError::Config(_))), "an empty password is refused");
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let mut c = CoordConfig::new(vec!["https://10.0.0.1:2379".into()], "c", NodeId(1));
+        c.tls = Some(tls());
+        c.auth = Some(EtcdAuth { user: "node-1".into(), password: Zeroizing::new("hunter2".into()) });
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("node-1") && shown.contains("etcd.internal") && shown.contains("<redacted>"), "{shown}");
+        assert_eq!(c.security(), "TLS with a client certificate, as etcd user \"node-1\"");
     }
 
     #[test]

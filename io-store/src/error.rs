@@ -11,6 +11,8 @@ use mpc_core::{NodeId, PresigId, TxId};
 pub enum StoreError {
     #[error("unsupported database URL {url}: use postgres://… (production) or sqlite://… (embedded)")]
     UnsupportedUrl { url: String },
+    #[error("database URL {url} does not parse: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("cannot open the database at {url}: {source}")]
     Connect { url: String, source: sqlx::Error },
     #[error(

@@ -13,8 +13,10 @@
 //!   node makes durable), [`fence_at_startup`], and the audit anchor.
 //! - [`read`]: durable reads of transactions for the HTTP API.
 //! - [`operator_audit`]: operator requests in the audit trail.
+//! - [`backoff`]: jittered exponential pauses between retries.
 
 pub mod audit;
+pub mod backoff;
 mod columns;
 pub mod coord;
 pub mod error;
@@ -31,4 +33,4 @@ pub use fencing::{fence_at_startup, Anchoring, FenceError, FencingAuthority};
 pub use mpc_core::{Record, RecoveredState};
 pub use read::{ConsumedPresignature, StateChange, StoredTransaction, StoredVote, TransactionSummary, TxStateKind};
 pub use sealing::{MasterKey, RowId, SealError};
-pub use store::{Applied, Backend, Fencing, Store};
+pub use store::{Applied, Backend, Fencing, PostgresTls, SslMode, Store};

@@ -48,6 +48,73 @@ impl Backend {
     }
 }
 
+/// How a connection to PostgreSQL is secured: libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    /// sqlx's and libpq's default: TLS if the server offers it, else plain
+    /// text, and the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS with a certificate from a trusted CA.
+    VerifyCa,
+    /// TLS with a certificate from a trusted CA for the URL's host: the
+    /// only mode that stops an active attacker.
+    VerifyFull,
+}
+
+/// The TLS settings of a PostgreSQL URL as the driver reads them: the URL's
+/// `sslmode` and `sslrootcert` parameters (or the `PGSSLMODE` environment
+/// variable for the mode). Name the CA that signed the server's certificate
+/// with `sslrootcert=/path/ca.pem`. Unlike libpq, sqlx 0.8 trusts the
+/// public web roots (webpki-roots) in addition to it: a server name no
+/// public CA certifies (an internal one) keeps them out of the question.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresTls {
+    pub mode: SslMode,
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// The query parameters sqlx takes as the root certificate, in its words.
+const ROOT_CERT_PARAMS: &[&str] = &["sslrootcert", "ssl-root-cert", "ssl-ca"];
+
+impl PostgresTls {
+    /// Parses `url` as the driver will when connecting, so what this says
+    /// is what the connection does.
+    pub fn of_url(url: &str) -> Result<PostgresTls, StoreError> {
+        use sqlx::postgres::{PgConnectOptions, PgSslMode};
+        use std::str::FromStr;
+        if Backend::of_url(url)? != Backend::Postgres {
+            return Err(StoreError::UnsupportedUrl { url: redact_url(url) });
+        }
+        let bad = |e: &dyn std::fmt::Display| StoreError::BadUrl { url: redact_url(url), reason: e.to_string() };
+        let options = PgConnectOptions::from_str(url).map_err(|e| bad(&e))?;
+        let mode = match options.get_ssl_mode() {
+            PgSslMode::Disable => SslMode::Disable,
+            PgSslMode::Allow => SslMode::Allow,
+            PgSslMode::Prefer => SslMode::Prefer,
+            PgSslMode::Require => SslMode::Require,
+            PgSslMode::VerifyCa => SslMode::VerifyCa,
+            PgSslMode::VerifyFull => SslMode::VerifyFull,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
+        // The driver takes the last one given, as here.
+        let root_cert = parsed
+            .query_pairs()
+            .filter(|(k, _)| ROOT_CERT_PARAMS.contains(&k.as_ref()))
+            .last()
+            .map(|(_, v)| std::path::PathBuf::from(v.into_owned()));
+        Ok(PostgresTls { mode, root_cert })
+    }
+
+    /// Whether the server's identity is checked (`verify-full`).
+    pub fn verifies_server(&self) -> bool {
+        self.mode == SslMode::VerifyFull
+    }
+}
+
 /// The settings a committed step's durability rests on, as the database
 /// reports them on a live connection: what `check_durability` insists on.
 /// SQLite: WAL and `synchronous = FULL` (2) or EXTRA (3), so a commit is
@@ -952,4 +1019,44 @@ fn dkg_id(row: &AnyRow, table: &str) -> Result<DkgId, StoreError> {
 
 fn presig_id(row: &AnyRow, table: &str) -> Result<PresigId, StoreError> {
     Ok(PresigId { origin: columns::node(row.try_get(0)?, table)?, seq: columns::id_seq_back(row.try_get(1)?) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_url_s_tls_parameters_are_what_the_driver_reads() {
+        let url = "postgres://mpc:hunter2@db.internal:5432/n1?sslmode=verify-full&sslrootcert=/etc/mpc/pg-ca.pem";
+        let tls = PostgresTls::of_url(url).unwrap();
+        assert_eq!(tls, PostgresTls { mode: SslMode::VerifyFull, root_cert: Some("/etc/mpc/pg-ca.pem".into()) });
+        assert!(tls.verifies_server());
+        // sqlx's own options carry the same root certificate (it is not
+        // exposed by a getter, so it is read from their debug form).
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        assert!(format!("{options:?}").contains("/etc/mpc/pg-ca.pem"), "{options:?}");
+
+        let tls =
+            PostgresTls::of_url("postgresql://mpc@db/n1?ssl-mode=require&ssl-ca=a.pem&sslrootcert=b.pem").unwrap();
+        assert_eq!((tls.mode, tls.root_cert.as_deref()), (SslMode::Require, Some(Path::new("b.pem"))));
+        assert!(!tls.verifies_server());
+    }
+
+    #[test]
+    fn without_sslmode_the_driver_only_prefers_tls() {
+        // Unless the environment says otherwise.
+        if std::env::var_os("PGSSLMODE").is_none() {
+            let tls = PostgresTls::of_url("postgres://mpc@127.0.0.1/n1").unwrap();
+            assert_eq!(tls, PostgresTls { mode: SslMode::Prefer, root_cert: None });
+        }
+    }
+
+    #[test]
+    fn a_bad_sslmode_or_backend_is_refused_without_the_password() {
+        let e = PostgresTls::of_url("postgres://mpc:hunter2@db/n1?sslmode=verify-everything").unwrap_err();
+        assert!(matches!(e, StoreError::BadUrl { .. }), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(matches!(PostgresTls::of_url("sqlite:///tmp/x.db"), Err(StoreError::UnsupportedUrl { .. })));
+    }
 }

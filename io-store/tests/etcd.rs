@@ -66,6 +66,8 @@ fn config(endpoint: &str, cluster: &str, node: u16) -> CoordConfig {
         lease_ttl_secs: 2,
         dial_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(1),
+        tls: None,
+        auth: None,
     }
 }
 
