@@ -182,7 +182,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
                 listen: SocketAddr::new(host(id), spec.peer_port_base + id),
                 cert_dir: "../certs".into(),
             },
-            etcd: EtcdSection { endpoints: spec.etcd_endpoints.clone(), lease_ttl_secs: 10 },
+            etcd: EtcdSection::new(spec.etcd_endpoints.clone()),
             api: ApiSection {
                 listen: api,
                 max_body_bytes: 2 << 20,

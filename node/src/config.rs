@@ -11,10 +11,13 @@
 //! A complete example is in the README ("Configuration").
 
 use mpc_core::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, NodeId, PolicyConfig, PoolConfig, Timeouts};
+use mpc_io_store::coord::{ClientIdentity, EtcdAuth, EtcdTls};
+use mpc_io_store::PostgresTls;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// The whole file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,6 +94,10 @@ pub struct TransportSection {
     pub cert_dir: PathBuf,
 }
 
+/// Where etcd is and how to reach it safely. `https://` endpoints need
+/// `ca_file`; `cert_file` and `key_file` (both or neither) add a client
+/// certificate for etcd's `--client-cert-auth`; `user` with `password_file`
+/// logs in (etcd's `auth enable`). The password is never in this file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
@@ -98,10 +105,45 @@ pub struct EtcdSection {
     /// Liveness and leadership lease; a silent node loses both after it.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_secs: i64,
+    /// PEM: the CA that signed etcd's server certificates (only it is
+    /// trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM: this node's client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM: the client certificate's private key, owner-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name etcd's certificate must carry, if not the endpoints' host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// etcd user to log in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// A file holding the user's password (one line), owner-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_lease_ttl() -> i64 {
     10
+}
+
+impl EtcdSection {
+    /// Plain `endpoints`, the default lease, no TLS and no login.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdSection {
+            endpoints,
+            lease_ttl_secs: default_lease_ttl(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            user: None,
+            password_file: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,6 +205,18 @@ pub struct Config {
     pub safe_primes_file: Option<PathBuf>,
     pub cert_dir: PathBuf,
     pub operators: Vec<Operator>,
+    /// The `[etcd]` files, resolved; read at start-up by
+    /// [`Config::etcd_security`].
+    pub etcd_files: EtcdFiles,
+}
+
+/// The files the `[etcd]` section names, with paths resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdFiles {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, both or neither.
+    pub client: Option<(PathBuf, PathBuf)>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// An operator allowed to use the API.
@@ -237,15 +291,24 @@ impl Config {
         if raw.etcd.endpoints.is_empty() {
             return Err(err("etcd.endpoints", "at least one etcd endpoint is needed".into()));
         }
+        let mut schemes = Vec::new();
         for (i, e) in raw.etcd.endpoints.iter().enumerate() {
             let parsed = url::Url::parse(e).map_err(|x| err(&format!("etcd.endpoints[{i}]"), format!("{e:?}: {x}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(err(&format!("etcd.endpoints[{i}]"), format!("{e:?}: use http:// or https://")));
             }
+            if schemes.first().is_some_and(|first| *first != parsed.scheme()) {
+                return Err(err(
+                    &format!("etcd.endpoints[{i}]"),
+                    format!("{e:?}: use https:// for every endpoint or none"),
+                ));
+            }
+            schemes.push(parsed.scheme().to_string());
         }
         if raw.etcd.lease_ttl_secs < 2 {
             return Err(err("etcd.lease_ttl_secs", "must be at least 2 seconds".into()));
         }
+        let etcd_files = etcd_files(&raw.etcd, schemes[0] == "https", &resolve).map_err(|(f, p)| err(f, p))?;
         if raw.api.operators.is_empty() {
             return Err(err("api.operators", "at least one operator is needed, or nobody could use the API".into()));
         }
@@ -268,7 +331,12 @@ impl Config {
         let database_url = match &raw.node.database_url {
             Some(url) => {
                 mpc_io_store::Backend::of_url(url).map_err(|e| err("node.database_url", e.to_string()))?;
-                url.clone()
+                if url.starts_with("sqlite:") {
+                    url.clone()
+                } else {
+                    PostgresTls::of_url(url).map_err(|e| err("node.database_url", e.to_string()))?;
+                    resolve_root_cert(url, &resolve)
+                }
             }
             None => format!("sqlite://{}?mode=rwc", state_dir.join("node.db").display()),
         };
@@ -284,6 +352,7 @@ impl Config {
             cert_dir: resolve(&raw.transport.cert_dir),
             state_dir,
             operators,
+            etcd_files,
             raw,
         })
     }
@@ -300,6 +369,164 @@ impl Config {
     pub fn file_error(&self, field: &str, problem: impl std::fmt::Display) -> ConfigFileError {
         ConfigFileError { file: self.file.clone(), field: field.to_string(), problem: problem.to_string() }
     }
+}
+
+/// The PostgreSQL URL with a relative `sslrootcert` resolved like every
+/// other path in the file (the driver would take it relative to the working
+/// directory).
+fn resolve_root_cert(raw: &str, resolve: &dyn Fn(&Path) -> PathBuf) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else { return raw.to_string() };
+    let is_root_cert = |k: &str| matches!(k, "sslrootcert" | "ssl-root-cert" | "ssl-ca");
+    if !url.query_pairs().any(|(k, v)| is_root_cert(&k) && Path::new(v.as_ref()).is_relative()) {
+        return raw.to_string();
+    }
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v =
+                if is_root_cert(&k) { resolve(Path::new(v.as_ref())).display().to_string() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url.to_string()
+}
+
+/// Checks the `[etcd]` security fields against each other and the endpoints'
+/// scheme (without reading any file); `Err((field, problem))`.
+fn etcd_files(
+    e: &EtcdSection,
+    https: bool,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<EtcdFiles, (&'static str, String)> {
+    if https && e.ca_file.is_none() {
+        return Err((
+            "etcd.ca_file",
+            "the endpoints are https://: name the CA certificate (PEM) that signed etcd's certificates".into(),
+        ));
+    }
+    if !https {
+        let tls_only = [
+            ("etcd.ca_file", e.ca_file.is_some()),
+            ("etcd.cert_file", e.cert_file.is_some()),
+            ("etcd.key_file", e.key_file.is_some()),
+            ("etcd.server_name", e.server_name.is_some()),
+        ];
+        if let Some((field, _)) = tls_only.iter().find(|(_, set)| *set) {
+            return Err((field, "is a TLS setting, but the endpoints are http://: use https:// endpoints".into()));
+        }
+    }
+    let client = match (&e.cert_file, &e.key_file) {
+        (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
+        (None, None) => None,
+        (Some(_), None) => return Err(("etcd.key_file", "a client certificate needs its key".into())),
+        (None, Some(_)) => return Err(("etcd.cert_file", "a client key needs its certificate".into())),
+    };
+    if e.server_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(("etcd.server_name", "must not be empty".into()));
+    }
+    match (&e.user, &e.password_file) {
+        (Some(u), _) if u.is_empty() => return Err(("etcd.user", "must not be empty".into())),
+        (Some(_), None) => {
+            return Err(("etcd.password_file", "etcd.user needs the file holding its password".into()));
+        }
+        (None, Some(_)) => return Err(("etcd.user", "etcd.password_file is set but no user to log in as".into())),
+        _ => {}
+    }
+    Ok(EtcdFiles {
+        ca_file: e.ca_file.as_deref().map(resolve),
+        client,
+        password_file: e.password_file.as_deref().map(resolve),
+    })
+}
+
+impl Config {
+    /// Reads what `[etcd]` names: the CA and client certificates, the
+    /// client key and the password (both owner-only). Errors name the field
+    /// and the file, never the content.
+    pub fn etcd_security(&self) -> Result<(Option<EtcdTls>, Option<EtcdAuth>), ConfigFileError> {
+        let f = &self.etcd_files;
+        let tls = match &f.ca_file {
+            None => None,
+            Some(ca) => {
+                let ca_pem = read_pem(ca, "CERTIFICATE").map_err(|p| self.file_error("etcd.ca_file", p))?;
+                let client = match &f.client {
+                    None => None,
+                    Some((cert, key)) => Some(ClientIdentity {
+                        cert_pem: read_pem(cert, "CERTIFICATE").map_err(|p| self.file_error("etcd.cert_file", p))?,
+                        key_pem: read_private_pem(key).map_err(|p| self.file_error("etcd.key_file", p))?,
+                    }),
+                };
+                Some(EtcdTls { ca_pem, client, server_name: self.raw.etcd.server_name.clone() })
+            }
+        };
+        let auth = match (&self.raw.etcd.user, &f.password_file) {
+            (Some(user), Some(file)) => Some(EtcdAuth {
+                user: user.clone(),
+                password: read_password_file(file).map_err(|p| self.file_error("etcd.password_file", p))?,
+            }),
+            _ => None,
+        };
+        Ok((tls, auth))
+    }
+
+    /// Checks the database URL's TLS settings against the files they name:
+    /// a root certificate that cannot be read is a configuration error here
+    /// rather than a connection error later.
+    pub fn check_database_tls(&self) -> Result<(), ConfigFileError> {
+        let Ok(tls) = PostgresTls::of_url(&self.database_url) else { return Ok(()) };
+        if let Some(root) = &tls.root_cert {
+            read_pem(root, "CERTIFICATE")
+                .map_err(|p| self.file_error("node.database_url", format!("sslrootcert: {p}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a secret file that others may read: the error names the file and
+/// its mode.
+fn owner_only(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!("{} is readable by others (mode {mode:o}); chmod 600 it", path.display()));
+    }
+    Ok(())
+}
+
+/// A PEM file holding at least one `-----BEGIN {label}-----` block.
+fn read_pem(path: &Path, label: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&bytes).contains(&format!("-----BEGIN {label}-----")) {
+        return Err(format!("{} holds no PEM {}", path.display(), label.to_lowercase()));
+    }
+    Ok(bytes)
+}
+
+/// An owner-only PEM private key (any of PKCS#8, PKCS#1 or SEC1).
+fn read_private_pem(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    owner_only(path)?;
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    if !bytes.windows(16).any(|w| w == b"PRIVATE KEY-----") {
+        return Err(format!("{} holds no PEM private key", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// An owner-only file holding a password on its first line (a trailing
+/// newline is not part of it).
+fn read_password_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    owner_only(path)?;
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if password.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if password.contains('\n') {
+        return Err(format!("{} holds more than one line", path.display()));
+    }
+    Ok(Zeroizing::new(password.to_string()))
 }
 
 /// Which field of the file a core configuration error is about.
@@ -438,6 +665,176 @@ token_sha256 = "{}"
         assert_eq!(c.core.cluster.members.len(), 5);
         assert_eq!(c.operators.len(), 1);
         assert!(c.database_url.starts_with("postgres://"));
+    }
+
+    fn with_etcd(endpoints: &str, extra: &str) -> String {
+        example("").replace(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+            &format!("[etcd]\nendpoints = {endpoints}\n{extra}"),
+        )
+    }
+
+    fn refused(text: &str) -> ConfigFileError {
+        assert!(text.contains("[etcd]\nendpoints"), "the edit did not apply");
+        Config::parse(Path::new("/etc/mpc/node.toml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn etcd_tls_and_credentials_are_checked_against_each_other() {
+        let https = r#"["https://etcd1:2379", "https://etcd2:2379"]"#;
+        let e = refused(&with_etcd(https, ""));
+        assert_eq!(e.field, "etcd.ca_file");
+        assert!(e.problem.contains("https://"), "{e}");
+
+        let e = refused(&with_etcd(r#"["https://etcd1:2379", "http://etcd2:2379"]"#, "ca_file = \"ca.pem\"\n"));
+        assert_eq!(e.field, "etcd.endpoints[1]");
+        assert!(e.problem.contains("every endpoint or none"), "{e}");
+
+        for (field, line) in [
+            ("etcd.ca_file", "ca_file = \"ca.pem\""),
+            ("etcd.server_name", "server_name = \"etcd.internal\""),
+            ("etcd.cert_file", "cert_file = \"c.pem\"\nkey_file = \"c.key\""),
+        ] {
+            let e = refused(&with_etcd(r#"["http://etcd1:2379"]"#, &format!("{line}\n")));
+            assert_eq!(e.field, field);
+            assert!(e.problem.contains("TLS setting"), "{e}");
+        }
+
+        let tls = "ca_file = \"etcd/ca.pem\"\n";
+        let e = refused(&with_etcd(https, &format!("{tls}cert_file = \"etcd/node.pem\"\n")));
+        assert_eq!(e.field, "etcd.key_file");
+        let e = refused(&with_etcd(https, &format!("{tls}user = \"node-2\"\n")));
+        assert_eq!(e.field, "etcd.password_file");
+        let e = refused(&with_etcd(https, &format!("{tls}password_file = \"etcd/pw\"\n")));
+        assert_eq!(e.field, "etcd.user");
+        let e = refused(&with_etcd(https, &format!("{tls}password = \"hunter2\"\n")));
+        assert!(e.problem.contains("unknown field `password`"), "a password in the file is refused: {e}");
+
+        let full = format!(
+            "{tls}cert_file = \"etcd/node.pem\"\nkey_file = \"/secrets/node.key\"\nserver_name = \"etcd.internal\"\n\
+             user = \"node-2\"\npassword_file = \"etcd/pw\"\n"
+        );
+        let c =
+            Config::parse(Path::new("/etc/mpc/node.toml"), &with_etcd(https, &full)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.etcd_files,
+            EtcdFiles {
+                ca_file: Some("/etc/mpc/etcd/ca.pem".into()),
+                client: Some(("/etc/mpc/etcd/node.pem".into(), "/secrets/node.key".into())),
+                password_file: Some("/etc/mpc/etcd/pw".into()),
+            },
+            "paths are resolved against the file's directory"
+        );
+    }
+
+    /// A scratch directory of files with the given modes.
+    fn files(tag: &str, entries: &[(&str, &str, u32)]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mpc-node-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text, mode) in entries {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        dir
+    }
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n";
+    const FULL: &str = "ca_file = \"ca.pem\"\ncert_file = \"node.pem\"\nkey_file = \"node.key\"\n\
+                        server_name = \"etcd.internal\"\nuser = \"node-2\"\npassword_file = \"pw\"\n";
+
+    #[test]
+    fn etcd_files_are_read_at_start_and_secrets_stay_hidden() {
+        let dir = files(
+            "etcd-ok",
+            &[
+                ("ca.pem", CERT, 0o644),
+                ("node.pem", CERT, 0o644),
+                ("node.key", KEY, 0o600),
+                ("pw", "s3cr3t-pw\n", 0o600),
+            ],
+        );
+        let text = with_etcd(r#"["https://etcd1:2379"]"#, FULL);
+        let c = Config::parse(&dir.join("node.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let (tls, auth) = c.etcd_security().unwrap_or_else(|e| panic!("{e}"));
+        let (tls, auth) = (tls.expect("TLS"), auth.expect("credentials"));
+        assert_eq!(tls.ca_pem, CERT.as_bytes());
+        assert_eq!(tls.server_name.as_deref(), Some("etcd.internal"));
+        let client = tls.client.as_ref().expect("client certificate");
+        assert_eq!((client.cert_pem.as_slice(), client.key_pem.as_slice()), (CERT.as_bytes(), KEY.as_bytes()));
+        assert_eq!(
+            (auth.user.as_str(), auth.password.as_str()),
+            ("node-2", "s3cr3t-pw"),
+            "the newline is not part of it"
+        );
+        let shown = format!("{c:?} {tls:?} {auth:?}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("MIGH"), "{shown}");
+    }
+
+    #[test]
+    fn unusable_etcd_files_are_named_with_their_field() {
+        let text = with_etcd(r#"["https://etcd1:2379"]"#, FULL);
+        let load = |tag: &str, entries: &[(&str, &str, u32)]| {
+            let dir = files(tag, entries);
+            Config::parse(&dir.join("node.toml"), &text).unwrap().etcd_security().unwrap_err()
+        };
+        let ok = [("ca.pem", CERT, 0o644), ("node.pem", CERT, 0o644), ("node.key", KEY, 0o600), ("pw", "pw\n", 0o600)];
+        let without = |name: &str| ok.iter().copied().filter(|(n, ..)| *n != name).collect::<Vec<_>>();
+        let replaced = |name: &'static str, text: &'static str, mode: u32| {
+            ok.iter().map(|e| if e.0 == name { (name, text, mode) } else { *e }).collect::<Vec<_>>()
+        };
+
+        let e = load("no-ca", &without("ca.pem"));
+        assert_eq!(e.field, "etcd.ca_file");
+        assert!(e.problem.contains("ca.pem") && e.problem.contains("No such file"), "{e}");
+        let e = load("bad-ca", &replaced("ca.pem", "not a certificate", 0o644));
+        assert_eq!(e.field, "etcd.ca_file");
+        assert!(e.problem.contains("holds no PEM certificate"), "{e}");
+        let e = load("open-key", &replaced("node.key", KEY, 0o644));
+        assert_eq!(e.field, "etcd.key_file");
+        assert!(e.problem.contains("readable by others"), "{e}");
+        let e = load("open-pw", &replaced("pw", "hunter2\n", 0o640));
+        assert_eq!(e.field, "etcd.password_file");
+        assert!(e.problem.contains("readable by others") && !e.problem.contains("hunter2"), "{e}");
+        let e = load("two-line-pw", &replaced("pw", "hunter2\nhunter3\n", 0o600));
+        assert!(e.problem.contains("more than one line") && !e.problem.contains("hunter"), "{e}");
+        let e = load("empty-pw", &replaced("pw", "\n", 0o600));
+        assert!(e.problem.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn the_database_root_certificate_is_resolved_and_checked() {
+        let dir = files("pg", &[("pg-ca.pem", CERT, 0o644)]);
+        let with_url = |url: &str| {
+            example("").replace(
+                "master_key_file = \"n2/master.key\"\n",
+                &format!("master_key_file = \"n2/master.key\"\ndatabase_url = \"{url}\"\n"),
+            )
+        };
+        let c = Config::parse(
+            &dir.join("node.toml"),
+            &with_url("postgres://mpc@db.internal/n2?sslmode=verify-full&sslrootcert=pg-ca.pem"),
+        )
+        .unwrap();
+        let tls = PostgresTls::of_url(&c.database_url).unwrap();
+        assert_eq!(tls.root_cert, Some(dir.join("pg-ca.pem")), "{}", c.database_url);
+        assert_eq!(tls.mode, mpc_io_store::SslMode::VerifyFull);
+        c.check_database_tls().unwrap_or_else(|e| panic!("{e}"));
+
+        let c = Config::parse(
+            &dir.join("node.toml"),
+            &with_url("postgres://mpc@db.internal/n2?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+        )
+        .unwrap();
+        let e = c.check_database_tls().unwrap_err();
+        assert_eq!(e.field, "node.database_url");
+        assert!(e.problem.contains("sslrootcert") && e.problem.contains("/nonexistent/ca.pem"), "{e}");
+
+        let e = Config::parse(&dir.join("node.toml"), &with_url("postgres://mpc@db/n2?sslmode=sometimes")).unwrap_err();
+        assert_eq!(e.field, "node.database_url");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! the file, the field and the problem); 1 when the environment fails
 //! (database or etcd unreachable).
 
+use mpc_io_store::coord::CoordConfig;
 use mpc_node::{report, storage};
 
 use clap::{Parser, Subcommand};
@@ -47,13 +48,18 @@ enum Cmd {
         master_key_file: Option<PathBuf>,
     },
     /// Verify a node database's hash-chained audit log; names the first bad row.
-    /// With --etcd, --cluster and --node, also check it against the node's
-    /// audit anchor in etcd (a truncated or rewritten tail).
+    /// With --etcd, --cluster and --node, or with --config, also check it
+    /// against the node's audit anchor in etcd (a truncated or rewritten tail).
     AuditVerify {
         /// postgres://… or sqlite://…
         #[arg(long)]
         db: String,
-        /// etcd client URL where the node publishes its audit anchor.
+        /// The node's configuration file: etcd's endpoints, TLS and
+        /// credentials, the cluster and the node are taken from it.
+        #[arg(long, conflicts_with = "etcd")]
+        config: Option<PathBuf>,
+        /// etcd client URL where the node publishes its audit anchor (plain,
+        /// no login; use --config for TLS or credentials).
         #[arg(long, requires_all = ["cluster", "node"])]
         etcd: Option<String>,
         /// The cluster's name (etcd keys under /mpc/<cluster>/).
@@ -110,10 +116,14 @@ fn main() -> anyhow::Result<()> {
             print!("{}", storage::check(&db, mpc_core::NodeId(node), key)?);
             Ok(())
         }
-        Cmd::AuditVerify { db, etcd, cluster, node } => {
-            let anchor_at = match (etcd, cluster, node) {
-                (Some(etcd), Some(cluster), Some(node)) => {
-                    Some(storage::AnchorSource { etcd, cluster, node: mpc_core::NodeId(node) })
+        Cmd::AuditVerify { db, config, etcd, cluster, node } => {
+            let anchor_at = match (config, etcd, cluster, node) {
+                (Some(file), ..) => {
+                    let config = mpc_node::config::Config::load(&file)?;
+                    Some(mpc_node::run::coord_config(&config)?)
+                }
+                (None, Some(etcd), Some(cluster), Some(node)) => {
+                    Some(CoordConfig::new(vec![etcd], cluster, mpc_core::NodeId(node)))
                 }
                 _ => None,
             };

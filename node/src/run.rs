@@ -30,8 +30,8 @@ use crate::metrics::Metrics;
 use crate::shell::{Clock, NodeShell, TimedNode};
 use mpc_core::{Identity, Node};
 use mpc_io_quic::{Transport, TransportConfig};
-use mpc_io_store::coord::{CoordConfig, Coordinator};
-use mpc_io_store::{fence_at_startup, Fencing, MasterKey, Store, StoreError};
+use mpc_io_store::coord::{CoordConfig, CoordError, Coordinator};
+use mpc_io_store::{backoff, fence_at_startup, Fencing, MasterKey, PostgresTls, Store, StoreError};
 use rand_core::{OsRng, RngCore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,12 +86,26 @@ pub async fn open_store(config: &Config) -> Result<Store, RunError> {
             .create(&config.state_dir)
             .map_err(|e| config.file_error("node.state_dir", format!("{}: {e}", config.state_dir.display())))?;
     }
+    config.check_database_tls()?;
+    if let Ok(tls) = PostgresTls::of_url(&config.database_url) {
+        if !tls.verifies_server() {
+            warn!(
+                node = config.me.0,
+                sslmode = ?tls.mode,
+                "PostgreSQL without sslmode=verify-full: the connection is not protected against an active \
+                 attacker (fine on loopback only)"
+            );
+        }
+    }
     let key = master_key(config)?;
     match Store::open(&config.database_url, key, config.me).await {
         Ok(store) => Ok(store),
-        Err(e @ (StoreError::Seal(_) | StoreError::WrongNode { .. } | StoreError::UnsupportedUrl { .. })) => {
-            Err(config.file_error("node.database_url", e).into())
-        }
+        Err(
+            e @ (StoreError::Seal(_)
+            | StoreError::WrongNode { .. }
+            | StoreError::UnsupportedUrl { .. }
+            | StoreError::BadUrl { .. }),
+        ) => Err(config.file_error("node.database_url", e).into()),
         Err(e) => Err(runtime("opening the database", e)),
     }
 }
@@ -107,10 +121,13 @@ pub async fn build_node(store: &Store, config: &Config, identity: Identity) -> R
     node.map_err(|e| runtime("rebuilding the node from its records", e))
 }
 
-fn coord_config(config: &Config) -> CoordConfig {
+/// The coordination settings, with the TLS material and password the
+/// `[etcd]` section names read from their files.
+pub fn coord_config(config: &Config) -> Result<CoordConfig, ConfigFileError> {
     let mut c = CoordConfig::new(config.raw.etcd.endpoints.clone(), config.core.cluster.cluster_id.clone(), config.me);
     c.lease_ttl_secs = config.raw.etcd.lease_ttl_secs;
-    c
+    (c.tls, c.auth) = config.etcd_security()?;
+    Ok(c)
 }
 
 /// A watch that turns true on SIGTERM or SIGINT.
@@ -137,7 +154,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let store = Arc::new(open_store(&config).await?);
     info!(node = me.0, backend = ?store.backend(), "database open");
 
-    let coord = Arc::new(Coordinator::connect(coord_config(&config)).await.map_err(|e| runtime("etcd", e))?);
+    let coord_config = coord_config(&config)?;
+    let coord = Arc::new(Coordinator::connect(coord_config).await.map_err(|e| match e {
+        // Fixed in the configuration, not by waiting: exit 2.
+        e @ (CoordError::Config(_) | CoordError::Denied(_)) => RunError::Config(config.file_error("etcd", e)),
+        e => runtime("etcd", e),
+    })?);
     let mut clock = Clock::default();
     match fence_at_startup(&store, &coord, clock.now()).await.map_err(|e| runtime("restore fencing", e))? {
         Fencing::Current { epoch } => info!(node = me.0, epoch, "restore fencing: database is current"),
@@ -257,20 +279,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Rebuilds the core after a failed persist, retrying with a growing pause
-/// while the database stays unavailable.
+/// Rebuilds the core after a failed persist, retrying with a growing,
+/// jittered pause while the database stays unavailable.
 async fn rebuild(store: &Store, config: &Config, identity: &Identity, shell: &mut NodeShell) -> Result<Node, RunError> {
-    let mut delay = Duration::from_millis(200);
+    let mut pauses = backoff::jittered(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match build_node(store, config, identity.clone()).await {
             Ok(node) => return Ok(node),
             Err(e) => {
+                let delay = pauses.next().unwrap_or(Duration::from_secs(10));
                 warn!(node = config.me.0, "rebuilding the core failed, retrying in {delay:?}: {e}");
                 if *shell.shutdown.borrow() {
                     return Err(e);
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }

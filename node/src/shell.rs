@@ -186,7 +186,7 @@ impl NodeShell {
         let health = self.health_tx.clone();
         tokio::spawn(async move {
             let Ok(bytes) = hex::decode(&key_hex) else { return };
-            let mut delay = Duration::from_millis(500);
+            let mut pauses = mpc_io_store::backoff::jittered(Duration::from_millis(500), Duration::from_secs(30));
             loop {
                 match coord.publish_public_key(&bytes).await {
                     Ok(outcome) => {
@@ -202,8 +202,7 @@ impl NodeShell {
                         return;
                     }
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(pauses.next().unwrap_or(Duration::from_secs(30))).await;
             }
         });
     }

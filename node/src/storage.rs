@@ -2,7 +2,8 @@
 //! would at start-up (master key, node binding, migrations, every sealed
 //! value opened, audit chain verified) and prints what it holds;
 //! `audit-verify` checks the audit chain without the master key, and with
-//! `--etcd` also against the node's audit anchor published there.
+//! `--etcd` (or a node's `--config`) also against the node's audit anchor
+//! published there.
 
 use anyhow::Context;
 use mpc_core::NodeId;
@@ -52,26 +53,21 @@ pub fn check(url: &str, node: NodeId, key: MasterKey) -> anyhow::Result<String> 
     })
 }
 
-/// Where a node's audit anchor is published: etcd, the cluster's name, the
-/// node whose database is checked.
-pub struct AnchorSource {
-    pub etcd: String,
-    pub cluster: String,
-    pub node: NodeId,
-}
-
 /// Verifies the audit chain of the database at `url` and, given where the
 /// node's anchor is published, that the chain still reaches it: a cut or
 /// rewritten tail verifies on its own and shows only against the anchor.
-pub fn audit_verify(url: &str, anchor_at: Option<AnchorSource>) -> anyhow::Result<String> {
+/// `anchor_at` names etcd, the cluster and the node whose database is
+/// checked.
+pub fn audit_verify(url: &str, anchor_at: Option<CoordConfig>) -> anyhow::Result<String> {
     runtime()?.block_on(async {
         let Some(at) = anchor_at else {
             let (head, rows) = Store::verify_audit_at(url, None).await?;
             return Ok(format!("audit chain intact: {rows} rows, head {}", hex::encode(head.last_hash)));
         };
-        let coord = Coordinator::connect(CoordConfig::new(vec![at.etcd], at.cluster, at.node)).await?;
-        let key = coord.anchor_key(at.node);
-        let anchor = coord.anchor(at.node).await?;
+        let node = at.node;
+        let coord = Coordinator::connect(at).await?;
+        let key = coord.anchor_key(node);
+        let anchor = coord.anchor(node).await?;
         let (head, rows) = Store::verify_audit_at(url, anchor.as_ref())
             .await
             .with_context(|| format!("checked against the anchor in etcd at {key}"))?;
