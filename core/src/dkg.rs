@@ -100,16 +100,63 @@ impl Node {
     /// Starts a cggmp24 session in the engine and delivers any messages that
     /// arrived for it before it started here.
     pub(crate) fn start_session(&mut self, session: SessionId, members: Vec<NodeId>, kind: SessionKind) {
-        let deadline = self.now.plus(match session {
-            SessionId::Presign(_) => self.config.cluster.timeouts.presign_ms,
-            _ => self.config.cluster.timeouts.dkg_ms,
-        });
+        let deadline = self.now.plus(self.session_lifetime(&session));
         let execution_id = session.execution_id(self.cluster_id());
         let seed = self.seed();
         self.sessions.insert(session, SessionInfo { members, deadline, delivered: BTreeSet::new() });
         self.compute(crate::engine::ComputeJob::Start { session, execution_id, seed, kind });
-        for (from, broadcast, payload) in self.buffered.remove(&session).unwrap_or_default() {
-            self.on_protocol_message(from, session, broadcast, payload);
+        for early in self.buffered.remove(&session).unwrap_or_default() {
+            self.on_protocol_message(early.from, session, early.broadcast, early.payload);
+        }
+    }
+
+    /// How long a message may wait for its session: as long as the session
+    /// itself may run.
+    pub(crate) fn session_lifetime(&self, session: &SessionId) -> u64 {
+        match session {
+            SessionId::Presign(_) => self.config.cluster.timeouts.presign_ms,
+            _ => self.config.cluster.timeouts.dkg_ms,
+        }
+    }
+
+    /// Holds a message for a session not started here yet, within the
+    /// bounds in `node.rs` (see `MAX_EARLY_*`); beyond them it is dropped.
+    fn hold_early(&mut self, from: NodeId, session: SessionId, broadcast: bool, payload: Vec<u8>) {
+        use crate::node::{
+            MAX_EARLY_BYTES_PER_SENDER, MAX_EARLY_MESSAGES_PER_SENDER, MAX_EARLY_PER_SESSION_AND_SENDER,
+        };
+        let (mut messages, mut bytes) = (0, 0);
+        for early in self.buffered.values().flatten().filter(|e| e.from == from) {
+            messages += 1;
+            bytes += early.payload.len();
+        }
+        let in_session = self.buffered.get(&session).map_or(0, |q| q.iter().filter(|e| e.from == from).count());
+        if in_session >= MAX_EARLY_PER_SESSION_AND_SENDER
+            || messages >= MAX_EARLY_MESSAGES_PER_SENDER
+            || bytes + payload.len() > MAX_EARLY_BYTES_PER_SENDER
+        {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "protocol".into(),
+                reason: format!("too many messages held for sessions not started here ({session})"),
+            });
+            return;
+        }
+        let at = self.now;
+        self.buffered.entry(session).or_default().push(crate::node::EarlyMessage { from, broadcast, payload, at });
+    }
+
+    /// Drops held messages whose session would have timed out by now.
+    pub(crate) fn age_out_early_messages(&mut self) {
+        let now = self.now;
+        let lifetimes: Vec<(SessionId, u64)> = self.buffered.keys().map(|s| (*s, self.session_lifetime(s))).collect();
+        for (session, lifetime) in lifetimes {
+            if let Some(queue) = self.buffered.get_mut(&session) {
+                queue.retain(|e| now < e.at.plus(lifetime));
+                if queue.is_empty() {
+                    self.buffered.remove(&session);
+                }
+            }
         }
     }
 
@@ -118,15 +165,8 @@ impl Node {
             return;
         }
         let Some(info) = self.sessions.get_mut(&session) else {
-            // Possibly early: buffer, within bounds.
-            if self.buffered.len() >= crate::node::MAX_BUFFERED_SESSIONS && !self.buffered.contains_key(&session) {
-                return;
-            }
-            let queue = self.buffered.entry(session).or_default();
-            if queue.len() < crate::node::MAX_BUFFERED_PER_SESSION {
-                queue.push((from, broadcast, payload));
-            }
-            return;
+            // Possibly early: hold it, within bounds.
+            return self.hold_early(from, session, broadcast, payload);
         };
         let Some(index) = info.members.iter().position(|m| *m == from) else {
             self.observe(Observation::RejectedMessage {

@@ -197,6 +197,14 @@ pub enum Observation {
         from: TxState,
         to: TxState,
     },
+    /// An event the lifecycle does not allow in the transaction's state
+    /// (see [`crate::lifecycle`]); the state did not change. Never happens
+    /// in a correct node: the simulator counts it as a violation.
+    IllegalTransition {
+        tx: TxId,
+        from: TxState,
+        event: crate::lifecycle::TxEvent,
+    },
     /// A member signed two different votes for one transaction.
     Equivocation {
         voter: NodeId,
@@ -262,6 +270,14 @@ pub enum Observation {
         input: u32,
         attempt: u32,
         reason: String,
+    },
+    /// One input of an approved transaction found no signature in
+    /// `attempts` tries; it is still retried, less often, while the
+    /// approval stands. An operator should look at the signers' health.
+    SigningStalled {
+        tx: TxId,
+        input: u32,
+        attempts: u32,
     },
     /// The cluster's signed transaction passed Bitcoin Core's interpreter.
     TxSigned {

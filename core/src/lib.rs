@@ -14,6 +14,7 @@ pub mod driver;
 pub mod engine;
 pub mod ids;
 pub mod io;
+pub mod lifecycle;
 pub mod message;
 mod node;
 pub mod planted;
@@ -35,6 +36,7 @@ pub use io::{
     Command, DkgRefusal, DkgStage, Envelope, Input, Observation, Reply, SignerSetPool, StatusReport, Step,
     SubmitRefusal,
 };
+pub use lifecycle::{IllegalTransition, TxEvent};
 pub use message::PeerMessage;
 pub use node::{Identity, Node, NodeError};
 pub use planted::PlantedBugs;

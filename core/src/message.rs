@@ -3,7 +3,7 @@
 
 use crate::engine::PresigPublic;
 use crate::ids::{DkgId, NodeId, PresigId, SessionId, TxId};
-use crate::vote::{ApprovalCertificate, SignedVote};
+use crate::vote::{ApprovalCertificate, Equivocation, ExpiryNotice, SignedVote};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,14 @@ pub enum PeerMessage {
     SyncRequest {
         known_final: Vec<TxId>,
     },
+    /// Two different signed votes of one member for one transaction. Every
+    /// node that finds an equivocation sends it to all, so each honest node
+    /// stops counting the equivocator, including a coordinator whose
+    /// certificate still relies on it.
+    Evidence(Box<Equivocation>),
+    /// The sender's promise never to help sign a transaction whose vote
+    /// deadline passed without an outcome (see [`ExpiryNotice`]).
+    Expiry(ExpiryNotice),
 }
 
 impl PeerMessage {
@@ -79,6 +87,8 @@ impl PeerMessage {
             PeerMessage::SigningResponse { .. } => "signing_response",
             PeerMessage::TxSigned { .. } => "tx_signed",
             PeerMessage::SyncRequest { .. } => "sync_request",
+            PeerMessage::Evidence(_) => "evidence",
+            PeerMessage::Expiry(_) => "expiry",
         }
     }
 }
@@ -101,6 +111,9 @@ pub enum SigningRefusal {
     /// The signer cannot fence a consumption right now (etcd unreachable):
     /// retryable, and another signer set can sign meanwhile.
     CoordinationUnavailable,
+    /// This signer promised never to sign the transaction: its vote
+    /// deadline passed without an outcome (see [`ExpiryNotice`]).
+    Expired,
 }
 
 impl SigningRefusal {
@@ -108,5 +121,11 @@ impl SigningRefusal {
     /// (or another signer set now) may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SigningRefusal::CoordinationUnavailable)
+    }
+
+    /// A refusal after which the presignature can never sign this message:
+    /// the refuser's share is gone or spent on another.
+    pub fn burns_presignature(&self) -> bool {
+        matches!(self, SigningRefusal::PresignatureUnavailable | SigningRefusal::PresignatureUsedElsewhere)
     }
 }

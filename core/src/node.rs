@@ -8,6 +8,7 @@ use crate::config::{NodeConfig, Policy};
 use crate::engine::{AuxInfo, ComputeJob, KeyShare, PresigPublic, PresigShare, SafePrimes};
 use crate::ids::{DkgId, Millis, NodeId, PresigId, SessionId, TxId};
 use crate::io::{Envelope, Input, Observation, Step};
+use crate::lifecycle::TxEvent;
 use crate::message::PeerMessage;
 use crate::record::{Record, RecoveredState, TxState};
 use crate::secret::Secret;
@@ -43,9 +44,15 @@ pub enum NodeError {
     Recovery(String),
 }
 
-/// Protocol messages that arrived before their session started here.
-pub(crate) const MAX_BUFFERED_SESSIONS: usize = 256;
-pub(crate) const MAX_BUFFERED_PER_SESSION: usize = 64;
+/// Protocol messages that arrived before their session started here are
+/// held, within what an honest member can send early: a few messages per
+/// session, and a byte budget per sender (aux info rounds are megabytes),
+/// so one Byzantine member can only fill its own share. A held message
+/// leaves when its session starts, or when it could no longer be useful
+/// (the session would have timed out by then).
+pub(crate) const MAX_EARLY_PER_SESSION_AND_SENDER: usize = 4;
+pub(crate) const MAX_EARLY_BYTES_PER_SENDER: usize = 32 << 20;
+pub(crate) const MAX_EARLY_MESSAGES_PER_SENDER: usize = 256;
 /// Verified votes kept for transactions not yet proposed to this node.
 pub(crate) const MAX_ORPHAN_TXS: usize = 1024;
 /// How often a node with pending background work wants a tick.
@@ -68,6 +75,14 @@ pub(crate) struct SessionInfo {
     pub delivered: BTreeSet<(NodeId, [u8; 32])>,
 }
 
+/// A protocol message held until its session starts here.
+pub(crate) struct EarlyMessage {
+    pub from: NodeId,
+    pub broadcast: bool,
+    pub payload: Vec<u8>,
+    pub at: Millis,
+}
+
 /// A transaction as this node knows it.
 pub(crate) struct TxEntry {
     pub proposed: ProposedTx,
@@ -82,6 +97,11 @@ pub(crate) struct TxEntry {
     /// still gossiped for a while after, so an equivocator's two votes meet.
     pub finalized_at: Option<Millis>,
     pub signed_raw: Option<Vec<u8>>,
+    /// Equivocations found for this transaction, one per voter, kept to
+    /// hand on (catch-up, a refused certificate).
+    pub evidence: Vec<crate::vote::Equivocation>,
+    /// Members' promises never to sign it (this node's own included).
+    pub expiry: BTreeMap<NodeId, crate::vote::ExpiryNotice>,
 }
 
 /// This node's own share of a presignature.
@@ -101,6 +121,12 @@ pub(crate) struct PoolEntry {
     pub used: bool,
     /// Signers announced different commitments: unusable.
     pub inconsistent: bool,
+    /// The signer list came from the initiator (or this node's own
+    /// session), not from an announcement: announcements must match it.
+    pub confirmed: bool,
+    /// When this node first heard of it: a session not complete a
+    /// presigning timeout later is no longer counted as generating.
+    pub first_seen: Millis,
 }
 
 impl PoolEntry {
@@ -126,6 +152,8 @@ pub(crate) struct InputSigning {
     pub partials: BTreeMap<NodeId, [u8; 32]>,
     pub deadline: Millis,
     pub done: Option<[u8; 64]>,
+    /// `Observation::SigningStalled` was emitted for this input.
+    pub stall_reported: bool,
 }
 
 pub(crate) struct SigningJob {
@@ -142,6 +170,9 @@ pub struct Node {
     seed_fingerprint: [u8; 32],
     pub(crate) now: Millis,
     pub(crate) leader: Option<NodeId>,
+    /// When the lease last changed hands: the order of signing takeover
+    /// (which starts at the lease holder) changed then.
+    pub(crate) line_changed_at: Millis,
     /// See [`Input::Coordination`]: while false, nothing is consumed.
     pub(crate) coordination_reachable: bool,
     pub(crate) next_seq: u64,
@@ -152,7 +183,7 @@ pub struct Node {
     pub(crate) key: Option<KeyMaterial>,
     pub(crate) sessions: BTreeMap<SessionId, SessionInfo>,
     pub(crate) closed_sessions: BTreeSet<SessionId>,
-    pub(crate) buffered: BTreeMap<SessionId, Vec<(NodeId, bool, Vec<u8>)>>,
+    pub(crate) buffered: BTreeMap<SessionId, Vec<EarlyMessage>>,
     pub(crate) txs: BTreeMap<TxId, TxEntry>,
     /// Verified votes (with who delivered them) for transactions not yet
     /// proposed to this node; they take the normal vote path once it is.
@@ -163,6 +194,12 @@ pub struct Node {
     /// Presigning sessions this node initiated as coordinator, by deadline.
     pub(crate) initiated: BTreeMap<PresigId, Millis>,
     pub(crate) refilling: bool,
+    /// A restarted node starts no presigning session before this time: the
+    /// sessions in flight when it went down (which it may no longer know of)
+    /// have finished or timed out by then, so ready plus generating never
+    /// passes the pool's maximum.
+    pub(crate) refill_not_before: Option<Millis>,
+    pub(crate) restarted: bool,
     pub(crate) signing: BTreeMap<TxId, SigningJob>,
     pub(crate) suspects: BTreeMap<NodeId, Millis>,
     /// How often each member has been suspected: suspicion lasts longer
@@ -171,6 +208,9 @@ pub struct Node {
     /// Members proven to cheat (an invalid partial signature): never picked
     /// as a signer again by this node.
     pub(crate) convicted: BTreeSet<NodeId>,
+    /// Members that asked this node to sign with one of its presignature
+    /// shares: a coordinator that assigned a presignature may abandon it.
+    pub(crate) requesters: BTreeMap<PresigId, BTreeSet<NodeId>>,
     pub(crate) loopback: VecDeque<PeerMessage>,
     /// When this node next asks a peer for missed transactions, and which.
     pub(crate) next_sync: Millis,
@@ -238,6 +278,7 @@ impl Node {
             },
             now: Millis(0),
             leader: None,
+            line_changed_at: Millis(0),
             coordination_reachable: true,
             next_seq: 0,
             primes: None,
@@ -255,10 +296,13 @@ impl Node {
             pool: BTreeMap::new(),
             initiated: BTreeMap::new(),
             refilling: false,
+            refill_not_before: None,
+            restarted: false,
             signing: BTreeMap::new(),
             suspects: BTreeMap::new(),
             strikes: BTreeMap::new(),
             convicted: BTreeSet::new(),
+            requesters: BTreeMap::new(),
             loopback: VecDeque::new(),
             next_sync: Millis(0),
             sync_rotation: 0,
@@ -267,6 +311,7 @@ impl Node {
             bugs,
             late_records: Vec::new(),
         };
+        node.restarted = !recovered.records.is_empty();
         for record in recovered.records {
             node.replay(record)?;
         }
@@ -301,6 +346,19 @@ impl Node {
         self.now
     }
 
+    /// Protocol messages (count, bytes) held for sessions that have not
+    /// started here yet: bounded per sender (see `MAX_EARLY_*`).
+    pub fn early_messages_held(&self) -> (usize, usize) {
+        let held = self.buffered.values().flatten();
+        held.fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.payload.len()))
+    }
+
+    /// Presignatures this node tracks cluster-wide (its pool view, spent
+    /// ones included).
+    pub fn pool_entries(&self) -> usize {
+        self.pool.len()
+    }
+
     pub fn group_key(&self) -> Option<&GroupKey> {
         self.key.as_ref().map(|k| &k.group)
     }
@@ -309,6 +367,10 @@ impl Node {
     /// backwards for one node.
     pub fn handle(&mut self, now: Millis, input: Input) -> Step {
         self.now = self.now.max(now);
+        if self.refill_not_before.is_none() {
+            let grace = if self.restarted { self.config.cluster.timeouts.presign_ms } else { 0 };
+            self.refill_not_before = Some(self.now.plus(grace));
+        }
         self.step = self.startup.take().unwrap_or_default();
         // Planted bug only: consumption recorded a step after it was used.
         self.step.persist.append(&mut self.late_records);
@@ -362,10 +424,15 @@ impl Node {
             }
             PeerMessage::TxSigned { tx, raw_tx, presigs } => self.on_tx_signed(from, tx, raw_tx, presigs),
             PeerMessage::SyncRequest { known_final } => self.on_sync_request(from, known_final),
+            PeerMessage::Evidence(evidence) => self.on_evidence(from, *evidence),
+            PeerMessage::Expiry(notice) => self.on_expiry_notice(from, notice),
         }
     }
 
     fn on_leadership(&mut self, leader: Option<NodeId>) {
+        if leader != self.leader {
+            self.line_changed_at = self.now;
+        }
         self.leader = leader;
         if leader != Some(self.me) {
             // Sessions this node started as coordinator keep running at the
@@ -377,6 +444,7 @@ impl Node {
     /// Deadlines and background work, run after every input.
     fn on_time(&mut self) {
         self.expire_suspects();
+        self.age_out_early_messages();
         self.check_dkg_deadline();
         self.check_session_deadlines();
         self.check_vote_deadlines();
@@ -414,6 +482,12 @@ impl Node {
                 .for_each(&mut at);
         }
         self.initiated.values().for_each(|d| at(*d));
+        // Wake when a held message expires (always after now: expired
+        // ones were dropped during this input).
+        for (session, queue) in &self.buffered {
+            let lifetime = self.session_lifetime(session);
+            queue.iter().for_each(|e| at(e.at.plus(lifetime)));
+        }
         self.suspects.values().for_each(|d| at(*d));
         if self.has_coordination_work() {
             at(self.now.plus(POLL_MS));
@@ -481,8 +555,19 @@ impl Node {
         self.leader == Some(self.me)
     }
 
-    pub(crate) fn set_tx_state(&mut self, tx: TxId, to: TxState) {
+    /// Moves `tx` by `event`, as the lifecycle table says (see
+    /// [`crate::lifecycle`]): the new state is persisted and observed; an
+    /// event the table does not allow in the current state changes nothing
+    /// and is reported as an illegal transition.
+    pub(crate) fn transition(&mut self, tx: TxId, event: TxEvent) {
         let Some(entry) = self.txs.get_mut(&tx) else { return };
+        let to = match crate::lifecycle::next(&entry.state, &event) {
+            Ok(to) => to,
+            Err(illegal) => {
+                self.observe(Observation::IllegalTransition { tx, from: illegal.from, event: illegal.event });
+                return;
+            }
+        };
         if entry.state == to {
             return;
         }
@@ -512,6 +597,18 @@ impl Node {
             let strikes = *strikes;
             self.suspects.insert(node, until);
             self.observe(Observation::MemberSuspected { member: node, strikes });
+        }
+    }
+
+    /// A valid partial signature takes one strike off its signer: an
+    /// honest member that was unlucky (a collision, a slow link) is not
+    /// avoided for ever longer; a member that keeps failing still is.
+    pub(crate) fn forgive(&mut self, node: NodeId) {
+        if let Some(strikes) = self.strikes.get_mut(&node) {
+            *strikes = strikes.saturating_sub(1);
+            if *strikes == 0 {
+                self.strikes.remove(&node);
+            }
         }
     }
 
@@ -592,6 +689,7 @@ impl Node {
             Record::Evidence(e) => {
                 if let Some(entry) = self.txs.get_mut(&e.tx) {
                     entry.tally.mark_equivocator(e.voter);
+                    entry.evidence.push(e);
                 }
             }
             Record::TxState { tx, state } => {
@@ -657,6 +755,13 @@ impl Node {
         for tx in unvoted {
             self.cast_vote(tx);
         }
+        // A promise persisted (as the Expired state) just before a crash
+        // may never have been sent; signing it again gives the same bytes.
+        let expired: Vec<TxId> =
+            self.txs.iter().filter(|(_, t)| t.state == TxState::Expired).map(|(id, _)| *id).collect();
+        for tx in expired {
+            self.promise_never_to_sign(tx);
+        }
         self.startup = Some(std::mem::take(&mut self.step));
     }
 
@@ -665,21 +770,13 @@ impl Node {
     /// the session deadline. A share is never half-used: it is discarded
     /// before the session's state is lost.
     fn abandon_own_sessions(&mut self, reason: &str) {
-        let generating: Vec<(PresigId, Vec<NodeId>)> = self
+        let generating: Vec<PresigId> = self
             .own_presigs
             .iter()
-            .filter_map(|(id, p)| match p {
-                OwnPresig::Generating { signers } => Some((*id, signers.clone())),
-                _ => None,
-            })
+            .filter_map(|(id, p)| matches!(p, OwnPresig::Generating { .. }).then_some(*id))
             .collect();
-        for (id, signers) in generating {
-            let mut notify: BTreeSet<NodeId> = signers.into_iter().collect();
-            notify.insert(id.origin);
-            notify.remove(&self.me);
-            for to in notify {
-                self.send(to, PeerMessage::PresigAbandon { id });
-            }
+        // Discarding tells every member (see `discard_own_presig`).
+        for id in generating {
             self.discard_own_presig(id, reason.to_string());
         }
     }
@@ -727,6 +824,8 @@ impl TxEntry {
             approved_at: None,
             finalized_at: None,
             signed_raw: None,
+            evidence: Vec::new(),
+            expiry: BTreeMap::new(),
         }
     }
 }

@@ -30,6 +30,24 @@ impl Node {
         e.complete() && !e.used && e.signers.iter().all(|s| self.healthy(*s))
     }
 
+    /// Presigning sessions in flight anywhere, as this node knows them:
+    /// every member hears each session's start from its initiator, so a
+    /// new lease holder counts its predecessor's sessions too. A session
+    /// not complete a presigning timeout after this node heard of it has
+    /// failed somewhere and no longer counts.
+    pub(crate) fn pool_generating(&self) -> usize {
+        let timeout = self.config.cluster.timeouts.presign_ms;
+        let in_flight =
+            |e: &&PoolEntry| !e.used && !e.inconsistent && !e.complete() && self.now < e.first_seen.plus(timeout);
+        self.pool.values().filter(in_flight).count().max(self.initiated.len())
+    }
+
+    /// Complete and unspent, whatever the health of the signers: what the
+    /// pool's maximum bounds.
+    fn pool_unspent(&self) -> usize {
+        self.pool.values().filter(|e| e.complete() && !e.used).count()
+    }
+
     pub(crate) fn has_coordination_work(&self) -> bool {
         self.is_leader()
             && self.key.is_some()
@@ -46,12 +64,12 @@ impl Node {
         if ready < cfg.low_water {
             self.refilling = true;
         }
-        if !self.refilling {
+        if !self.refilling || self.refill_not_before.is_some_and(|t| self.now < t) {
             return;
         }
         loop {
-            let (ready, generating) = (self.pool_ready(), self.initiated.len());
-            if ready + generating >= cfg.target.min(cfg.max) {
+            let (ready, generating) = (self.pool_ready(), self.pool_generating());
+            if ready + generating >= cfg.target.min(cfg.max) || self.pool_unspent() + generating >= cfg.max {
                 if ready >= cfg.target {
                     self.refilling = false;
                 }
@@ -82,9 +100,12 @@ impl Node {
         let id = PresigId { origin: self.me, seq: self.reserve_seq() };
         let deadline = self.now.plus(self.config.cluster.timeouts.presign_ms);
         self.initiated.insert(id, deadline);
-        self.pool.insert(id, PoolEntry::new(signers.clone()));
-        for s in signers.clone() {
-            self.send(s, PeerMessage::PresignStart { id, signers: signers.clone() });
+        self.pool.insert(id, PoolEntry::confirmed(signers.clone(), self.now));
+        // Every member learns the signer list from the initiator, so an
+        // announcement naming other signers is refused rather than spoiling
+        // the presignature in the views of those not signing it.
+        for m in self.members() {
+            self.send(m, PeerMessage::PresignStart { id, signers: signers.clone() });
         }
     }
 
@@ -106,7 +127,18 @@ impl Node {
             return reject(self, "signer set names a non-member".into());
         }
         let Some(position) = signers.iter().position(|s| *s == self.me) else {
-            return reject(self, "this node is not in the signer set".into());
+            // Not a signer: just learn who the signers are.
+            let entry = self.pool.entry(id).or_insert_with(|| PoolEntry::confirmed(signers.clone(), self.now));
+            if !entry.confirmed {
+                // Announcements came first; any that named other signers
+                // were not the real ones.
+                if entry.signers != signers {
+                    *entry = PoolEntry::confirmed(signers, self.now);
+                } else {
+                    entry.confirmed = true;
+                }
+            }
+            return;
         };
         let Some(key) = &self.key else { return reject(self, "no key share yet".into()) };
         if self.own_presigs.contains_key(&id) {
@@ -116,7 +148,11 @@ impl Node {
         let key_share = key.share.clone();
         self.persist(Record::PresigGenerating { id, signers: signers.clone() });
         self.own_presigs.insert(id, OwnPresig::Generating { signers: signers.clone() });
-        self.pool.entry(id).or_insert_with(|| PoolEntry::new(signers.clone()));
+        let entry = self.pool.entry(id).or_insert_with(|| PoolEntry::confirmed(signers.clone(), self.now));
+        if entry.signers != signers {
+            *entry = PoolEntry::confirmed(signers.clone(), self.now);
+        }
+        entry.confirmed = true;
         let parties_at_keygen = signers.iter().map(|s| s.keygen_index()).collect();
         let kind = SessionKind::Presign { i: position as u16, parties_at_keygen, key_share };
         self.start_session(SessionId::Presign(id), signers, kind);
@@ -152,8 +188,33 @@ impl Node {
             });
             return;
         }
-        if self.pool.get(&id).is_some_and(|e| e.ready.contains(&from)) {
-            return;
+        let reject = |node: &mut Node, reason: String| {
+            node.observe(Observation::RejectedMessage { from, kind: "presig_ready".into(), reason })
+        };
+        match self.pool.get(&id) {
+            Some(e) if e.ready.contains(&from) => return,
+            Some(e) if e.confirmed && e.signers != signers => {
+                return reject(self, format!("{id} has other signers than its initiator named"));
+            }
+            // Every signer announced it consistently: only one of them can
+            // contradict that.
+            Some(e) if e.complete() && !e.signers.contains(&from) => {
+                return reject(self, format!("not a signer of {id}"));
+            }
+            Some(_) => {}
+            None => {
+                // Unknown to this node (the initiator's start is still on
+                // its way, or was lost): accepted while the announcer has
+                // no more unspent presignatures pending than an honest
+                // signer can (the pool's maximum plus the sessions in
+                // flight), so a flood of made-up ids is bounded.
+                let cfg = &self.config.cluster.pool;
+                let allowance = cfg.max + cfg.parallel_sessions;
+                let pending = self.pool.values().filter(|e| !e.used && e.ready.contains(&from)).count();
+                if pending >= allowance {
+                    return reject(self, format!("more than {allowance} unspent presignatures announced"));
+                }
+            }
         }
         self.persist(Record::PresigAnnounced { id, signers: signers.clone(), from, public: public.clone() });
         self.note_ready(id, signers, from, public);
@@ -161,7 +222,7 @@ impl Node {
 
     /// Updates the cluster view; also used when replaying records.
     pub(crate) fn note_ready(&mut self, id: PresigId, signers: Vec<NodeId>, from: NodeId, public: PresigPublic) {
-        let entry = self.pool.entry(id).or_insert_with(|| PoolEntry::new(signers.clone()));
+        let entry = self.pool.entry(id).or_insert_with(|| PoolEntry::new(signers.clone(), self.now));
         if entry.signers != signers {
             entry.inconsistent = true;
         }
@@ -176,17 +237,50 @@ impl Node {
         }
     }
 
-    /// Signer: the initiator gave up on `id`.
-    /// Accepted from the initiator, the lease holder, any signer of the set
-    /// (a signer that lost its share makes the presignature useless), and
-    /// any member coordinating a signature with it. Abandoning can only waste
-    /// a presignature, never make one be used twice.
+    /// Anyone: `from` gave up on `id`. Accepted only from those who can
+    /// know it is dead: its initiator while it is being generated, one of
+    /// its signers (a signer that
+    /// lost its share makes the presignature useless), or a coordinator that
+    /// asked this node to sign with it. Anyone else could otherwise wipe
+    /// the pool with one message per presignature. Abandoning can only
+    /// waste a presignature, never make one be used twice.
     pub(crate) fn on_presig_abandon(&mut self, from: NodeId, id: PresigId) {
+        let signers = match self.own_presigs.get(&id) {
+            Some(OwnPresig::Generating { signers } | OwnPresig::Ready { signers, .. }) => Some(signers),
+            _ => self.pool.get(&id).map(|e| &e.signers),
+        };
+        // The initiator may give up on a session still running, not on a
+        // finished presignature (it has no reason to, and could otherwise
+        // wipe every presignature it ever started).
+        let finished = matches!(self.own_presigs.get(&id), Some(OwnPresig::Ready { .. }))
+            || self.pool.get(&id).is_some_and(|e| e.complete());
+        let entitled = (from == id.origin && !finished)
+            || signers.is_some_and(|s| s.contains(&from))
+            || self.requesters.get(&id).is_some_and(|r| r.contains(&from));
+        if !entitled {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "presig_abandon".into(),
+                reason: format!("neither the initiator, a signer, nor a coordinator of {id}"),
+            });
+            return;
+        }
         self.discard_own_presig(id, format!("abandoned by {from}"));
     }
 
-    /// Discards this node's share unless it was consumed. A discarded share
-    /// is never used, so a late request for it is refused.
+    /// Remembers that `from` asked to sign with this node's share of `id`
+    /// (it may abandon it later). Only for shares this node holds, at most
+    /// one entry per member: bounded by the pool.
+    pub(crate) fn note_requester(&mut self, id: PresigId, from: NodeId) {
+        if self.own_presigs.contains_key(&id) && self.config.cluster.members.contains_key(&from) {
+            self.requesters.entry(id).or_default().insert(from);
+        }
+    }
+
+    /// Discards this node's share unless it was consumed, and tells every
+    /// member, so nobody picks the presignature again (a non-signer
+    /// would otherwise keep counting it as ready). A discarded share is
+    /// never used, so a late request for it is refused.
     pub(crate) fn discard_own_presig(&mut self, id: PresigId, reason: String) {
         if let Some(e) = self.pool.get_mut(&id) {
             e.used = true;
@@ -204,6 +298,7 @@ impl Node {
         self.own_presigs.insert(id, OwnPresig::Discarded);
         self.persist(Record::PresigDiscarded { id, reason: reason.clone() });
         self.observe(Observation::PresigDiscarded { id, reason });
+        self.broadcast(PeerMessage::PresigAbandon { id });
     }
 
     /// Coordinator: sessions it started that did not finish in time.
@@ -232,7 +327,21 @@ impl Node {
 }
 
 impl PoolEntry {
-    pub(crate) fn new(signers: Vec<NodeId>) -> Self {
-        PoolEntry { signers, public: None, ready: BTreeSet::new(), used: false, inconsistent: false }
+    /// Known from an announcement only.
+    pub(crate) fn new(signers: Vec<NodeId>, now: crate::ids::Millis) -> Self {
+        PoolEntry {
+            signers,
+            public: None,
+            ready: BTreeSet::new(),
+            used: false,
+            inconsistent: false,
+            confirmed: false,
+            first_seen: now,
+        }
+    }
+
+    /// Signer list from the initiator or this node's own session.
+    pub(crate) fn confirmed(signers: Vec<NodeId>, now: crate::ids::Millis) -> Self {
+        PoolEntry { confirmed: true, ..PoolEntry::new(signers, now) }
     }
 }

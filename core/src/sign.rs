@@ -15,6 +15,7 @@
 
 use crate::ids::{Millis, NodeId, PresigId, TxId};
 use crate::io::Observation;
+use crate::lifecycle::TxEvent;
 use crate::message::{PartialSig, PeerMessage, SigningRefusal};
 use crate::node::{InputSigning, Node, OwnPresig, SigningJob};
 use crate::record::{Record, TxState};
@@ -25,6 +26,10 @@ use cggmp24::{DataToSign, PartialSignature};
 use sha2::Sha256;
 
 /// The message scalar cggmp24 signs for a signing message (DESIGN §3).
+/// Past `max_signing_attempts`, retries of one input are at most this many
+/// signing timeouts apart.
+const STALLED_RETRY_FACTOR: u64 = 10;
+
 fn data_to_sign(message: &[u8; 32]) -> DataToSign<crate::engine::Curve> {
     DataToSign::digest::<Sha256>(message)
 }
@@ -51,8 +56,12 @@ impl Node {
         if rank == 0 {
             return Some(self.now);
         }
+        // Counted from the approval, or from when the line last changed (a
+        // new lease holder): a node next in a new line gives the new first
+        // a full period before it joins in.
         let takeover = 2 * self.config.cluster.timeouts.signing_ms;
-        Some(entry.approved_at.unwrap_or(self.now).plus(rank * takeover))
+        let since = entry.approved_at.unwrap_or(self.now).max(self.line_changed_at);
+        Some(since.plus(rank * takeover))
     }
 
     /// Coordinator: start, time out and retry signing of approved transactions.
@@ -88,14 +97,19 @@ impl Node {
                             partials: Default::default(),
                             deadline: self.now,
                             done: None,
+                            stall_reported: false,
                         })
                         .collect(),
                 };
                 self.signing.insert(tx, job);
-                self.set_tx_state(tx, TxState::Signing);
+                self.transition(tx, TxEvent::SigningStarted);
             }
             self.time_out_inputs(tx);
-            self.assign_presignatures(tx);
+            // A node no longer first in line (the lease moved) lets what it
+            // sent finish, but assigns nothing new.
+            if self.coordinates(tx) {
+                self.assign_presignatures(tx);
+            }
         }
     }
 
@@ -129,11 +143,19 @@ impl Node {
         let Some(presig) = slot.presig.take() else { return };
         slot.partials.clear();
         let attempt = slot.attempts;
-        let backoff = (500u64 << attempt.min(16)).min(self.config.cluster.timeouts.signing_ms);
+        let timeouts = &self.config.cluster.timeouts;
+        let cap = if attempt >= timeouts.max_signing_attempts {
+            STALLED_RETRY_FACTOR * timeouts.signing_ms
+        } else {
+            timeouts.signing_ms
+        };
+        let backoff = (500u64 << attempt.min(16)).min(cap);
         slot.not_before = self.now.plus(backoff);
         if let Some(e) = self.pool.get_mut(&presig) {
             e.used = true;
         }
+        // The signers discard their shares (this node asked them for it, so
+        // they accept the abandon from it) and tell everyone in turn.
         let signers = self.pool.get(&presig).map(|e| e.signers.clone()).unwrap_or_default();
         for s in signers {
             self.send(s, PeerMessage::PresigAbandon { id: presig });
@@ -156,13 +178,14 @@ impl Node {
             if slot.done.is_some() || slot.presig.is_some() || self.now < slot.not_before {
                 continue;
             }
-            if slot.attempts >= max_attempts {
-                self.signing.remove(&tx);
-                self.set_tx_state(
-                    tx,
-                    TxState::Failed(format!("input {input}: no signature after {max_attempts} attempts")),
-                );
-                return;
+            // An approved transaction is retried for as long as its
+            // approval stands: the approval is the cluster's decision, and
+            // one coordinator's bad luck is not. Past `max_attempts` the
+            // input is reported stalled (an operator sees it) and retried
+            // less often (see `retry_input`).
+            if slot.attempts == max_attempts && !slot.stall_reported {
+                self.signing.get_mut(&tx).expect("job exists").inputs[input].stall_reported = true;
+                self.observe(Observation::SigningStalled { tx, input: input as u32, attempts: max_attempts });
             }
             let Some(presig) = self.pick_presignature(tx, input) else { return };
             let signers = {
@@ -218,11 +241,19 @@ impl Node {
         if certificate.tx != tx || certificate.votes.iter().any(|v| v.body.tx != tx) {
             self.observe(Observation::ForgedCertificate { tx, from });
         }
-        let result = self.sign_input(tx, input, presig, &certificate);
+        let result = self.sign_input(from, tx, input, presig, &certificate);
         if result == Err(SigningRefusal::UnknownTransaction) {
             // Missed the proposal: catch up from the node that has it.
             let known_final = self.known_final();
             self.send(from, PeerMessage::SyncRequest { known_final });
+        }
+        if let Err(SigningRefusal::InvalidCertificate(_)) = &result {
+            // Perhaps the coordinator does not know an approver equivocated:
+            // show it the evidence, so it stops relying on that vote.
+            let evidence = self.txs.get(&tx).map(|t| t.evidence.clone()).unwrap_or_default();
+            for e in evidence {
+                self.send(from, PeerMessage::Evidence(Box::new(e)));
+            }
         }
         if let Err(refusal) = &result {
             self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });
@@ -232,6 +263,7 @@ impl Node {
 
     fn sign_input(
         &mut self,
+        from: NodeId,
         tx: TxId,
         input: u32,
         presig: PresigId,
@@ -243,12 +275,20 @@ impl Node {
                 .verify(tx, &self.config.cluster, entry.tally.equivocators())
                 .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
         }
+        // A coordinator with a valid certificate may later abandon what it
+        // asked for; one without never may.
+        self.note_requester(presig, from);
+        let entry = &self.txs[&tx];
+        if entry.state == TxState::Expired || matches!(entry.state, TxState::Failed(_)) {
+            // This node promised never to sign it (or gave it up for good).
+            return Err(SigningRefusal::Expired);
+        }
         // The message comes from this node's own copy, never from the request.
         let message =
             entry.proposed.signing_message(input as usize).map_err(|e| SigningRefusal::BadInput(e.to_string()))?;
-        if entry.state.undecided() {
+        if matches!(entry.state, TxState::Received | TxState::Voting) {
             // A valid certificate is proof of approval.
-            self.set_tx_state(tx, TxState::Approved);
+            self.transition(tx, TxEvent::ApprovalCertified);
         }
         match self.own_presigs.get(&presig) {
             Some(OwnPresig::Ready { signers, share }) => {
@@ -328,6 +368,11 @@ impl Node {
                     // Not a fault, but the signer cannot sign for a while:
                     // pick sets without it until then.
                     self.suspect_briefly(from);
+                } else if refusal.burns_presignature() {
+                    // The refusal costs the presignature. Honest signers
+                    // refuse so only when coordinators collide; a member
+                    // that keeps doing it is avoided for longer each time.
+                    self.suspect(from);
                 }
                 return self.retry_input(tx, input, format!("{from} refused: {refusal:?}"));
             }
@@ -340,6 +385,7 @@ impl Node {
             self.convict(from);
             return self.retry_input(tx, input, format!("{from} sent an invalid partial signature"));
         }
+        self.forgive(from);
         let slot = &mut self.signing.get_mut(&tx).expect("checked above").inputs[input];
         slot.partials.insert(from, sigma);
         if slot.partials.len() < signers.len() {
@@ -388,7 +434,7 @@ impl Node {
                 self.record_signed(tx, raw_tx.clone(), &presigs, signed.compute_txid().to_string());
                 self.broadcast(PeerMessage::TxSigned { tx, raw_tx, presigs });
             }
-            Err(e) => self.set_tx_state(tx, TxState::Failed(e.to_string())),
+            Err(e) => self.transition(tx, TxEvent::Failed(e.to_string())),
         }
     }
 
@@ -402,7 +448,7 @@ impl Node {
         if let Some(entry) = self.txs.get_mut(&tx) {
             entry.signed_raw = Some(raw_tx);
         }
-        self.set_tx_state(tx, TxState::Signed);
+        self.transition(tx, TxEvent::SignatureComplete);
         self.signing.remove(&tx);
         self.observe(Observation::TxSigned { tx, txid });
     }

@@ -3,6 +3,7 @@
 
 use crate::ids::{NodeId, RequestId, TxId};
 use crate::io::{Command, Observation, Reply, SignerSetPool, StatusReport, SubmitRefusal};
+use crate::lifecycle::TxEvent;
 use crate::message::PeerMessage;
 use crate::node::{Node, OwnPresig, TxEntry};
 use crate::record::{Record, TxState};
@@ -53,9 +54,8 @@ impl Node {
             public_key_hex: self.key.as_ref().map(|k| k.group.hex()),
             address: self.key.as_ref().map(|k| k.group.address(self.config.cluster.network).to_string()),
             pool_ready: self.pool_ready(),
-            // Sessions this node knows of, whoever started them (the
-            // coordinator's own count, `initiated`, is only the leader's).
-            pool_generating: sets.values().map(|s| s.generating).sum::<usize>().max(self.initiated.len()),
+            // Sessions this node knows of, whoever started them.
+            pool_generating: self.pool_generating(),
             own_ready: own(|p| matches!(p, OwnPresig::Ready { .. })),
             own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
             own_discarded: own(|p| matches!(p, OwnPresig::Discarded)),
@@ -140,7 +140,7 @@ impl Node {
             entry.tally.add(vote.clone());
         }
         self.observe(Observation::VoteCast { tx, decision });
-        self.set_tx_state(tx, TxState::Voting);
+        self.transition(tx, TxEvent::VoteCast);
         self.broadcast(PeerMessage::Vote(vote));
         self.check_outcome(tx);
     }
@@ -180,14 +180,41 @@ impl Node {
             TallyEvent::Duplicate | TallyEvent::IgnoredEquivocator => {}
             TallyEvent::Equivocation(evidence) => {
                 let voter = evidence.voter;
-                self.persist(Record::Evidence(*evidence));
+                self.persist(Record::Evidence((*evidence).clone()));
                 self.observe(Observation::Equivocation { voter, tx });
-                if direct {
-                    self.relay_vote(vote);
+                if let Some(entry) = self.txs.get_mut(&tx) {
+                    entry.evidence.push((*evidence).clone());
                 }
+                // Once per voter and transaction (later votes of a known
+                // equivocator are ignored): everyone learns of it.
+                self.broadcast(PeerMessage::Evidence(evidence));
                 self.withdraw_unsupported_approval(tx);
             }
         }
+    }
+
+    /// Anyone: evidence that a member signed two different votes. Both
+    /// votes take the ordinary vote path, so the tally finds the
+    /// equivocation itself (or already knew it); evidence that does not
+    /// verify is refused and changes nothing.
+    pub(crate) fn on_evidence(&mut self, from: NodeId, evidence: crate::vote::Equivocation) {
+        let cluster = &self.config.cluster;
+        let consistent = evidence.first.body.voter == evidence.voter
+            && evidence.second.body.voter == evidence.voter
+            && evidence.first.body.tx == evidence.tx
+            && evidence.second.body.tx == evidence.tx
+            && evidence.first != evidence.second;
+        let verified = evidence.first.verify(cluster).is_ok() && evidence.second.verify(cluster).is_ok();
+        if !consistent || !verified {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "evidence".into(),
+                reason: "not two different validly signed votes of one member for one transaction".into(),
+            });
+            return;
+        }
+        self.on_vote(from, evidence.first);
+        self.on_vote(from, evidence.second);
     }
 
     /// An approval not yet signed stands only while its votes do: once an
@@ -205,9 +232,9 @@ impl Node {
         if matches!(entry.tally.certified(tx, qa, qr), Some(Certified::Approved(_))) {
             return;
         }
-        let back = if self.now < entry.vote_deadline { TxState::Voting } else { TxState::Expired };
+        let deadline_passed = self.now >= entry.vote_deadline;
         self.signing.remove(&tx);
-        self.set_tx_state(tx, back);
+        self.transition(tx, TxEvent::ApprovalWithdrawn { deadline_passed });
     }
 
     /// Forwards a vote received from its own voter to the other members, once.
@@ -228,12 +255,15 @@ impl Node {
         if !entry.state.undecided() {
             return;
         }
+        let expired = entry.state == TxState::Expired;
         match entry.tally.certified(tx, qa, qr) {
+            // Expired here: this node promised never to sign it.
+            Some(Certified::Approved(_)) if expired => {}
             Some(Certified::Approved(_)) => {
-                self.set_tx_state(tx, TxState::Approved);
+                self.transition(tx, TxEvent::ApprovalCertified);
                 self.drive_signing();
             }
-            Some(Certified::Rejected(_)) => self.set_tx_state(tx, TxState::Rejected),
+            Some(Certified::Rejected(_)) => self.transition(tx, TxEvent::RejectionCertified),
             None => {}
         }
     }
@@ -247,7 +277,62 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         for tx in expired {
-            self.set_tx_state(tx, TxState::Expired);
+            self.transition(tx, TxEvent::DeadlinePassed);
+            self.promise_never_to_sign(tx);
+        }
+    }
+
+    /// Whether this node released a partial signature for `tx`.
+    fn released_partial_for(&self, tx: TxId) -> bool {
+        self.own_presigs.values().any(|p| matches!(p, OwnPresig::Consumed { tx: t, .. } if *t == tx))
+    }
+
+    /// An expired transaction: this node promises never to sign it, and
+    /// tells everyone. The promise is the Expired state, persisted in this
+    /// same step before the notice leaves; a node that already released a
+    /// partial signature for it promises nothing (it could not keep it).
+    pub(crate) fn promise_never_to_sign(&mut self, tx: TxId) {
+        if self.txs.get(&tx).is_none_or(|t| t.state != TxState::Expired) || self.released_partial_for(tx) {
+            return;
+        }
+        let notice = crate::vote::ExpiryNotice::sign(tx, self.me, &self.vote_key, self.cluster_id());
+        self.broadcast(PeerMessage::Expiry(notice.clone()));
+        self.note_expiry(notice);
+    }
+
+    /// Anyone: a member's promise never to sign `tx`.
+    pub(crate) fn on_expiry_notice(&mut self, from: NodeId, notice: crate::vote::ExpiryNotice) {
+        if let Err(e) = notice.verify(&self.config.cluster) {
+            let reason = format!("expiry notice: {e}");
+            return self.observe(Observation::RejectedMessage { from, kind: "expiry".into(), reason });
+        }
+        if self.txs.get(&notice.tx).is_some_and(|t| !t.expiry.contains_key(&notice.voter)) {
+            self.note_expiry(notice);
+        }
+    }
+
+    /// Counts a promise. Once `n - t + 1` members promised, signing cannot
+    /// finish if they keep their word, so this node (if it released
+    /// nothing) promises too; once `qr` promised, the expiry is certified:
+    /// at most `f` of them lie, fewer than `t` members are left who could
+    /// sign, and the transaction fails for good, safe to resubmit.
+    fn note_expiry(&mut self, notice: crate::vote::ExpiryNotice) {
+        let tx = notice.tx;
+        let Some(entry) = self.txs.get_mut(&tx) else { return };
+        entry.expiry.insert(notice.voter, notice);
+        let promised = entry.expiry.len();
+        let state = entry.state.clone();
+        let cluster = &self.config.cluster;
+        let cannot_sign = promised > (cluster.n() - cluster.threshold) as usize;
+        if cannot_sign && matches!(state, TxState::Approved | TxState::Signing) && !self.released_partial_for(tx) {
+            self.signing.remove(&tx);
+            self.transition(tx, TxEvent::ExpiryJoined);
+            return self.promise_never_to_sign(tx);
+        }
+        if promised >= self.config.cluster.reject_quorum as usize && !state.is_final() {
+            self.signing.remove(&tx);
+            let reason = format!("expired: {promised} members promised never to sign it; safe to resubmit");
+            self.transition(tx, TxEvent::Failed(reason));
         }
     }
 }
@@ -297,6 +382,12 @@ impl Node {
                 if let Some(v) = entry.tally.vote_of(*voter) {
                     messages.push(PeerMessage::Vote(v.clone()));
                 }
+            }
+            for evidence in &entry.evidence {
+                messages.push(PeerMessage::Evidence(Box::new(evidence.clone())));
+            }
+            for notice in entry.expiry.values() {
+                messages.push(PeerMessage::Expiry(notice.clone()));
             }
             if let Some(raw_tx) = &entry.signed_raw {
                 messages.push(PeerMessage::TxSigned { tx: *id, raw_tx: raw_tx.clone(), presigs: Vec::new() });

@@ -86,6 +86,47 @@ impl SignedVote {
     }
 }
 
+/// A member's signed promise never to release a partial signature for
+/// `tx`: made when its vote deadline passed with no certified outcome
+/// (and it had released none), or when so many others made it that the
+/// transaction cannot be signed anyway. `qr` promises certify the
+/// expiry: at most `f` of them can be false, which leaves fewer than `t`
+/// members able to sign (`qr > n - t + f`), so the transaction is never
+/// signed and an operator may safely resubmit. Ed25519 signatures are
+/// deterministic: a node re-signs its own promise after a restart and gets
+/// the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExpiryNotice {
+    pub tx: TxId,
+    pub voter: NodeId,
+    #[serde(with = "sig_bytes")]
+    pub signature: [u8; 64],
+}
+
+impl ExpiryNotice {
+    fn signing_bytes(tx: TxId, voter: NodeId, cluster_id: &str) -> Vec<u8> {
+        let mut b = b"mpc-custody/v1/expiry".to_vec();
+        b.extend_from_slice(&(cluster_id.len() as u32).to_be_bytes());
+        b.extend_from_slice(cluster_id.as_bytes());
+        b.extend_from_slice(&tx.0);
+        b.extend_from_slice(&voter.0.to_be_bytes());
+        b
+    }
+
+    pub fn sign(tx: TxId, voter: NodeId, key: &SigningKey, cluster_id: &str) -> ExpiryNotice {
+        let signature = key.sign(&Self::signing_bytes(tx, voter, cluster_id)).to_bytes();
+        ExpiryNotice { tx, voter, signature }
+    }
+
+    /// Checks membership and the signature against the member's vote key.
+    pub fn verify(&self, cluster: &ClusterConfig) -> Result<(), VoteError> {
+        let member = cluster.members.get(&self.voter).ok_or(VoteError::NotAMember(self.voter))?;
+        let key = VerifyingKey::from_bytes(&member.vote_key).map_err(|_| VoteError::BadSignature(self.voter))?;
+        let bytes = Self::signing_bytes(self.tx, self.voter, &cluster.cluster_id);
+        key.verify(&bytes, &Signature::from_bytes(&self.signature)).map_err(|_| VoteError::BadSignature(self.voter))
+    }
+}
+
 /// Two different valid votes of one member for one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Equivocation {

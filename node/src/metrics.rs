@@ -198,6 +198,8 @@ pub struct Metrics {
     bad_partial_signatures: IntCounter,
     transport_refusals: IntCounter,
     member_suspicions: IntCounter,
+    signing_stalled: IntCounter,
+    illegal_transitions: IntCounter,
     rejected_messages: IntCounter,
     rejected_proposals: IntCounter,
     signing_refusals: IntCounter,
@@ -371,6 +373,18 @@ impl Metrics {
                 "mpc_member_suspicions_total",
                 "Times this node started avoiding a member as a signer because it let a session or a \
                  signing request time out. A member that keeps raising it is down or withholding its part.",
+            ),
+            signing_stalled: counter(
+                &r,
+                "mpc_signing_stalled_total",
+                "Inputs of approved transactions that found no signature in max_signing_attempts tries. \
+                 They are still retried, less often, while the approval stands: check the signers' health.",
+            ),
+            illegal_transitions: counter(
+                &r,
+                "mpc_illegal_transitions_total",
+                "Transaction state changes the lifecycle refused (the state did not change). Never \
+                 happens in a correct node: report it as a bug.",
             ),
             rejected_messages: counter(
                 &r,
@@ -584,6 +598,8 @@ impl Metrics {
                 Observation::ProtocolFailed { .. } => self.protocol_failures.inc(),
                 Observation::TransportRefused { .. } => self.transport_refusals.inc(),
                 Observation::MemberSuspected { .. } => self.member_suspicions.inc(),
+                Observation::SigningStalled { .. } => self.signing_stalled.inc(),
+                Observation::IllegalTransition { .. } => self.illegal_transitions.inc(),
             }
         }
     }
@@ -763,6 +779,12 @@ mod tests {
                 Observation::BadPartialSignature { signer: NodeId(5), tx: tx(9), input: 0, presig: presig(1) },
                 Observation::TransportRefused { peer: None, reason: "garbage".into() },
                 Observation::MemberSuspected { member: NodeId(4), strikes: 1 },
+                Observation::SigningStalled { tx: tx(9), input: 0, attempts: 12 },
+                Observation::IllegalTransition {
+                    tx: tx(9),
+                    from: TxState::Rejected,
+                    event: mpc_core::TxEvent::SignatureComplete,
+                },
                 Observation::SigningRetried { tx: tx(9), input: 0, attempt: 1, reason: "timeout".into() },
                 Observation::DkgFailed { dkg: DkgId { origin: NodeId(1), seq: 1 }, reason: "deadline passed".into() },
                 Observation::DkgCompleted {
@@ -791,6 +813,8 @@ mod tests {
             "mpc_bad_partial_signatures_total",
             "mpc_transport_refusals_total",
             "mpc_member_suspicions_total",
+            "mpc_signing_stalled_total",
+            "mpc_illegal_transitions_total",
             "mpc_signing_retries_total",
             "mpc_dkg_failed_total",
             "mpc_dkg_completed_total",

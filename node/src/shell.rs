@@ -215,7 +215,9 @@ impl NodeShell {
             | Observation::BadPartialSignature { .. }
             | Observation::ForeignVote { .. }
             | Observation::DkgFailed { .. }
-            | Observation::ProtocolFailed { .. } => warn!(node = self.me.0, event = ?o, "misbehaviour or failure"),
+            | Observation::ProtocolFailed { .. }
+            | Observation::SigningStalled { .. }
+            | Observation::IllegalTransition { .. } => warn!(node = self.me.0, event = ?o, "misbehaviour or failure"),
             Observation::RejectedMessage { .. }
             | Observation::ProposalRejected { .. }
             | Observation::TransportRefused { .. }

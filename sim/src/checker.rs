@@ -19,6 +19,7 @@ pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> 
     signed_transactions_verify(cluster, &mut v);
     no_conflicting_outcomes(cluster, byzantine, &mut v);
     no_honest_node_blamed(cluster, byzantine, &mut v);
+    no_illegal_transitions(cluster, &mut v);
     // Invariant 5's durability half: a restart brings back what was known.
     v.extend(cluster.recovery_violations.iter().map(|r| Violation(format!("recovery: {r}"))));
     v
@@ -56,6 +57,54 @@ fn no_presignature_signs_two_messages(cluster: &Cluster, v: &mut Vec<Violation>)
             v.push(Violation(format!("{node} used its share of {id} for {} different messages", messages.len())));
         }
     }
+}
+
+/// Every state change follows the lifecycle table (`mpc_core::lifecycle`):
+/// a node that tried anything else reported it, and that is a bug.
+fn no_illegal_transitions(cluster: &Cluster, v: &mut Vec<Violation>) {
+    for (_, node, o) in &cluster.observations {
+        if let Observation::IllegalTransition { tx, from, event } = o {
+            v.push(Violation(format!("{node} tried {event:?} on {} in state {from:?}", tx.short())));
+        }
+    }
+}
+
+/// Presignature waste over a run, counted once per presignature (not per
+/// share): `(made, wasted)`, where made are those ready at one signer at
+/// least, and wasted those of them that ended without serving a signature
+/// (discarded at some signer, split between messages, or consumed by only
+/// some signers). Ready and unused at the end is not waste.
+pub fn presignature_waste(cluster: &Cluster) -> (usize, usize) {
+    let mut signers: BTreeMap<PresigId, usize> = BTreeMap::new();
+    let mut discarded = BTreeSet::new();
+    let mut consumed: BTreeMap<PresigId, BTreeMap<NodeId, [u8; 32]>> = BTreeMap::new();
+    for (node, host) in cluster.hosts().iter() {
+        for r in &host.store {
+            match r {
+                Record::PresigReady { id, signers: s, .. } => {
+                    signers.insert(*id, s.len());
+                }
+                Record::PresigDiscarded { id, .. } => {
+                    discarded.insert(*id);
+                }
+                Record::PresigConsumed { id, message, .. } => {
+                    consumed.entry(*id).or_default().insert(*node, *message);
+                }
+                _ => {}
+            }
+        }
+    }
+    let served = |id: &PresigId, t: usize| {
+        consumed.get(id).is_some_and(|c| {
+            let messages: BTreeSet<&[u8; 32]> = c.values().collect();
+            c.len() == t && messages.len() == 1
+        })
+    };
+    let wasted = signers
+        .iter()
+        .filter(|(id, t)| !served(id, **t) && (discarded.contains(*id) || consumed.contains_key(*id)))
+        .count();
+    (signers.len(), wasted)
 }
 
 /// Presignatures whose signers answered different messages (wasted, safe).
@@ -194,7 +243,10 @@ fn no_conflicting_outcomes(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &
     }
     for (tx, states) in outcomes {
         let signed = states.values().any(|s| matches!(s, TxState::Signed | TxState::Approved | TxState::Signing));
-        let rejected = states.values().any(|s| *s == TxState::Rejected);
+        // A certified expiry says nobody will ever sign it: an operator
+        // may resubmit. A signature anywhere makes that a double payment.
+        let expired = states.values().any(|s| matches!(s, TxState::Failed(r) if r.starts_with("expired:")));
+        let rejected = states.values().any(|s| *s == TxState::Rejected) || expired;
         if signed && rejected {
             v.push(Violation(format!("conflicting outcomes for {}: {states:?}", tx.short())));
         }

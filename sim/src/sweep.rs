@@ -17,7 +17,7 @@ use mpc_core::vote::{Decision, SignedVote, VoteBody};
 use mpc_core::{Envelope, NodeId, Observation, PeerMessage, Record, TxId, TxState};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::str::FromStr;
@@ -39,7 +39,7 @@ pub const CRASH_AFTER_KINDS: [&str; 6] =
     ["presig_consumed", "own_vote", "tx_accepted", "vote", "signed_tx", "tx_state"];
 
 /// Every Byzantine act a plan can schedule.
-pub const BYZANTINE_ACTS: [ByzantineAct; 7] = [
+pub const BYZANTINE_ACTS: [ByzantineAct; 10] = [
     ByzantineAct::EquivocateVotes,
     ByzantineAct::ForgeVoteSignatures,
     ByzantineAct::BadPartialSignatures,
@@ -47,6 +47,9 @@ pub const BYZANTINE_ACTS: [ByzantineAct; 7] = [
     ByzantineAct::SignRejected,
     ByzantineAct::ForeignVotes,
     ByzantineAct::ReplayOldMessages,
+    ByzantineAct::RefuseToSign,
+    ByzantineAct::FakeProposals,
+    ByzantineAct::AbandonFlood,
 ];
 
 /// How a seed's cluster starts, which decides what its crypto costs.
@@ -104,6 +107,14 @@ pub enum ByzantineAct {
     /// Signed content is idempotent and sessions drop what they already
     /// have, so a replay must change nothing: the run checks it did not.
     ReplayOldMessages,
+    /// Refuses every signing request it is asked, saying its share is
+    /// spent: each refusal costs the presignature.
+    RefuseToSign,
+    /// Follows its messages with proposals that are not valid PSBTs.
+    FakeProposals,
+    /// Follows its messages with abandons of presignatures it neither
+    /// signs nor was asked to use, trying to wipe the pool.
+    AbandonFlood,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +196,9 @@ impl SeedPlan {
             4 => Some((node(pick(5)), ByzantineAct::SignRejected)),
             5 => Some((node(pick(5)), ByzantineAct::ForeignVotes)),
             6 => Some((node(pick(5)), ByzantineAct::ReplayOldMessages)),
+            7 => Some((node(pick(5)), ByzantineAct::RefuseToSign)),
+            8 => Some((node(pick(5)), ByzantineAct::FakeProposals)),
+            9 => Some((node(pick(5)), ByzantineAct::AbandonFlood)),
             _ => None,
         };
         let first_strict = pick(5);
@@ -315,6 +329,9 @@ pub struct SeedOutcome {
     pub coverage: BTreeMap<&'static str, u64>,
     pub signed: usize,
     pub rejected: usize,
+    /// Presignatures made and wasted ([`checker::presignature_waste`]).
+    pub presigs_made: usize,
+    pub presigs_wasted: usize,
     /// Every observation, in order, when the run was asked to trace.
     pub log: Vec<String>,
     /// Each node's durable records at the end, when asked for
@@ -467,10 +484,23 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     // appeared.
     let byzantine: BTreeSet<NodeId> = byz.into_iter().collect();
     let mut first_seen: BTreeMap<String, u64> = BTreeMap::new();
+    let pool_max = config.pool.max;
     let mut check_now = |cluster: &Cluster| {
         let at = cluster.now().0 - start.0;
         for v in checker::check(cluster, &byzantine) {
             first_seen.entry(v.0).or_insert(at);
+        }
+        // The pool's maximum bounds ready plus generating at all times, as
+        // every honest node counts them.
+        for id in cluster.ids().into_iter().filter(|id| cluster.is_up(*id) && !byzantine.contains(id)) {
+            let s = cluster.node(id).status();
+            if s.pool_ready + s.pool_generating > pool_max {
+                let v = format!(
+                    "{id} counts {} ready and {} generating, above the maximum {pool_max}",
+                    s.pool_ready, s.pool_generating
+                );
+                first_seen.entry(v).or_insert(at);
+            }
         }
     };
     for (at, act) in timeline {
@@ -556,14 +586,26 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         })
         .collect();
     // The pool refills when it falls below low water, up to its target:
-    // after healing it must be back within that band.
+    // after healing it must be back within that band, and a dip below low
+    // water must be followed by a refill to the target (sampled at the
+    // lease holder). The fixture shape never refills: its low water and
+    // target are zero, and only its maximum is checked.
     let target = config.pool.low_water;
+    let full = config.pool.target;
+    let dipped = Cell::new(false);
     let pool_ready = |c: &Cluster| match c.lease_holder() {
         Some(l) if c.is_up(l) => c.node(l).status().pool_ready,
         _ => 0,
     };
     let done = cluster.run_until(LIVENESS_MS, |c| {
-        pool_ready(c) >= target
+        let ready = pool_ready(c);
+        if ready < target {
+            dipped.set(true);
+        } else if ready >= full {
+            dipped.set(false);
+        }
+        ready >= target
+            && !dipped.get()
             && accepted
                 .iter()
                 .all(|tx| honest.iter().all(|id| scenario::state_at(c, *id, *tx).is_some_and(|s| settled(&s))))
@@ -596,9 +638,10 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         ));
     }
     if !done {
-        if pool_ready(&cluster) < target {
+        if pool_ready(&cluster) < target || dipped.get() {
             outcome.violations.push(format!(
-                "liveness: the pool holds {} ready presignatures, low water {target}, lease holder {:?}",
+                "liveness: the pool holds {} ready presignatures, low water {target}, target {full}, \
+                 lease holder {:?}",
                 pool_ready(&cluster),
                 cluster.lease_holder()
             ));
@@ -685,6 +728,7 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     cov("clock drifting over 0.1%", drifts_seen);
     cov("clock offset over a minute", offsets_seen);
     cov("garbage frame dropped", cluster.garbage_frames() as usize);
+    (outcome.presigs_made, outcome.presigs_wasted) = checker::presignature_waste(&cluster);
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
@@ -784,6 +828,15 @@ fn check_attribution(cluster: &Cluster, b: NodeId, act: ByzantineAct, fired: u64
         ByzantineAct::SignRejected => {
             !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
         }
+        ByzantineAct::RefuseToSign => {
+            !cluster.observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == b)).is_empty()
+        }
+        ByzantineAct::FakeProposals => {
+            !cluster.observed(|o| matches!(o, Observation::ProposalRejected { from, .. } if *from == b)).is_empty()
+        }
+        ByzantineAct::AbandonFlood => !cluster
+            .observed(|o| matches!(o, Observation::RejectedMessage { from, kind, .. } if *from == b && kind == "presig_abandon"))
+            .is_empty(),
     };
     if !detected {
         outcome
@@ -815,11 +868,19 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
     let mut rejections: BTreeMap<TxId, BTreeSet<NodeId>> = BTreeMap::new();
     // What the Byzantine node sent so far, for replays.
     let mut sent: Vec<PeerMessage> = Vec::new();
+    // Presignatures others asked signers to use, and whom they asked: the
+    // abandon flood targets those the Byzantine node has no part in.
+    let mut requested: BTreeMap<mpc_core::PresigId, BTreeSet<NodeId>> = BTreeMap::new();
     cluster.set_interceptor(move |from, env: &mut Envelope| {
         if let PeerMessage::Vote(v) = &env.msg {
             if !v.body.decision.is_approve() {
                 rejections.entry(v.body.tx).or_default().insert(v.body.voter);
             }
+        }
+        if let PeerMessage::SigningRequest { presig, .. } = &env.msg {
+            let parties = requested.entry(*presig).or_default();
+            parties.insert(from);
+            parties.insert(env.to);
         }
         let mut net = net.borrow_mut();
         let before = env.msg.clone();
@@ -894,6 +955,30 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                         let rejected = rejections.iter().find(|(_, voters)| voters.len() >= 4).map(|(tx, _)| *tx);
                         if let (PeerMessage::SigningRequest { tx, .. }, Some(rejected)) = (&mut env.msg, rejected) {
                             *tx = rejected;
+                        }
+                    }
+                    ByzantineAct::RefuseToSign => {
+                        if let PeerMessage::SigningResponse { result, .. } = &mut env.msg {
+                            *result = Err(mpc_core::message::SigningRefusal::PresignatureUsedElsewhere);
+                        }
+                    }
+                    ByzantineAct::FakeProposals | ByzantineAct::AbandonFlood => {
+                        let extra = if act == ByzantineAct::FakeProposals {
+                            let mut psbt = b"psbt\xff".to_vec();
+                            psbt.extend((0..64).map(|_| rng.next_u64() as u8));
+                            (rng.next_u64() % 4 == 0).then_some(PeerMessage::Proposal { psbt })
+                        } else {
+                            let targets: Vec<mpc_core::PresigId> =
+                                requested.iter().filter(|(_, p)| !p.contains(&b)).map(|(id, _)| *id).collect();
+                            (!targets.is_empty()).then(|| PeerMessage::PresigAbandon {
+                                id: targets[(rng.next_u64() % targets.len() as u64) as usize],
+                            })
+                        };
+                        if let Some(extra) = extra {
+                            if !matches!(decision, Delivery::Drop) {
+                                net.tampered.push((env.to, extra.clone()));
+                                return Delivery::WithReplay(Box::new(extra));
+                            }
                         }
                     }
                 }

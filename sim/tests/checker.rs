@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mpc_core::vote::{Decision, Equivocation, SignedVote, VoteBody};
-use mpc_core::{NodeId, Observation, PresigId, Record, TxId, TxState};
+use mpc_core::{NodeId, Observation, PresigId, Record, TxEvent, TxId, TxState};
 use std::collections::BTreeSet;
 
 fn violations(cluster: &mpc_sim::Cluster) -> Vec<String> {
@@ -62,6 +62,16 @@ fn planted_violations_are_each_caught() {
     // 5. A signed transaction that fails Bitcoin Core's check.
     cluster.hosts_mut().get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
     assert!(violations(&cluster).iter().any(|v| v.contains("never accepted") || v.contains("fails verification")));
+
+    // 6. A transition the lifecycle refuses (a rejected transaction
+    //    signed), as the node reports it.
+    cluster.observations.push((
+        now,
+        NodeId(2),
+        Observation::IllegalTransition { tx: other, from: TxState::Rejected, event: TxEvent::SignatureComplete },
+    ));
+    cluster.observation_store_len.push(0);
+    assert!(violations(&cluster).iter().any(|v| v.contains("SignatureComplete")), "{:?}", violations(&cluster));
 
     // An honest node must not certify an approval that needs the vote of a
     // member it holds equivocation evidence against. Two transactions with

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
-use mpc_core::{Input, NodeId, Observation, Record, TxState};
+use mpc_core::{Envelope, Input, NodeId, Observation, PeerMessage, Record, TxState};
 use mpc_sim::scenario;
 use mpc_sim::wallet::Spend;
+use mpc_sim::Delivery;
 
 const BUDGET_MS: u64 = 600_000;
 
@@ -105,5 +106,51 @@ fn shutdown_abandons_sessions_in_flight_at_their_peers() {
     cluster.crash(NodeId(2));
     cluster.restart(NodeId(2)).unwrap();
     assert!(cluster.run_until(BUDGET_MS, |c| c.node(NodeId(1)).status().pool_ready >= 4), "refill did not resume");
+    assert_invariants(&cluster, &[]);
+}
+
+/// Issue 11 item 6: the time of approval is not durable, so after a restart
+/// every node starts its takeover clock when it first sees the approval
+/// again. With the proposer down and every other member restarted after the
+/// approval, one of them still takes over and the transaction is signed.
+#[test]
+fn restarted_members_take_over_signing_from_a_dead_proposer() {
+    let (mut cluster, key) = keyed_cluster(23, |c| {
+        c.pool.low_water = 6;
+        c.pool.target = 6;
+        c.pool.max = 8;
+    });
+    scenario::fill_pool(&mut cluster, NodeId(2), 6).unwrap();
+    // No lease: the proposer coordinates, the others take over in turn.
+    cluster.set_leader(None);
+    cluster.run_for(1_000);
+    // The proposer's proposal and vote go out; it never gets to sign.
+    cluster.set_interceptor(|from, env: &mut Envelope| match (&env.msg, from) {
+        (PeerMessage::Proposal { .. } | PeerMessage::Vote(_), _) => Delivery::Deliver,
+        (_, NodeId(1)) => Delivery::Drop,
+        _ => Delivery::Deliver,
+    });
+    let spend = Spend::simple("orphaned", &[60_000, 70_000], &destination(), 100_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    let others = [NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+    let approved = cluster
+        .run_until(BUDGET_MS, |c| others.iter().all(|id| scenario::state_at(c, *id, tx) == Some(TxState::Approved)));
+    assert!(approved, "the four live members never approved");
+    cluster.crash(NodeId(1));
+    for id in others {
+        cluster.crash(id);
+        cluster.restart(id).unwrap();
+    }
+    let signed = cluster
+        .run_until(BUDGET_MS, |c| others.iter().all(|id| scenario::state_at(c, *id, tx) == Some(TxState::Signed)));
+    let states: Vec<_> = others.iter().map(|id| (*id, scenario::state_at(&cluster, *id, tx))).collect();
+    assert!(signed, "nobody took over signing after the restarts: {states:?}");
+    let takers = observed_at(&cluster, |o| matches!(o, Observation::TxSigned { .. }));
+    assert!(takers.keys().all(|id| others.contains(id)));
+    // The proposer comes back on a healed network and catches up.
+    cluster.set_interceptor(|_, _| Delivery::Deliver);
+    cluster.restart(NodeId(1)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, BUDGET_MS));
+    assert_eq!(scenario::state_at(&cluster, NodeId(1), tx), Some(TxState::Signed));
     assert_invariants(&cluster, &[]);
 }

@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failures = Vec::new();
     let (mut signed, mut rejected) = (0, 0);
+    let (mut made, mut wasted) = (0usize, 0usize);
     run_batch(
         &plans,
         args.threads,
@@ -72,6 +73,8 @@ fn main() -> anyhow::Result<()> {
             }
             signed += outcome.signed;
             rejected += outcome.rejected;
+            made += outcome.presigs_made;
+            wasted += outcome.presigs_wasted;
             if single || !outcome.violations.is_empty() {
                 bar.suspend(|| {
                     println!("seed {} ({}): trace {}", plan.seed, plan.shape.name(), outcome.trace_hash);
@@ -100,6 +103,11 @@ fn main() -> anyhow::Result<()> {
     for (k, v) in &coverage {
         println!("{k:<40} {v:>8}");
     }
+    // Discarded without serving a signature, over made: once per
+    // presignature, not per share (DESIGN §3).
+    println!("{:<40} {:>8}", "presignatures made", made);
+    println!("{:<40} {:>8}", "presignatures wasted", wasted);
+    println!("{:<40} {:>7.1}%", "wasted fraction", 100.0 * wasted as f64 / made.max(1) as f64);
     println!("{:<40} {:>8.1}", "seeds per minute", (args.end - args.first) as f64 / secs * 60.0);
     if !failures.is_empty() {
         bail!("failing seeds: {failures:?}");

@@ -15,6 +15,20 @@ pub fn keyed_cluster(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterCon
     scenario::fixture_cluster("test-cluster", seed, N, T, configure).expect("fixture cluster (see sim/src/fixtures.rs)")
 }
 
+/// The fixture cluster: DKG done, 40 real presignatures ready, no refill
+/// (milliseconds of cryptography per signature).
+pub fn fixture_cluster(seed: u64) -> (Cluster, GroupKey) {
+    let mut config = setup::cluster_config(mpc_sim::fixtures::FIXTURE_CLUSTER_ID, N, T);
+    config.pool.low_water = 0;
+    config.pool.target = 0;
+    config.pool.max = 40;
+    let records = mpc_sim::fixtures::load_cluster(N).expect("fixture cluster (see sim/src/fixtures.rs)");
+    let mut cluster = Cluster::new(seed, setup::node_configs(&config), records).unwrap();
+    cluster.run_for(2_000);
+    let key = cluster.node(NodeId(1)).group_key().expect("fixture key").clone();
+    (cluster, key)
+}
+
 pub fn destination() -> bitcoin::Address {
     use std::str::FromStr;
     bitcoin::Address::from_str(setup::TEST_DESTINATION).unwrap().require_network(bitcoin::Network::Regtest).unwrap()
