@@ -206,18 +206,28 @@ impl Node {
         }
     }
 
-    /// A ready presignature whose signers are all healthy. Candidates are
-    /// taken in id order, starting at an offset derived from the transaction
-    /// and input, so coordinators working at the same time rarely reach for
-    /// the same one (a collision is safe, only wasteful: signers refuse a
-    /// second message).
+    /// A ready presignature whose signers are all healthy: the one whose
+    /// hash with the transaction and input is smallest (rendezvous
+    /// hashing). Two coordinators working on the same input at the same
+    /// time then almost always pick the same presignature, whose signers
+    /// answer the same message twice at no cost, and a difference of one
+    /// presignature between their views moves few choices, where an offset
+    /// into the candidate list would shift them all onto each other's next
+    /// input (a collision is safe, only wasteful: signers refuse a second
+    /// message).
     fn pick_presignature(&self, tx: TxId, input: usize) -> Option<PresigId> {
-        let candidates: Vec<PresigId> = self.pool.iter().filter(|(_, e)| self.usable(e)).map(|(id, _)| *id).collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        let spread = u64::from_be_bytes(tx.0[..8].try_into().expect("8 bytes")).wrapping_add(input as u64);
-        Some(candidates[(spread % candidates.len() as u64) as usize])
+        use sha2::Digest;
+        let rank = |id: &PresigId| -> [u8; 32] {
+            Sha256::new()
+                .chain_update(b"mpc-custody/presignature-choice/v1")
+                .chain_update(tx.0)
+                .chain_update((input as u64).to_be_bytes())
+                .chain_update(id.origin.0.to_be_bytes())
+                .chain_update(id.seq.to_be_bytes())
+                .finalize()
+                .into()
+        };
+        self.pool.iter().filter(|(_, e)| self.usable(e)).map(|(id, _)| *id).min_by_key(rank)
     }
 
     /// Signer: answer a signing request, or refuse and say why.

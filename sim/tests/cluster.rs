@@ -120,9 +120,22 @@ fn bad_partial_signature_is_detected_attributed_and_retried() {
         }
         Delivery::Deliver
     });
-    let spend = Spend::simple("bad-partial", &[100_000], &destination(), 50_000, 1_000);
-    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
-    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+    // Transactions until one's presignature has node 2 among its signers
+    // (which one is picked depends on the transaction); each is signed.
+    let named_yet =
+        |c: &mpc_sim::Cluster| !c.observed(|o| matches!(o, Observation::BadPartialSignature { .. })).is_empty();
+    let mut tx = None;
+    for i in 0..4 {
+        let spend = Spend::simple(&format!("bad-partial-{i}"), &[100_000], &destination(), 50_000, 1_000);
+        let t = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+        assert!(scenario::wait_final(&mut cluster, t, SIGN_BUDGET_MS));
+        assert_eq!(scenario::state_at(&cluster, NodeId(1), t), Some(TxState::Signed));
+        tx = Some(t);
+        if named_yet(&cluster) {
+            break;
+        }
+    }
+    let tx = tx.expect("submitted");
     let named = cluster.observed(|o| matches!(o, Observation::BadPartialSignature { .. }));
     assert!(!named.is_empty(), "the cheating signer must be named");
     for (_, o) in &named {

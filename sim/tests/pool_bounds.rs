@@ -26,15 +26,22 @@ fn run_and_sample(cluster: &mut Cluster, max: usize) -> usize {
     peak
 }
 
-#[test]
-fn a_new_lease_holder_counts_its_predecessors_sessions() {
+/// A cluster whose pool's low water, target and maximum are all 4, with
+/// as many sessions at once: any extra session shows.
+fn tight_pool(seed: u64) -> (Cluster, usize) {
     let max = 4;
-    let (mut cluster, _key) = keyed_cluster(71, |c| {
+    let (cluster, _key) = keyed_cluster(seed, |c| {
         c.pool.low_water = max;
         c.pool.target = max;
         c.pool.max = max;
         c.pool.parallel_sessions = max;
     });
+    (cluster, max)
+}
+
+#[test]
+fn a_new_lease_holder_counts_its_predecessors_sessions() {
+    let (mut cluster, max) = tight_pool(71);
     cluster.set_leader(Some(NodeId(1)));
     assert!(cluster.run_until(BUDGET_MS, |c| c.node(NodeId(2)).status().pool_generating >= max));
     // The lease moves while node 1's sessions are still running.
@@ -49,13 +56,7 @@ fn a_new_lease_holder_counts_its_predecessors_sessions() {
 
 #[test]
 fn a_restarted_lease_holder_waits_out_the_sessions_it_forgot() {
-    let max = 4;
-    let (mut cluster, _key) = keyed_cluster(72, |c| {
-        c.pool.low_water = max;
-        c.pool.target = max;
-        c.pool.max = max;
-        c.pool.parallel_sessions = max;
-    });
+    let (mut cluster, max) = tight_pool(72);
     cluster.set_leader(Some(NodeId(1)));
     assert!(cluster.run_until(BUDGET_MS, |c| c.node(NodeId(3)).status().pool_generating >= max));
     cluster.crash(NodeId(1));
