@@ -219,8 +219,13 @@ impl Node {
             (session, Ok(_)) => self.observe(Observation::ProtocolFailed {
                 session: session.to_string(),
                 reason: "unexpected output kind".into(),
+                blamed: Vec::new(),
             }),
-            (session, Err(reason)) => self.on_session_failed(session, reason),
+            (session, Err(failure)) => {
+                let blamed: Vec<NodeId> =
+                    failure.blamed.iter().filter_map(|i| members.get(*i as usize).copied()).collect();
+                self.on_session_failed(session, failure.reason, blamed)
+            }
         }
     }
 
@@ -286,8 +291,11 @@ impl Node {
         }
     }
 
-    fn on_session_failed(&mut self, session: SessionId, reason: String) {
-        self.observe(Observation::ProtocolFailed { session: session.to_string(), reason: reason.clone() });
+    fn on_session_failed(&mut self, session: SessionId, reason: String, blamed: Vec<NodeId>) {
+        for member in &blamed {
+            self.suspect(*member);
+        }
+        self.observe(Observation::ProtocolFailed { session: session.to_string(), reason: reason.clone(), blamed });
         match session {
             SessionId::AuxInfo(dkg) | SessionId::Keygen(dkg) => self.fail_dkg(dkg, reason),
             SessionId::Presign(id) => self.discard_own_presig(id, reason),
@@ -302,7 +310,7 @@ impl Node {
             self.sessions.remove(&session);
             self.closed_sessions.insert(session);
             self.compute(crate::engine::ComputeJob::Abort { session });
-            self.on_session_failed(session, "session deadline passed".into());
+            self.on_session_failed(session, "session deadline passed".into(), Vec::new());
         }
     }
 }

@@ -216,13 +216,65 @@ pub struct ProtocolSend {
 pub struct ComputeResult {
     pub session: SessionId,
     pub sends: Vec<ProtocolSend>,
-    pub finished: Option<Result<ProtocolOutput, String>>,
+    pub finished: Option<Result<ProtocolOutput, ProtocolFailure>>,
+}
+
+/// Why a session ended without output, and whom it is pinned on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (blamed parties: {blamed:?})")]
+pub struct ProtocolFailure {
+    /// The error and its sources, for the operator.
+    pub reason: String,
+    /// Protocol indices of the parties at fault, where that is known: the
+    /// sender of a message that does not decode or that the state machine
+    /// refuses (the transport authenticated it, and every honest member
+    /// sends what this code encodes), or the parties cggmp24 blames when it
+    /// aborts on an invalid proof. Empty when nobody can be named.
+    pub blamed: Vec<u16>,
+}
+
+impl ProtocolFailure {
+    fn unattributed(reason: String) -> Self {
+        ProtocolFailure { reason, blamed: Vec::new() }
+    }
+
+    /// A failure cggmp24 reported. Its abort reasons (and the `AbortBlame`s
+    /// naming the faulty parties) sit in private types, so the parties are
+    /// read off the error's `Debug` form, the only place the library shows
+    /// them; the sources' messages make the reason.
+    fn from_library<E: std::error::Error>(e: &E) -> Self {
+        let mut reason = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            reason.push_str(": ");
+            reason.push_str(&s.to_string());
+            source = s.source();
+        }
+        ProtocolFailure { reason, blamed: blamed_in_debug(&format!("{e:?}")) }
+    }
+}
+
+/// The `faulty_party` indices in the `Debug` form of a cggmp24 error,
+/// distinct, in order.
+fn blamed_in_debug(debug: &str) -> Vec<u16> {
+    const FIELD: &str = "faulty_party: ";
+    let mut blamed: Vec<u16> = debug
+        .match_indices(FIELD)
+        .filter_map(|(at, _)| {
+            let rest = &debug[at + FIELD.len()..];
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            rest[..digits].parse().ok()
+        })
+        .collect();
+    blamed.sort_unstable();
+    blamed.dedup();
+    blamed
 }
 
 /// One running protocol, with its message type erased.
 trait RunningSession {
     fn deliver(&mut self, from: u16, broadcast: bool, payload: &[u8]) -> Result<(), String>;
-    fn drive(&mut self) -> (Vec<ProtocolSend>, Option<Result<ProtocolOutput, String>>);
+    fn drive(&mut self) -> (Vec<ProtocolSend>, Option<Result<ProtocolOutput, ProtocolFailure>>);
 }
 
 struct Running<SM, F> {
@@ -235,7 +287,7 @@ impl<SM, M, O, Er, F> RunningSession for Running<SM, F>
 where
     SM: StateMachine<Msg = M, Output = Result<O, Er>>,
     M: Serialize + DeserializeOwned,
-    Er: std::fmt::Display,
+    Er: std::error::Error,
     F: Fn(O) -> ProtocolOutput,
 {
     fn deliver(&mut self, from: u16, broadcast: bool, payload: &[u8]) -> Result<(), String> {
@@ -248,7 +300,7 @@ where
             .map_err(|_| "state machine refused the message".to_string())
     }
 
-    fn drive(&mut self) -> (Vec<ProtocolSend>, Option<Result<ProtocolOutput, String>>) {
+    fn drive(&mut self) -> (Vec<ProtocolSend>, Option<Result<ProtocolOutput, ProtocolFailure>>) {
         let mut sends = Vec::new();
         loop {
             match self.machine.proceed() {
@@ -259,14 +311,17 @@ where
                     };
                     match bincode::serialize(&out.msg) {
                         Ok(payload) => sends.push(ProtocolSend { to, payload }),
-                        Err(e) => return (sends, Some(Err(format!("cannot encode message: {e}")))),
+                        Err(e) => {
+                            let failure = ProtocolFailure::unattributed(format!("cannot encode message: {e}"));
+                            return (sends, Some(Err(failure)));
+                        }
                     }
                 }
                 ProceedResult::NeedsOneMoreMessage => return (sends, None),
                 ProceedResult::Yielded => continue,
                 ProceedResult::Output(Ok(o)) => return (sends, Some(Ok((self.convert)(o)))),
-                ProceedResult::Output(Err(e)) => return (sends, Some(Err(e.to_string()))),
-                ProceedResult::Error(e) => return (sends, Some(Err(e.to_string()))),
+                ProceedResult::Output(Err(e)) => return (sends, Some(Err(ProtocolFailure::from_library(&e)))),
+                ProceedResult::Error(e) => return (sends, Some(Err(ProtocolFailure::unattributed(e.to_string())))),
             }
         }
     }
@@ -314,7 +369,7 @@ impl Engine {
                     return ComputeResult {
                         session,
                         sends: Vec::new(),
-                        finished: Some(Err(format!("party {from}: {e}"))),
+                        finished: Some(Err(ProtocolFailure { reason: format!("party {from}: {e}"), blamed: vec![from] })),
                     };
                 }
                 self.drive(session)
@@ -376,6 +431,23 @@ fn start_session(execution_id: Vec<u8>, seed: [u8; 32], kind: SessionKind) -> Bo
                 },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod blame_tests {
+    use super::blamed_in_debug;
+
+    #[test]
+    fn faulty_parties_are_read_off_the_debug_form() {
+        // The shape cggmp24 0.7.0-alpha.3 prints for an abort with blame.
+        let debug = "SigningError(Aborted(EncProofOfK([(AbortBlame { faulty_party: 2, data_message: 7, \
+                     proof_message: 7 }, InvalidProof), (AbortBlame { faulty_party: 0, data_message: 1, \
+                     proof_message: 1 }, InvalidProof), (AbortBlame { faulty_party: 2, data_message: 9, \
+                     proof_message: 9 }, InvalidProof)])))";
+        assert_eq!(blamed_in_debug(debug), vec![0, 2]);
+        assert_eq!(blamed_in_debug("SigningError(Aborted(MismatchedDelta))"), Vec::<u16>::new());
+        assert_eq!(blamed_in_debug("faulty_party: x, faulty_party: 65536"), Vec::<u16>::new());
     }
 }
 

@@ -27,9 +27,14 @@ pub enum Input {
         request: RequestId,
         command: Command,
     },
-    /// Who holds the coordination lease now (etcd in production).
+    /// Who holds the coordination lease now (etcd in production), and the
+    /// lease's term: a number that grows with every new holder (etcd: the
+    /// create revision of the `leader` key), 0 when unknown. Presigning
+    /// sessions carry the term they were started under, so a holder that was
+    /// cut off cannot add sessions once a successor has the lease.
     Leadership {
         leader: Option<NodeId>,
+        term: u64,
     },
     /// An engine finished a job the core asked for.
     Compute(ComputeResult),
@@ -265,9 +270,12 @@ pub enum Observation {
         input: u32,
         presig: PresigId,
     },
+    /// The attempt with `presig` on one input ended without a signature;
+    /// another presignature is tried (after a backoff).
     SigningRetried {
         tx: TxId,
         input: u32,
+        presig: PresigId,
         attempt: u32,
         reason: String,
     },
@@ -284,9 +292,14 @@ pub enum Observation {
         tx: TxId,
         txid: String,
     },
+    /// A cggmp24 session ended without output. `blamed` are the members it
+    /// is pinned on (see [`crate::engine::ProtocolFailure`]), each now
+    /// suspected; empty when the failure names nobody (a timeout, an abort
+    /// without blame).
     ProtocolFailed {
         session: String,
         reason: String,
+        blamed: Vec<NodeId>,
     },
     /// This node now avoids `member` as a signer: it let a session or a
     /// signing request time out (the `strikes`-th time; each lasts longer).

@@ -18,10 +18,12 @@ pub enum PeerMessage {
         broadcast: bool,
         payload: Vec<u8>,
     },
-    /// The pool coordinator asks `signers` to generate presignature `id`.
+    /// The pool coordinator asks `signers` to generate presignature `id`,
+    /// under lease term `term` (see `Input::Leadership`).
     PresignStart {
         id: PresigId,
         signers: Vec<NodeId>,
+        term: u64,
     },
     /// The sender holds its share of `id`, with these public commitments.
     PresigReady {

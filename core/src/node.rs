@@ -170,6 +170,13 @@ pub struct Node {
     seed_fingerprint: [u8; 32],
     pub(crate) now: Millis,
     pub(crate) leader: Option<NodeId>,
+    /// The highest lease term this node has been told of: a presigning
+    /// session started under an older term comes from a holder that has
+    /// been superseded, and is refused.
+    pub(crate) lease_term: u64,
+    /// The last holder of the lease this node was told of (kept while
+    /// nobody holds it), to tell a takeover from a renewal.
+    pub(crate) last_holder: Option<NodeId>,
     /// When the lease last changed hands: the order of signing takeover
     /// (which starts at the lease holder) changed then.
     pub(crate) line_changed_at: Millis,
@@ -278,6 +285,8 @@ impl Node {
             },
             now: Millis(0),
             leader: None,
+            lease_term: 0,
+            last_holder: None,
             line_changed_at: Millis(0),
             coordination_reachable: true,
             next_seq: 0,
@@ -378,7 +387,7 @@ impl Node {
             Input::Peer { from, msg } => self.on_peer(from, msg),
             Input::Tick => {}
             Input::Command { request, command } => self.on_command(request, command),
-            Input::Leadership { leader } => self.on_leadership(leader),
+            Input::Leadership { leader, term } => self.on_leadership(leader, term),
             Input::Compute(result) => self.on_compute(result),
             Input::SafePrimes(primes) => self.on_primes(primes),
             Input::TransportRefused { peer, reason } => self.observe(Observation::TransportRefused { peer, reason }),
@@ -411,7 +420,7 @@ impl Node {
             PeerMessage::Protocol { session, broadcast, payload } => {
                 self.on_protocol_message(from, session, broadcast, payload)
             }
-            PeerMessage::PresignStart { id, signers } => self.on_presign_start(from, id, signers),
+            PeerMessage::PresignStart { id, signers, term } => self.on_presign_start(from, id, signers, term),
             PeerMessage::PresigReady { id, signers, public } => self.on_presig_announced(from, id, signers, public),
             PeerMessage::PresigAbandon { id } => self.on_presig_abandon(from, id),
             PeerMessage::Proposal { psbt } => self.on_proposal(from, psbt),
@@ -429,9 +438,22 @@ impl Node {
         }
     }
 
-    fn on_leadership(&mut self, leader: Option<NodeId>) {
+    fn on_leadership(&mut self, leader: Option<NodeId>, term: u64) {
         if leader != self.leader {
             self.line_changed_at = self.now;
+        }
+        self.lease_term = self.lease_term.max(term);
+        if leader == Some(self.me) && self.leader != leader && self.last_holder.is_some_and(|h| h != self.me) {
+            // Taking over from another holder: sessions it started that
+            // this node never heard of (their start lost to a crash or a
+            // cut) may still finish; they have finished or timed out a
+            // presigning timeout from now, so only then does this node
+            // start sessions of its own.
+            let grace = self.now.plus(self.config.cluster.timeouts.presign_ms);
+            self.refill_not_before = Some(self.refill_not_before.map_or(grace, |t| t.max(grace)));
+        }
+        if leader.is_some() {
+            self.last_holder = leader;
         }
         self.leader = leader;
         if leader != Some(self.me) {

@@ -11,6 +11,7 @@ pub struct PlantedBugs {
     persist_consumption_late: bool,
     count_equivocators: bool,
     forget_consumed_on_recovery: bool,
+    stop_refill_at_low_water: bool,
 }
 
 impl PlantedBugs {
@@ -20,6 +21,7 @@ impl PlantedBugs {
         persist_consumption_late: false,
         count_equivocators: false,
         forget_consumed_on_recovery: false,
+        stop_refill_at_low_water: false,
     };
 
     pub fn any(&self) -> bool {
@@ -44,6 +46,11 @@ impl PlantedBugs {
     pub(crate) fn forget_consumed_on_recovery(&self) -> bool {
         self.forget_consumed_on_recovery
     }
+    /// The coordinator stops refilling at the low-water mark instead of
+    /// the target.
+    pub(crate) fn stop_refill_at_low_water(&self) -> bool {
+        self.stop_refill_at_low_water
+    }
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -60,5 +67,8 @@ impl PlantedBugs {
     }
     pub fn forgetting_consumed_on_recovery() -> Self {
         PlantedBugs { forget_consumed_on_recovery: true, ..Self::NONE }
+    }
+    pub fn stopping_refill_at_low_water() -> Self {
+        PlantedBugs { stop_refill_at_low_water: true, ..Self::NONE }
     }
 }

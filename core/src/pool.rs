@@ -34,11 +34,14 @@ impl Node {
     /// every member hears each session's start from its initiator, so a
     /// new lease holder counts its predecessor's sessions too. A session
     /// not complete a presigning timeout after this node heard of it has
-    /// failed somewhere and no longer counts.
+    /// failed somewhere and no longer counts. Only sessions whose start
+    /// came from their initiator count: announcements alone could be a
+    /// Byzantine signer's made-up ids, and counting them would stall refill.
     pub(crate) fn pool_generating(&self) -> usize {
         let timeout = self.config.cluster.timeouts.presign_ms;
-        let in_flight =
-            |e: &&PoolEntry| !e.used && !e.inconsistent && !e.complete() && self.now < e.first_seen.plus(timeout);
+        let in_flight = |e: &&PoolEntry| {
+            e.confirmed && !e.used && !e.inconsistent && !e.complete() && self.now < e.first_seen.plus(timeout)
+        };
         self.pool.values().filter(in_flight).count().max(self.initiated.len())
     }
 
@@ -67,10 +70,12 @@ impl Node {
         if !self.refilling || self.refill_not_before.is_some_and(|t| self.now < t) {
             return;
         }
+        // Planted bug only: refill ends at the low-water mark.
+        let fill_to = if self.bugs.stop_refill_at_low_water() { cfg.low_water } else { cfg.target };
         loop {
             let (ready, generating) = (self.pool_ready(), self.pool_generating());
-            if ready + generating >= cfg.target.min(cfg.max) || self.pool_unspent() + generating >= cfg.max {
-                if ready >= cfg.target {
+            if ready + generating >= fill_to.min(cfg.max) || self.pool_unspent() + generating >= cfg.max {
+                if ready >= fill_to {
                     self.refilling = false;
                 }
                 return;
@@ -105,17 +110,29 @@ impl Node {
         // announcement naming other signers is refused rather than spoiling
         // the presignature in the views of those not signing it.
         for m in self.members() {
-            self.send(m, PeerMessage::PresignStart { id, signers: signers.clone() });
+            self.send(m, PeerMessage::PresignStart { id, signers: signers.clone(), term: self.lease_term });
         }
     }
 
     /// Signer: join a presigning session, once per id.
-    pub(crate) fn on_presign_start(&mut self, from: NodeId, id: PresigId, signers: Vec<NodeId>) {
+    pub(crate) fn on_presign_start(&mut self, from: NodeId, id: PresigId, signers: Vec<NodeId>, term: u64) {
         let reject = |node: &mut Node, reason: String| {
             node.observe(Observation::RejectedMessage { from, kind: "presign_start".into(), reason })
         };
         if from != id.origin {
             return reject(self, format!("{id} may only be started by its origin"));
+        }
+        // Fenced by the lease: a start from a superseded term (a holder cut
+        // off from etcd whose messages arrive after the heal) would add
+        // sessions next to the successor's and pass the pool's maximum. A
+        // start under a newer term than this node knows is accepted: its
+        // own view of the lease may lag, and a claimed term is never
+        // adopted from a peer.
+        if term < self.lease_term {
+            return reject(self, format!("{id} was started under lease term {term}, superseded by {}", self.lease_term));
+        }
+        if let Some(holder) = self.leader.filter(|h| term == self.lease_term && *h != from) {
+            return reject(self, format!("lease term {term} is held by {holder}, not {from}"));
         }
         let t = self.config.cluster.threshold as usize;
         let distinct: BTreeSet<NodeId> = signers.iter().copied().collect();
@@ -144,6 +161,28 @@ impl Node {
         if self.own_presigs.contains_key(&id) {
             // Seen before (perhaps before a crash): never run an id twice.
             return;
+        }
+        // What one coordinator can legitimately ask of a signer: at most
+        // `parallel_sessions` sessions at once, and the pool's maximum
+        // unspent plus those (as for announcements: the signer may not have
+        // heard yet that some were used). Each session costs seconds of
+        // CPU, so a member that claims a newer term than this node knows
+        // cannot make it run more than that.
+        let cfg = &self.config.cluster.pool;
+        let (mut generating, mut unspent) = (0, 0);
+        for own in self.own_presigs.iter().filter(|(p, _)| p.origin == from).map(|(_, o)| o) {
+            match own {
+                OwnPresig::Generating { .. } => generating += 1,
+                OwnPresig::Ready { .. } => unspent += 1,
+                _ => {}
+            }
+        }
+        if generating >= cfg.parallel_sessions || generating + unspent >= cfg.max + cfg.parallel_sessions {
+            let (parallel, max) = (cfg.parallel_sessions, cfg.max + cfg.parallel_sessions);
+            return reject(
+                self,
+                format!("{from} already has {generating} sessions running and {unspent} unspent here (at most {parallel} and {max})"),
+            );
         }
         let key_share = key.share.clone();
         self.persist(Record::PresigGenerating { id, signers: signers.clone() });

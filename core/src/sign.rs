@@ -160,7 +160,7 @@ impl Node {
         for s in signers {
             self.send(s, PeerMessage::PresigAbandon { id: presig });
         }
-        self.observe(Observation::SigningRetried { tx, input: input as u32, attempt, reason });
+        self.observe(Observation::SigningRetried { tx, input: input as u32, presig, attempt, reason });
     }
 
     fn assign_presignatures(&mut self, tx: TxId) {

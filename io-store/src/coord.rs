@@ -325,6 +325,10 @@ pub struct CoordView {
     pub leader: Option<NodeId>,
     /// This node holds the `leader` key under a lease it knows to be valid.
     pub i_lead: bool,
+    /// The lease term last seen: the create revision of the `leader` key,
+    /// which grows with every new holder (0 before any was read). The core
+    /// fences presigning sessions by it.
+    pub term: u64,
     /// The last round of etcd requests got answers.
     pub etcd_reachable: bool,
     pub health: Health,
@@ -334,7 +338,7 @@ impl CoordView {
     /// The core's leadership input for this view: the shell hands it to
     /// `Node::handle` whenever the view changes.
     pub fn leadership_input(&self) -> mpc_core::Input {
-        mpc_core::Input::Leadership { leader: self.leader }
+        mpc_core::Input::Leadership { leader: self.leader, term: self.term }
     }
 }
 
@@ -865,6 +869,7 @@ impl Coordinator {
         let initial = CoordView {
             leader: None,
             i_lead: false,
+            term: 0,
             etcd_reachable: true,
             health: Health::Degraded { reason: STARTING.to_string() },
         };
@@ -959,6 +964,9 @@ struct Facts {
     holds_leader: bool,
     /// The id in the `leader` key when last read.
     observed_leader: Option<NodeId>,
+    /// The `leader` key's create revision when last read (see
+    /// [`CoordView::term`]); kept when the key is gone.
+    observed_term: u64,
     /// Shut down: never lead again.
     stopped: bool,
 }
@@ -971,9 +979,11 @@ struct Failure {
 
 impl Facts {
     fn view(&self, me: NodeId, now: Instant) -> CoordView {
+        let term = self.observed_term;
         let paused = |reachable: bool, reason: String| CoordView {
             leader: None,
             i_lead: false,
+            term,
             etcd_reachable: reachable,
             health: Health::Degraded { reason },
         };
@@ -1001,7 +1011,7 @@ impl Facts {
             // can vouch for: it will expire.
             self.observed_leader.filter(|&l| l != me)
         };
-        CoordView { leader, i_lead, etcd_reachable: true, health: Health::Ok }
+        CoordView { leader, i_lead, term, etcd_reachable: true, health: Health::Ok }
     }
 }
 
@@ -1375,6 +1385,9 @@ impl Runner {
                     self.publisher.update(|f| {
                         f.holds_leader = true;
                         f.observed_leader = Some(me);
+                        // The put happened at the answer's revision: that
+                        // is the key's create revision.
+                        f.observed_term = f.observed_term.max(revision.max(0) as u64);
                     });
                     return Ok(revision);
                 }
@@ -1386,11 +1399,11 @@ impl Runner {
                 (resp.kvs().to_vec(), revision)
             }
         };
-        let (observed, holds) = match kvs.first() {
-            None => (None, false),
+        let (observed, holds, term) = match kvs.first() {
+            None => (None, false, 0),
             Some(kv) => {
                 let id = NodeId(parse_decimal::<u16>(&key, kv.value())?);
-                (Some(id), id == me && Some(kv.lease()) == ours)
+                (Some(id), id == me && Some(kv.lease()) == ours, kv.create_revision().max(0) as u64)
             }
         };
         self.publisher.update(|f| {
@@ -1399,6 +1412,7 @@ impl Runner {
             }
             f.holds_leader = holds;
             f.observed_leader = observed;
+            f.observed_term = f.observed_term.max(term);
         });
         Ok(revision)
     }
@@ -1453,12 +1467,15 @@ mod tests {
             lease_valid_until: Some(now + Duration::from_secs(1)),
             holds_leader: true,
             observed_leader: Some(NodeId(2)),
+            observed_term: 7,
             ..Facts::default()
         };
         let v = facts.view(NodeId(2), now);
-        assert_eq!((v.leader, v.i_lead, v.health), (Some(NodeId(2)), true, Health::Ok));
+        assert_eq!((v.leader, v.i_lead, v.term, v.health), (Some(NodeId(2)), true, 7, Health::Ok));
         let v = facts.view(NodeId(2), now + Duration::from_secs(1));
-        assert_eq!((v.leader, v.i_lead), (None, false));
+        // Stepped down, the term last seen is still reported: the core
+        // keeps fencing sessions of older terms.
+        assert_eq!((v.leader, v.i_lead, v.term), (None, false, 7));
         assert!(matches!(v.health, Health::Degraded { .. }));
         facts.failure = Some(Failure { since: UNIX_EPOCH, message: "refused".into(), unreachable: true });
         let v = facts.view(NodeId(2), now);

@@ -170,6 +170,8 @@ async fn leader_fails_over_when_its_lease_expires() {
     eventually("one leader that all three views agree on", || async { agreed() }).await;
     let old = handles.iter().position(|h| h.current().i_lead).unwrap();
     let old_id = NodeId(old as u16 + 1);
+    let first_term = handles[old].current().term;
+    assert!(first_term > 0, "a held lease has a term");
     eventually("all three registered as live", || async { observer.live_nodes().await.unwrap() == ids(&[1, 2, 3]) })
         .await;
 
@@ -217,7 +219,12 @@ async fn leader_fails_over_when_its_lease_expires() {
     // What the core is told: the new leader, at every survivor.
     for (i, h) in handles.iter().enumerate().filter(|(i, _)| *i != old) {
         match h.current().leadership_input() {
-            mpc_core::Input::Leadership { leader } => assert_eq!(leader, Some(new_id), "node {}", i + 1),
+            mpc_core::Input::Leadership { leader, term } => {
+                assert_eq!(leader, Some(new_id), "node {}", i + 1);
+                // The new holder's key was created after the old one's, so
+                // sessions the old holder starts now are fenced off.
+                assert!(term > first_term, "node {}: term {term} after {first_term}", i + 1);
+            }
             other => panic!("{other:?}"),
         }
     }

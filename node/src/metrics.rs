@@ -785,7 +785,13 @@ mod tests {
                     from: TxState::Rejected,
                     event: mpc_core::TxEvent::SignatureComplete,
                 },
-                Observation::SigningRetried { tx: tx(9), input: 0, attempt: 1, reason: "timeout".into() },
+                Observation::SigningRetried {
+                    tx: tx(9),
+                    input: 0,
+                    presig: mpc_core::PresigId { origin: NodeId(1), seq: 4 },
+                    attempt: 1,
+                    reason: "timeout".into(),
+                },
                 Observation::DkgFailed { dkg: DkgId { origin: NodeId(1), seq: 1 }, reason: "deadline passed".into() },
                 Observation::DkgCompleted {
                     dkg: DkgId { origin: NodeId(1), seq: 2 },

@@ -265,6 +265,11 @@ impl Cluster {
         self.shared.borrow().lease.holder.map(|(n, _)| n)
     }
 
+    /// The lease's current term (one more for every new holder).
+    pub fn lease_term(&self) -> u64 {
+        self.shared.borrow().lease.term
+    }
+
     /// Queues an operator command at `node`; the reply lands in `replies`.
     pub fn command(&mut self, node: NodeId, command: Command) -> RequestId {
         let request = RequestId(self.next_request);

@@ -167,8 +167,11 @@ pub struct LeaseState {
     pub candidates: BTreeSet<NodeId>,
     /// Holder changes since the harness last looked: (old, new).
     pub changes: Vec<(Option<NodeId>, Option<NodeId>)>,
-    /// The holder last announced to the nodes.
-    announced: Option<Option<NodeId>>,
+    /// The lease's term: one more for every new holder, as etcd's create
+    /// revision of the `leader` key grows.
+    pub term: u64,
+    /// The holder and term last announced to the nodes.
+    announced: Option<(Option<NodeId>, u64)>,
 }
 
 impl LeaseState {
@@ -181,6 +184,9 @@ impl LeaseState {
         let (old, new) = (self.holder.map(|h| h.0), holder.map(|h| h.0));
         if old != new {
             self.changes.push((old, new));
+            if new.is_some() {
+                self.term += 1;
+            }
         }
         self.holder = holder;
     }
@@ -209,7 +215,7 @@ impl LeaseState {
 #[derive(Serialize, Deserialize)]
 enum LeaseMsg {
     KeepAlive { campaign: bool },
-    State { holder: Option<NodeId> },
+    State { holder: Option<NodeId>, term: u64 },
 }
 
 fn elapsed_ms() -> u64 {
@@ -240,12 +246,12 @@ pub(crate) async fn lease_host(shared: Rc<RefCell<Shared>>) -> turmoil::Result {
                 if let (Some(from), Ok(LeaseMsg::KeepAlive { campaign })) =
                     (from, frame_options().deserialize::<LeaseMsg>(&buf[..len]))
                 {
-                    let holder = {
+                    let (holder, term) = {
                         let mut s = shared.borrow_mut();
                         s.lease.keepalive(from, campaign, elapsed_ms());
-                        s.lease.holder.map(|h| h.0)
+                        (s.lease.holder.map(|h| h.0), s.lease.term)
                     };
-                    let reply = bincode::serialize(&LeaseMsg::State { holder }).expect("lease messages serialise");
+                    let reply = bincode::serialize(&LeaseMsg::State { holder, term }).expect("lease messages serialise");
                     let _ = socket.try_send_to(&reply, src);
                 }
             }
@@ -254,13 +260,13 @@ pub(crate) async fn lease_host(shared: Rc<RefCell<Shared>>) -> turmoil::Result {
         let (announce, addrs) = {
             let mut s = shared.borrow_mut();
             s.lease.expire(elapsed_ms());
-            let holder = s.lease.holder.map(|h| h.0);
-            let announce = (s.lease.announced != Some(holder)).then_some(holder);
-            s.lease.announced = Some(holder);
+            let current = (s.lease.holder.map(|h| h.0), s.lease.term);
+            let announce = (s.lease.announced != Some(current)).then_some(current);
+            s.lease.announced = Some(current);
             (announce, s.addrs.keys().copied().collect::<Vec<_>>())
         };
-        if let Some(holder) = announce {
-            let msg = bincode::serialize(&LeaseMsg::State { holder }).expect("lease messages serialise");
+        if let Some((holder, term)) = announce {
+            let msg = bincode::serialize(&LeaseMsg::State { holder, term }).expect("lease messages serialise");
             for addr in addrs {
                 let _ = socket.try_send_to(&msg, SocketAddr::new(addr, LEASE_CLIENT_PORT));
             }
@@ -276,7 +282,7 @@ async fn lease_client(shared: Rc<RefCell<Shared>>, id: NodeId, inbox: UnboundedS
     let socket = UdpSocket::bind(any_addr(LEASE_CLIENT_PORT)).await?;
     let lease = SocketAddr::new(turmoil::lookup(LEASE_HOST), LEASE_PORT);
     let mut buf = vec![0u8; 1024];
-    let mut reported: Option<Option<NodeId>> = None;
+    let mut reported: Option<(Option<NodeId>, u64)> = None;
     let mut last_heard = elapsed_ms();
     let mut ticks = tokio::time::interval(Duration::from_millis(KEEPALIVE_MS));
     loop {
@@ -284,11 +290,11 @@ async fn lease_client(shared: Rc<RefCell<Shared>>, id: NodeId, inbox: UnboundedS
             biased;
             r = socket.recv_from(&mut buf) => {
                 let (len, _) = r?;
-                if let Ok(LeaseMsg::State { holder }) = frame_options().deserialize::<LeaseMsg>(&buf[..len]) {
+                if let Ok(LeaseMsg::State { holder, term }) = frame_options().deserialize::<LeaseMsg>(&buf[..len]) {
                     last_heard = elapsed_ms();
-                    if reported != Some(holder) {
-                        reported = Some(holder);
-                        if inbox.send(Input::Leadership { leader: holder }).is_err() {
+                    if reported != Some((holder, term)) {
+                        reported = Some((holder, term));
+                        if inbox.send(Input::Leadership { leader: holder, term }).is_err() {
                             return Ok(());
                         }
                     }
@@ -299,9 +305,9 @@ async fn lease_client(shared: Rc<RefCell<Shared>>, id: NodeId, inbox: UnboundedS
                 let msg = bincode::serialize(&LeaseMsg::KeepAlive { campaign }).expect("lease messages serialise");
                 let _ = socket.try_send_to(&msg, lease);
                 let stale = elapsed_ms() >= last_heard + LEASE_TTL_MS - KEEPALIVE_MS;
-                if stale && reported.is_some_and(|h| h.is_some()) {
-                    reported = Some(None);
-                    if inbox.send(Input::Leadership { leader: None }).is_err() {
+                if let Some((Some(_), term)) = reported.filter(|_| stale) {
+                    reported = Some((None, term));
+                    if inbox.send(Input::Leadership { leader: None, term }).is_err() {
                         return Ok(());
                     }
                 }

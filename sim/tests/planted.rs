@@ -55,6 +55,16 @@ fn signer_skipping_the_certificate_check_is_caught() {
     println!("seed {seed}: {violation}");
 }
 
+/// The pool's band is checked, not only its low water: a coordinator that
+/// stops refilling at low water leaves the pool short of its target, which
+/// only the seeds that generate presignatures can show.
+#[test]
+fn refill_stopping_at_low_water_is_caught() {
+    let (seed, violation) =
+        first_catch(PlantedBugs::stopping_refill_at_low_water(), &["liveness: the pool"]).expect("caught in the batch");
+    assert_ne!(SeedPlan::from_seed(seed).shape, SeedShape::Fixture, "seed {seed}: {violation}");
+}
+
 #[test]
 fn without_planted_bugs_the_same_seeds_pass() {
     for seed in 0..20 {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use mpc_core::NodeId;
+use mpc_core::{Input, NodeId, Observation, PeerMessage, PresigId, Record};
 use mpc_sim::Cluster;
 
 const BUDGET_MS: u64 = 900_000;
@@ -65,4 +65,63 @@ fn a_restarted_lease_holder_waits_out_the_sessions_it_forgot() {
     let peak = run_and_sample(&mut cluster, max);
     assert!(peak <= max, "ready plus generating reached {peak}, above the maximum {max}");
     assert_invariants(&cluster, &[]);
+}
+
+/// Presigning starts are fenced by the lease term. A holder cut off from
+/// etcd keeps running until it notices, and its starts can arrive after the
+/// lease has moved on: members refuse a start from a superseded term, and
+/// one from a member that does not hold the current term. A start under a
+/// newer term than a member knows of (its own view of the lease lags) is
+/// joined, within what one coordinator may ask of a signer.
+#[test]
+fn presigning_starts_are_fenced_by_the_lease_term() {
+    let (mut cluster, max) = tight_pool(73);
+    // Node 2 holds the lease; node 1's starts claim the term before (as a
+    // cut-off holder's would), the current one, and the next.
+    cluster.set_leader(Some(NodeId(2)));
+    cluster.run_for(2_000);
+    let term = cluster.lease_term();
+    assert!(term >= 1, "a held lease has a term");
+    let (signer, old_holder) = (NodeId(3), NodeId(1));
+    let signers = vec![NodeId(1), NodeId(3), NodeId(4)];
+    let start = |seq: u64, term: u64| Input::Peer {
+        from: old_holder,
+        msg: PeerMessage::PresignStart { id: PresigId { origin: old_holder, seq }, signers: signers.clone(), term },
+    };
+    let refusals = |cluster: &Cluster, needle: &str| {
+        observed_at(cluster, |o| {
+            matches!(o, Observation::RejectedMessage { from, kind, reason }
+                if *from == old_holder && kind == "presign_start" && reason.contains(needle))
+        })
+        .get(&signer)
+        .copied()
+        .unwrap_or(0)
+    };
+    let joined = |cluster: &Cluster, seq: u64| {
+        cluster.hosts()[&signer].store.iter().any(|r| {
+            matches!(r, Record::PresigGenerating { id, .. } if *id == PresigId { origin: old_holder, seq })
+        })
+    };
+    let base = 1 << 30;
+
+    cluster.input(signer, start(base, term - 1));
+    cluster.run_for(100);
+    assert_eq!(refusals(&cluster, "superseded"), 1, "a start from the old term was not refused");
+    assert!(!joined(&cluster, base));
+
+    cluster.input(signer, start(base + 1, term));
+    cluster.run_for(100);
+    assert_eq!(refusals(&cluster, "is held by"), 1, "a start from a non-holder of the current term was not refused");
+    assert!(!joined(&cluster, base + 1));
+
+    // A newer term than the signer knows: joined, but no more sessions at
+    // once than a coordinator runs.
+    let parallel = max; // tight_pool runs `max` sessions at once
+    for k in 0..parallel as u64 + 2 {
+        cluster.input(signer, start(base + 10 + k, term + 1));
+    }
+    cluster.run_for(100);
+    let joined_count = (0..parallel as u64 + 2).filter(|k| joined(&cluster, base + 10 + k)).count();
+    assert_eq!(joined_count, parallel, "sessions from one origin at once");
+    assert_eq!(refusals(&cluster, "sessions running"), 2);
 }
