@@ -205,6 +205,7 @@ pub struct Metrics {
     signing_refusals: IntCounter,
     signing_retries: IntCounter,
     protocol_failures: IntCounter,
+    protocol_blame: IntCounterVec,
     partial_signatures_released: IntCounter,
     transactions_signed: IntCounter,
     submit_to_approved: Histogram,
@@ -413,6 +414,14 @@ impl Metrics {
                 "mpc_protocol_failures_total",
                 "cggmp24 sessions (aux info, keygen, presigning) that failed or timed out.",
             ),
+            protocol_blame: counter_vec(
+                &r,
+                "mpc_protocol_blame_total",
+                "Failed cggmp24 sessions pinned on a member: it sent a round message that does not decode, or \
+                 cggmp24 blamed it for an invalid proof. Any rise names a member to investigate.",
+                "member",
+                &[],
+            ),
             partial_signatures_released: counter(
                 &r,
                 "mpc_partial_signatures_released_total",
@@ -595,7 +604,12 @@ impl Metrics {
                 Observation::BadPartialSignature { .. } => self.bad_partial_signatures.inc(),
                 Observation::SigningRetried { .. } => self.signing_retries.inc(),
                 Observation::TxSigned { .. } => self.transactions_signed.inc(),
-                Observation::ProtocolFailed { .. } => self.protocol_failures.inc(),
+                Observation::ProtocolFailed { blamed, .. } => {
+                    self.protocol_failures.inc();
+                    for member in blamed {
+                        self.protocol_blame.with_label_values(&[&member.0.to_string()]).inc();
+                    }
+                }
                 Observation::TransportRefused { .. } => self.transport_refusals.inc(),
                 Observation::MemberSuspected { .. } => self.member_suspicions.inc(),
                 Observation::SigningStalled { .. } => self.signing_stalled.inc(),
@@ -793,6 +807,16 @@ mod tests {
                     reason: "timeout".into(),
                 },
                 Observation::DkgFailed { dkg: DkgId { origin: NodeId(1), seq: 1 }, reason: "deadline passed".into() },
+                Observation::ProtocolFailed {
+                    session: "presign-1-7".into(),
+                    reason: "party 2: undecodable protocol message".into(),
+                    blamed: vec![NodeId(3)],
+                },
+                Observation::ProtocolFailed {
+                    session: "presign-1-8".into(),
+                    reason: "session deadline passed".into(),
+                    blamed: vec![],
+                },
                 Observation::DkgCompleted {
                     dkg: DkgId { origin: NodeId(1), seq: 2 },
                     public_key_hex: "02".into(),
@@ -812,6 +836,8 @@ mod tests {
         assert_eq!(sample(&text, "mpc_presignatures_discarded_total{reason=\"other\"}"), 1.0);
         assert_eq!(sample(&text, "mpc_presignatures_discarded_total{reason=\"restart\"}"), 0.0);
         assert_eq!(sample(&text, "mpc_votes_total{decision=\"approve\"}"), 1.0);
+        assert_eq!(sample(&text, "mpc_protocol_failures_total"), 2.0);
+        assert_eq!(sample(&text, "mpc_protocol_blame_total{member=\"3\"}"), 1.0, "the blamed member is named");
         assert_eq!(sample(&text, "mpc_votes_total{decision=\"reject\"}"), 2.0, "reasons do not become labels");
         for family in [
             "mpc_equivocations_total",

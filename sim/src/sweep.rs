@@ -674,9 +674,21 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         // Silence counts as fired when a coordinator waited out an answer
         // b withheld: the attempt (that input, that presignature) timed out
         // there. Each such coordinator must then suspect b.
-        let waited_out = waited_out_silence(&cluster, &net.borrow().withheld);
-        let fired = if act == ByzantineAct::Silence {
-            waited_out.len() as u64
+        // Likewise a refusal counts where it cost an attempt: the
+        // coordinator retried that input because b refused (one that came
+        // after the input was signed another way cost nothing).
+        let cost_at = match act {
+            ByzantineAct::Silence => {
+                coordinators_who_retried(&cluster, &net.borrow().withheld, |r| r == "signing timed out")
+            }
+            ByzantineAct::RefuseToSign => {
+                let refused = format!("{b} refused");
+                coordinators_who_retried(&cluster, &net.borrow().tampered, |r| r.starts_with(&refused))
+            }
+            _ => BTreeSet::new(),
+        };
+        let fired = if matches!(act, ByzantineAct::Silence | ByzantineAct::RefuseToSign) {
+            cost_at.len() as u64
         } else {
             let net = net.borrow();
             let mut delivered = cluster.delivered_from_watched();
@@ -706,7 +718,7 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
                 reached.len() as u64
             }
         };
-        check_attribution(&cluster, b, act, fired, &waited_out, &mut outcome);
+        check_attribution(&cluster, b, act, fired, &cost_at, &mut outcome);
         if fired > 0 {
             *outcome.coverage.entry("byzantine act delivered").or_default() += fired;
             let name = match act {
@@ -821,22 +833,27 @@ fn settled(s: &TxState) -> bool {
     s.is_final() || *s == TxState::Expired
 }
 
-/// The coordinators that waited out a partial signature b withheld from
-/// them: the attempt with that presignature on that input timed out there.
-fn waited_out_silence(cluster: &Cluster, withheld: &[(NodeId, PeerMessage)]) -> BTreeSet<NodeId> {
-    let timed_out: BTreeSet<(NodeId, TxId, u32, mpc_core::PresigId)> = cluster
-        .observed(|o| matches!(o, Observation::SigningRetried { reason, .. } if reason == "signing timed out"))
+/// The coordinators for which one of b's signing responses (withheld or
+/// changed, in `messages`) cost an attempt: the attempt with that
+/// presignature on that input was retried there for a reason `why` accepts.
+fn coordinators_who_retried(
+    cluster: &Cluster,
+    messages: &[(NodeId, PeerMessage)],
+    why: impl Fn(&str) -> bool,
+) -> BTreeSet<NodeId> {
+    let retried: BTreeSet<(NodeId, TxId, u32, mpc_core::PresigId)> = cluster
+        .observed(|o| matches!(o, Observation::SigningRetried { reason, .. } if why(reason)))
         .into_iter()
         .filter_map(|(node, o)| match o {
             Observation::SigningRetried { tx, input, presig, .. } => Some((node, tx, input, presig)),
             _ => None,
         })
         .collect();
-    withheld
+    messages
         .iter()
         .filter_map(|(to, m)| match m {
             PeerMessage::SigningResponse { tx, input, presig, .. } => {
-                timed_out.contains(&(*to, *tx, *input, *presig)).then_some(*to)
+                retried.contains(&(*to, *tx, *input, *presig)).then_some(*to)
             }
             _ => None,
         })
@@ -844,16 +861,17 @@ fn waited_out_silence(cluster: &Cluster, withheld: &[(NodeId, PeerMessage)]) -> 
 }
 
 /// Invariant 6's other half: an act that reached an honest node was seen
-/// and pinned on the right node. Silence counts as fired where a
-/// coordinator waited out a partial signature the member withheld
-/// (`waited_out`), and each of those must suspect it. A replayed message
+/// and pinned on the right node. Silence and refusals count as fired where
+/// they cost a coordinator an attempt (`cost_at`: it waited out a withheld
+/// partial signature, or retried after a refusal), and each of those
+/// coordinators must suspect the member. A replayed message
 /// is b's own valid message of before: it cannot be pinned, only survived.
 fn check_attribution(
     cluster: &Cluster,
     b: NodeId,
     act: ByzantineAct,
     fired: u64,
-    waited_out: &BTreeSet<NodeId>,
+    cost_at: &BTreeSet<NodeId>,
     outcome: &mut SeedOutcome,
 ) {
     if fired == 0 {
@@ -875,23 +893,15 @@ fn check_attribution(
         // A coordinator that waited an attempt out suspects every signer
         // whose answer it lacks. (An answer never waited out, because the
         // input was signed another way first, is no cost to pin.)
-        ByzantineAct::Silence => {
-            let suspecting: BTreeSet<NodeId> = cluster
-                .observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == b))
-                .into_iter()
-                .map(|(node, _)| node)
-                .collect();
-            waited_out.is_subset(&suspecting)
-        }
+        ByzantineAct::Silence => cost_at.is_subset(&suspecting(cluster, b)),
         // A replay is an old message of b's, valid then: nothing to pin on
         // b; the invariants and the liveness check are what must hold.
         ByzantineAct::ReplayOldMessages => true,
         ByzantineAct::SignRejected => {
             !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
         }
-        ByzantineAct::RefuseToSign => {
-            !cluster.observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == b)).is_empty()
-        }
+        // Each coordinator that retried because b refused suspects b.
+        ByzantineAct::RefuseToSign => cost_at.is_subset(&suspecting(cluster, b)),
         ByzantineAct::FakeProposals => {
             !cluster.observed(|o| matches!(o, Observation::ProposalRejected { from, .. } if *from == b)).is_empty()
         }
@@ -914,6 +924,15 @@ fn check_attribution(
             .violations
             .push(format!("byzantine {act:?} by {b} reached honest nodes {fired} times, never attributed"));
     }
+}
+
+/// The nodes that suspected `b` at some point.
+fn suspecting(cluster: &Cluster, b: NodeId) -> BTreeSet<NodeId> {
+    cluster
+        .observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == b))
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect()
 }
 
 struct NetState {
