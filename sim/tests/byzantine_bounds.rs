@@ -192,3 +192,57 @@ fn presignature_waste_counts_each_presignature_once() {
     assert!(scenario::wait_final(&mut cluster, tx, BUDGET_MS));
     assert_eq!(mpc_sim::checker::presignature_waste(&cluster), (40, 1), "a signature is no waste");
 }
+
+/// Issue 11 items 10 and 17: a member that garbles its cggmp24 round
+/// messages (cut short to even-numbered members, one byte flipped to
+/// odd-numbered ones) is named by the failure of the session it spoiled,
+/// suspected by who named it, and the pool fills without it. No honest
+/// member is ever blamed.
+#[test]
+fn garbled_round_messages_are_pinned_on_their_sender() {
+    let garbler = NodeId(2);
+    let (mut cluster, _key) = keyed_cluster(62, |c| {
+        c.pool.low_water = 3;
+        c.pool.target = 3;
+        c.pool.max = 3;
+        c.pool.parallel_sessions = 3;
+    });
+    cluster.set_interceptor(move |from, env: &mut Envelope| {
+        if from == garbler {
+            if let PeerMessage::Protocol { payload, .. } = &mut env.msg {
+                let middle = payload.len() / 2;
+                if env.to.0.is_multiple_of(2) {
+                    payload.truncate(middle);
+                } else if let Some(byte) = payload.get_mut(middle) {
+                    *byte ^= 0x5a;
+                }
+            }
+        }
+        Delivery::Deliver
+    });
+    let leader = NodeId(1);
+    cluster.set_leader(Some(leader));
+    let blaming = |cluster: &Cluster| -> BTreeSet<NodeId> {
+        cluster
+            .observed(|o| matches!(o, Observation::ProtocolFailed { blamed, .. } if blamed.contains(&garbler)))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    assert!(
+        cluster.run_until(BUDGET_MS, |c| !blaming(c).is_empty() && c.node(leader).status().pool_ready >= 3),
+        "the garbler was never named, or the pool never filled without it"
+    );
+    for (node, o) in cluster.observed(|o| matches!(o, Observation::ProtocolFailed { .. })) {
+        if let Observation::ProtocolFailed { blamed, reason, .. } = o {
+            assert!(blamed.iter().all(|b| *b == garbler), "{node} blamed an honest member: {reason}");
+        }
+    }
+    let suspecting: BTreeSet<NodeId> = cluster
+        .observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == garbler))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(blaming(&cluster).is_subset(&suspecting), "a member named the garbler but did not suspect it");
+    assert_invariants(&cluster, &[garbler.0]);
+}
