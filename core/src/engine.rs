@@ -369,7 +369,10 @@ impl Engine {
                     return ComputeResult {
                         session,
                         sends: Vec::new(),
-                        finished: Some(Err(ProtocolFailure { reason: format!("party {from}: {e}"), blamed: vec![from] })),
+                        finished: Some(Err(ProtocolFailure {
+                            reason: format!("party {from}: {e}"),
+                            blamed: vec![from],
+                        })),
                     };
                 }
                 self.drive(session)

@@ -129,7 +129,10 @@ impl Node {
         // own view of the lease may lag, and a claimed term is never
         // adopted from a peer.
         if term < self.lease_term {
-            return reject(self, format!("{id} was started under lease term {term}, superseded by {}", self.lease_term));
+            return reject(
+                self,
+                format!("{id} was started under lease term {term}, superseded by {}", self.lease_term),
+            );
         }
         if let Some(holder) = self.leader.filter(|h| term == self.lease_term && *h != from) {
             return reject(self, format!("lease term {term} is held by {holder}, not {from}"));

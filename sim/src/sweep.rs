@@ -503,12 +503,14 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
             first_seen.entry(v.0).or_insert(at);
         }
         // The pool's maximum bounds ready plus generating at all times, as
-        // every honest node counts them: also across partitions, where a
-        // cut-off lease holder's late session starts are fenced by the
-        // lease term.
+        // every honest node that holds (or believes it holds) the lease
+        // counts them: also across partitions, where a cut-off holder's
+        // late session starts are fenced by the lease term. (A node that
+        // does not coordinate may lag: it hears that a presignature was
+        // used only when its signers discard or consume it.)
         for id in cluster.ids().into_iter().filter(|id| cluster.is_up(*id) && !byzantine.contains(id)) {
             let s = cluster.node(id).status();
-            if s.pool_ready + s.pool_generating > pool_max {
+            if s.leader == Some(id) && s.pool_ready + s.pool_generating > pool_max {
                 let v = format!(
                     "{id} counts {} ready and {} generating, above the maximum {pool_max}",
                     s.pool_ready, s.pool_generating
