@@ -75,6 +75,20 @@ fn no_illegal_transitions(cluster: &Cluster, v: &mut Vec<Violation>) {
 /// (discarded at some signer, split between messages, or consumed by only
 /// some signers). Ready and unused at the end is not waste.
 pub fn presignature_waste(cluster: &Cluster) -> (usize, usize) {
+    let presigs = presignature_use(cluster);
+    (presigs.made, presigs.wasted)
+}
+
+/// How a run's presignatures were used (see [`presignature_waste`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PresigUse {
+    pub made: usize,
+    /// Every signer consumed it for the same message.
+    pub served: usize,
+    pub wasted: usize,
+}
+
+pub fn presignature_use(cluster: &Cluster) -> PresigUse {
     let mut signers: BTreeMap<PresigId, usize> = BTreeMap::new();
     let mut discarded = BTreeSet::new();
     let mut consumed: BTreeMap<PresigId, BTreeMap<NodeId, [u8; 32]>> = BTreeMap::new();
@@ -104,7 +118,8 @@ pub fn presignature_waste(cluster: &Cluster) -> (usize, usize) {
         .iter()
         .filter(|(id, t)| !served(id, **t) && (discarded.contains(*id) || consumed.contains_key(*id)))
         .count();
-    (signers.len(), wasted)
+    let served = signers.iter().filter(|(id, t)| served(id, **t)).count();
+    PresigUse { made: signers.len(), served, wasted }
 }
 
 /// Presignatures whose signers answered different messages (wasted, safe).

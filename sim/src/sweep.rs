@@ -344,6 +344,9 @@ pub struct SeedOutcome {
     /// Presignatures made and wasted ([`checker::presignature_waste`]).
     pub presigs_made: usize,
     pub presigs_wasted: usize,
+    /// Presignatures that served a signature (every signer consumed it for
+    /// the same message).
+    pub presigs_served: usize,
     /// Every observation, in order, when the run was asked to trace.
     pub log: Vec<String>,
     /// Each node's durable records at the end, when asked for
@@ -769,7 +772,9 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     cov("clock drifting over 0.1%", drifts_seen);
     cov("clock offset over a minute", offsets_seen);
     cov("garbage frame dropped", cluster.garbage_frames() as usize);
-    (outcome.presigs_made, outcome.presigs_wasted) = checker::presignature_waste(&cluster);
+    let presigs = checker::presignature_use(&cluster);
+    (outcome.presigs_made, outcome.presigs_wasted, outcome.presigs_served) =
+        (presigs.made, presigs.wasted, presigs.served);
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
@@ -1072,7 +1077,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                         } else if act == ByzantineAct::AnnounceFlood {
                             // A made-up id of b's own, b and the next two
                             // members as signers, plausible-looking points.
-                            let id = mpc_core::PresigId { origin: b, seq: 1 << 40 | rng.next_u64() % (1 << 20) };
+                            let id = mpc_core::PresigId { origin: b, seq: (1 << 40) | (rng.next_u64() % (1 << 20)) };
                             let mut signers: Vec<NodeId> = (0..3).map(|k| NodeId(1 + (b.0 - 1 + k) % N)).collect();
                             signers.sort();
                             let point = |rng: &mut ChaCha20Rng| {

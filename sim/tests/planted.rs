@@ -57,12 +57,22 @@ fn signer_skipping_the_certificate_check_is_caught() {
 
 /// The pool's band is checked, not only its low water: a coordinator that
 /// stops refilling at low water leaves the pool short of its target, which
-/// only the seeds that generate presignatures can show.
+/// only the seeds that generate presignatures can show: the CI batch's
+/// live-presign seeds.
 #[test]
 fn refill_stopping_at_low_water_is_caught() {
-    let (seed, violation) =
-        first_catch(PlantedBugs::stopping_refill_at_low_water(), &["liveness: the pool"]).expect("caught in the batch");
-    assert_ne!(SeedPlan::from_seed(seed).shape, SeedShape::Fixture, "seed {seed}: {violation}");
+    let bugs = PlantedBugs::stopping_refill_at_low_water();
+    let caught = (0..3).find(|seed| {
+        let plan = SeedPlan::shaped(*seed, SeedShape::LivePresign);
+        let outcome = run_seed_with_bugs(&plan, false, bugs);
+        if !outcome.violations.iter().any(|v| v.contains("liveness: the pool")) {
+            return false;
+        }
+        let clean = run_seed_with_bugs(&plan, false, PlantedBugs::NONE);
+        assert!(clean.violations.is_empty(), "live seed {seed} fails without the bug: {:?}", clean.violations);
+        true
+    });
+    assert!(caught.is_some(), "no live-presign seed of the CI batch (0..3) caught the bug");
 }
 
 #[test]
