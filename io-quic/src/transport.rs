@@ -2,7 +2,7 @@
 //!
 //! Outbound: each peer has a bounded queue and a task that keeps one
 //! connection to it (dialled with the peer's certificate name, so TLS
-//! proves who answers), reconnecting with exponential backoff when it goes
+//! proves who answers), reconnecting with jittered exponential backoff when it goes
 //! away. Messages to one peer travel in order on one unidirectional stream
 //! per connection. A full queue (a dead or slow peer) drops the new message
 //! and counts it: memory stays bounded, and the core's own retries and sync
@@ -641,7 +641,7 @@ struct PeerSender {
 impl PeerSender {
     async fn run(self, mut queue: mpsc::Receiver<PeerMessage>) {
         let name = crate::certs::node_dns_name(self.peer);
-        let mut delay = self.backoff.0;
+        let mut pauses = redial_pauses(self.backoff);
         // A message taken from the queue but not written survives a
         // reconnect; nothing else is kept for a dead peer.
         let mut pending: Option<PeerMessage> = None;
@@ -660,13 +660,13 @@ impl PeerSender {
             let conn = match connected {
                 Ok(conn) => conn,
                 Err(reason) => {
+                    let delay = pauses.next().unwrap_or(self.backoff.1);
                     tracing::debug!(
                         node = self.me.0,
                         peer = self.peer.0,
                         "dial failed: {reason}; retrying in {delay:?}"
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.backoff.1);
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -726,13 +726,27 @@ impl PeerSender {
             }
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             if opened.elapsed() < SHORT_LIVED {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(self.backoff.1);
+                tokio::time::sleep(pauses.next().unwrap_or(self.backoff.1)).await;
             } else {
-                delay = self.backoff.0;
+                pauses = redial_pauses(self.backoff);
             }
         }
     }
+}
+
+/// Pauses between dials of one peer: exponential from `min`, below `max`,
+/// jittered (`backon`), so that four members redialling a restarted peer
+/// spread out instead of arriving in step. The `n`-th pause is drawn from
+/// `[d, 2d)` with `d = min(min * 2^n, max / 2)`.
+fn redial_pauses((min, max): (Duration, Duration)) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max.max(min * 2) / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// What the accepting side shares: the config, the inbox queue, the
@@ -908,5 +922,23 @@ async fn read_frames(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod redial_tests {
+    use super::*;
+
+    #[test]
+    fn redial_pauses_grow_stay_below_the_cap_and_vary() {
+        let (min, max) = (Duration::from_millis(50), Duration::from_secs(5));
+        let pauses: Vec<Duration> = redial_pauses((min, max)).take(100).collect();
+        assert_eq!(pauses.len(), 100, "never gives up on a peer");
+        for (n, p) in pauses.iter().enumerate() {
+            let base = (min * 2u32.pow(n.min(20) as u32)).min(max / 2);
+            assert!(*p >= base.mul_f64(0.999) && *p < base.mul_f64(2.001), "pause {n} = {p:?}, base {base:?}");
+        }
+        let late: std::collections::BTreeSet<Duration> = pauses[20..].iter().copied().collect();
+        assert!(late.len() > 50, "capped pauses are jittered, not all equal: {late:?}");
     }
 }
