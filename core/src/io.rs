@@ -138,9 +138,10 @@ pub struct SignerSetPool {
     pub signers: Vec<NodeId>,
     /// Complete, unused, every signer healthy.
     pub ready: usize,
-    /// Started and neither complete nor given up.
+    /// Sessions in flight, as [`StatusReport::pool_generating`] counts them.
     pub generating: usize,
-    /// Assigned to a signature, consumed, abandoned or discarded.
+    /// Assigned to a signature, consumed, abandoned or discarded, or a
+    /// session that did not finish in time.
     pub spent: usize,
 }
 

@@ -38,11 +38,13 @@ impl Node {
     /// came from their initiator count: announcements alone could be a
     /// Byzantine signer's made-up ids, and counting them would stall refill.
     pub(crate) fn pool_generating(&self) -> usize {
+        self.pool.values().filter(|e| self.in_flight(e)).count().max(self.initiated.len())
+    }
+
+    /// A session counted as generating (see [`Node::pool_generating`]).
+    pub(crate) fn in_flight(&self, e: &PoolEntry) -> bool {
         let timeout = self.config.cluster.timeouts.presign_ms;
-        let in_flight = |e: &&PoolEntry| {
-            e.confirmed && !e.used && !e.inconsistent && !e.complete() && self.now < e.first_seen.plus(timeout)
-        };
-        self.pool.values().filter(in_flight).count().max(self.initiated.len())
+        e.confirmed && !e.used && !e.inconsistent && !e.complete() && self.now < e.first_seen.plus(timeout)
     }
 
     /// Complete and unspent, whatever the health of the signers: what the

@@ -37,10 +37,12 @@ impl Node {
             });
             if self.usable(entry) {
                 set.ready += 1;
-            } else if entry.used || entry.inconsistent {
-                set.spent += 1;
-            } else if !entry.complete() {
+            } else if self.in_flight(entry) {
                 set.generating += 1;
+            } else if entry.used || entry.inconsistent || !entry.complete() {
+                // Spent, or a session that never finished in time (or was
+                // only ever announced): it will not become ready.
+                set.spent += 1;
             } else {
                 // Complete and unused but a signer is suspect: counted as
                 // ready by nobody, spent by nobody.

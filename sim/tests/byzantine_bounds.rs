@@ -77,6 +77,11 @@ fn a_flood_of_made_up_presignature_announcements_is_bounded() {
         .filter(|r| matches!(r, Record::PresigAnnounced { from, .. } if *from == BYZ))
         .count();
     assert!(persisted <= allowance, "{persisted} announcements of node 5 persisted");
+    // Made-up announcements are not sessions in flight: neither the total
+    // (which would stall refill) nor the per-set status counts them.
+    let status = cluster.node(NodeId(1)).status();
+    let sets_generating: usize = status.pool_sets.iter().map(|p| p.generating).sum();
+    assert_eq!((status.pool_generating, sets_generating), (0, 0), "announcements counted as generating");
 }
 
 #[test]

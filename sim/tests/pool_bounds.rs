@@ -19,6 +19,11 @@ fn run_and_sample(cluster: &mut Cluster, max: usize) -> usize {
         for id in c.ids().into_iter().filter(|id| c.is_up(*id)) {
             let s = c.node(id).status();
             peak = peak.max(s.pool_ready + s.pool_generating);
+            // The per-signer-set figures add up to the totals.
+            let sets_ready: usize = s.pool_sets.iter().map(|p| p.ready).sum();
+            let sets_generating: usize = s.pool_sets.iter().map(|p| p.generating).sum();
+            assert_eq!(sets_ready, s.pool_ready, "{id}");
+            assert!(sets_generating <= s.pool_generating, "{id}: {sets_generating} > {}", s.pool_generating);
             quiet &= s.pool_generating == 0 && s.pool_ready >= max;
         }
         quiet
