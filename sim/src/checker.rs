@@ -69,22 +69,17 @@ fn no_illegal_transitions(cluster: &Cluster, v: &mut Vec<Violation>) {
     }
 }
 
-/// Presignature waste over a run, counted once per presignature (not per
-/// share): `(made, wasted)`, where made are those ready at one signer at
-/// least, and wasted those of them that ended without serving a signature
-/// (discarded at some signer, split between messages, or consumed by only
-/// some signers). Ready and unused at the end is not waste.
-pub fn presignature_waste(cluster: &Cluster) -> (usize, usize) {
-    let presigs = presignature_use(cluster);
-    (presigs.made, presigs.wasted)
-}
-
-/// How a run's presignatures were used (see [`presignature_waste`]).
+/// How a run's presignatures were used, counted once per presignature (not
+/// per share).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PresigUse {
+    /// Ready at one signer at least.
     pub made: usize,
     /// Every signer consumed it for the same message.
     pub served: usize,
+    /// Ended without serving a signature: discarded at some signer, split
+    /// between messages, or consumed by only some signers. Ready and unused
+    /// at the end is not waste.
     pub wasted: usize,
 }
 

@@ -341,7 +341,7 @@ pub struct SeedOutcome {
     pub coverage: BTreeMap<&'static str, u64>,
     pub signed: usize,
     pub rejected: usize,
-    /// Presignatures made and wasted ([`checker::presignature_waste`]).
+    /// Presignatures made and wasted ([`checker::presignature_use`]).
     pub presigs_made: usize,
     pub presigs_wasted: usize,
     /// Presignatures that served a signature (every signer consumed it for
@@ -898,17 +898,16 @@ fn check_attribution(
             !cluster.observed(|o| matches!(o, Observation::ForgedVote { from, .. } if *from == b)).is_empty()
         }
         // A coordinator that waited an attempt out suspects every signer
-        // whose answer it lacks. (An answer never waited out, because the
-        // input was signed another way first, is no cost to pin.)
-        ByzantineAct::Silence => cost_at.is_subset(&suspecting(cluster, b)),
+        // whose answer it lacks, and one that retried because b refused
+        // suspects b. (An answer that cost no attempt, because the input
+        // was signed another way first, is nothing to pin.)
+        ByzantineAct::Silence | ByzantineAct::RefuseToSign => cost_at.is_subset(&suspecting(cluster, b)),
         // A replay is an old message of b's, valid then: nothing to pin on
         // b; the invariants and the liveness check are what must hold.
         ByzantineAct::ReplayOldMessages => true,
         ByzantineAct::SignRejected => {
             !cluster.observed(|o| matches!(o, Observation::ForgedCertificate { from, .. } if *from == b)).is_empty()
         }
-        // Each coordinator that retried because b refused suspects b.
-        ByzantineAct::RefuseToSign => cost_at.is_subset(&suspecting(cluster, b)),
         ByzantineAct::FakeProposals => {
             !cluster.observed(|o| matches!(o, Observation::ProposalRejected { from, .. } if *from == b)).is_empty()
         }
@@ -1059,16 +1058,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
                             *result = Err(mpc_core::message::SigningRefusal::PresignatureUsedElsewhere);
                         }
                     }
-                    ByzantineAct::GarbleProtocol => {
-                        if let PeerMessage::Protocol { payload, .. } = &mut env.msg {
-                            let middle = payload.len() / 2;
-                            if env.to.0.is_multiple_of(2) {
-                                payload.truncate(middle);
-                            } else if let Some(byte) = payload.get_mut(middle) {
-                                *byte ^= 0x5a;
-                            }
-                        }
-                    }
+                    ByzantineAct::GarbleProtocol => garble_protocol_message(env),
                     ByzantineAct::FakeProposals | ByzantineAct::AbandonFlood | ByzantineAct::AnnounceFlood => {
                         let extra = if act == ByzantineAct::FakeProposals {
                             let mut psbt = b"psbt\xff".to_vec();
@@ -1112,6 +1102,21 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
         }
         decision
     });
+}
+
+/// [`ByzantineAct::GarbleProtocol`] on one message: a cggmp24 round
+/// message to an even-numbered member is cut to half its length (it no
+/// longer decodes), one to an odd-numbered member gets its middle byte
+/// flipped (it may decode, and then fail a proof). Other messages pass.
+pub fn garble_protocol_message(env: &mut Envelope) {
+    if let PeerMessage::Protocol { payload, .. } = &mut env.msg {
+        let middle = payload.len() / 2;
+        if env.to.0.is_multiple_of(2) {
+            payload.truncate(middle);
+        } else if let Some(byte) = payload.get_mut(middle) {
+            *byte ^= 0x5a;
+        }
+    }
 }
 
 /// Loss, duplication and reordering for one message, in the safety phase.

@@ -172,15 +172,18 @@ fn a_member_that_refuses_every_request_is_suspected_and_the_cluster_still_signs(
     assert_invariants(&cluster, &[5]);
 }
 
-/// The sweep's wasted fraction (`checker::presignature_waste`) counts
+/// The sweep's wasted fraction (`checker::presignature_use`) counts
 /// presignatures, not shares: one abandoned by a signer is discarded
 /// at each of its three signers and counts once; those that served a
 /// signature count as made, not wasted.
 #[test]
 fn presignature_waste_counts_each_presignature_once() {
     let (mut cluster, key) = fixture_cluster(65);
-    let (made, wasted) = mpc_sim::checker::presignature_waste(&cluster);
-    assert_eq!((made, wasted), (40, 0), "the fixture pool: 40 made, none wasted");
+    let waste = |c: &Cluster| {
+        let u = mpc_sim::checker::presignature_use(c);
+        (u.made, u.wasted)
+    };
+    assert_eq!(waste(&cluster), (40, 0), "the fixture pool: 40 made, none wasted");
     let (id, signers, _) = presignatures(&cluster)[0].clone();
     // One signer gives up on it (a signer may: its share is part of it);
     // the others discard theirs and pass it on.
@@ -190,12 +193,12 @@ fn presignature_waste_counts_each_presignature_once() {
     cluster.run_for(2_000);
     let discards = cluster.observed(|o| matches!(o, Observation::PresigDiscarded { id: d, .. } if *d == id)).len();
     assert_eq!(discards, signers.len(), "each signer discarded its share");
-    assert_eq!(mpc_sim::checker::presignature_waste(&cluster), (40, 1));
+    assert_eq!(waste(&cluster), (40, 1));
     cluster.set_leader(Some(NodeId(1)));
     let spend = Spend::simple("served", &[60_000, 70_000], &destination(), 100_000, 2_000);
     let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
     assert!(scenario::wait_final(&mut cluster, tx, BUDGET_MS));
-    assert_eq!(mpc_sim::checker::presignature_waste(&cluster), (40, 1), "a signature is no waste");
+    assert_eq!(waste(&cluster), (40, 1), "a signature is no waste");
 }
 
 /// Issue 11 items 10 and 17: a member that garbles its cggmp24 round
@@ -214,14 +217,7 @@ fn garbled_round_messages_are_pinned_on_their_sender() {
     });
     cluster.set_interceptor(move |from, env: &mut Envelope| {
         if from == garbler {
-            if let PeerMessage::Protocol { payload, .. } = &mut env.msg {
-                let middle = payload.len() / 2;
-                if env.to.0.is_multiple_of(2) {
-                    payload.truncate(middle);
-                } else if let Some(byte) = payload.get_mut(middle) {
-                    *byte ^= 0x5a;
-                }
-            }
+            mpc_sim::sweep::garble_protocol_message(env);
         }
         Delivery::Deliver
     });
