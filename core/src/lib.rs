@@ -38,7 +38,7 @@ pub use io::{
 };
 pub use lifecycle::{IllegalTransition, TxEvent};
 pub use message::PeerMessage;
-pub use node::{Identity, Node, NodeError};
+pub use node::{Identity, Node, NodeError, Retained};
 pub use planted::PlantedBugs;
 pub use record::{Record, RecoveredState, TxState};
 pub use secret::Secret;

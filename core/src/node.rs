@@ -58,6 +58,28 @@ pub(crate) const MAX_ORPHAN_TXS: usize = 1024;
 /// How often a node with pending background work wants a tick.
 pub(crate) const POLL_MS: u64 = 1_000;
 
+/// What a node holds in memory, by kind. Final transactions and spent
+/// presignatures leave memory (they stay in the store), so on a cluster
+/// that has run for a long time every figure stays about what the work in
+/// flight needs; `settled` keeps one small entry per final transaction,
+/// so a late message for it is recognised and never revives it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Transactions held whole: not final, or final within the gossip window.
+    pub transactions: usize,
+    /// Final transactions held as their id and outcome only.
+    pub settled: usize,
+    /// Presignatures in this node's cluster view.
+    pub pool: usize,
+    /// This node's own presignature shares, in any state.
+    pub own_presigs: usize,
+    pub closed_sessions: usize,
+    /// Transactions with votes held until their proposal arrives.
+    pub orphan_votes: usize,
+    pub early_messages: usize,
+    pub signing_jobs: usize,
+}
+
 /// The group key and this node's share of it.
 pub(crate) struct KeyMaterial {
     pub dkg: DkgId,
@@ -192,6 +214,8 @@ pub struct Node {
     pub(crate) closed_sessions: BTreeSet<SessionId>,
     pub(crate) buffered: BTreeMap<SessionId, Vec<EarlyMessage>>,
     pub(crate) txs: BTreeMap<TxId, TxEntry>,
+    /// Final transactions whose entries left `txs` (see [`Retained`]).
+    pub(crate) settled: BTreeMap<TxId, TxState>,
     /// Verified votes (with who delivered them) for transactions not yet
     /// proposed to this node; they take the normal vote path once it is.
     pub(crate) orphan_votes: BTreeMap<TxId, Vec<(NodeId, SignedVote)>>,
@@ -299,6 +323,7 @@ impl Node {
             closed_sessions: BTreeSet::new(),
             buffered: BTreeMap::new(),
             txs: BTreeMap::new(),
+            settled: BTreeMap::new(),
             orphan_votes: BTreeMap::new(),
             approved_by_day: BTreeMap::new(),
             own_presigs: BTreeMap::new(),
@@ -366,6 +391,20 @@ impl Node {
     /// ones included).
     pub fn pool_entries(&self) -> usize {
         self.pool.len()
+    }
+
+    /// What this node holds in memory, by kind (see [`Retained`]).
+    pub fn retained(&self) -> Retained {
+        Retained {
+            transactions: self.txs.len(),
+            settled: self.settled.len(),
+            pool: self.pool.len(),
+            own_presigs: self.own_presigs.len(),
+            closed_sessions: self.closed_sessions.len(),
+            orphan_votes: self.orphan_votes.len(),
+            early_messages: self.early_messages_held().0,
+            signing_jobs: self.signing.len(),
+        }
     }
 
     pub fn group_key(&self) -> Option<&GroupKey> {
