@@ -79,6 +79,11 @@ pub struct Timeouts {
     /// How long after a transaction is final its votes are still exchanged
     /// in catch-up, so evidence of equivocation can meet at one node.
     pub gossip_window_ms: u64,
+    /// How long a final transaction is held whole in memory (peers that
+    /// missed its outcome are served from it); after that only its id and
+    /// outcome stay, and the store keeps the rest. At least
+    /// `gossip_window_ms`.
+    pub retain_final_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -92,6 +97,7 @@ impl Default for Timeouts {
             max_signing_attempts: 12,
             sync_ms: 30_000,
             gossip_window_ms: 600_000,
+            retain_final_ms: 3_600_000,
         }
     }
 }
@@ -141,6 +147,8 @@ pub enum ConfigError {
     NoParallelSessions,
     #[error("timeout {0} must be positive")]
     ZeroTimeout(&'static str),
+    #[error("retain_final_ms={retain} must be at least gossip_window_ms={gossip}: a final transaction's votes are exchanged that long")]
+    RetainShorterThanGossip { retain: u64, gossip: u64 },
     #[error("cluster id must not be empty")]
     EmptyClusterId,
     #[error("vote key of {0} is not a valid Ed25519 public key")]
@@ -196,6 +204,12 @@ impl ClusterConfig {
             if v == 0 {
                 return Err(ConfigError::ZeroTimeout(name));
             }
+        }
+        if to.retain_final_ms < to.gossip_window_ms {
+            return Err(ConfigError::RetainShorterThanGossip {
+                retain: to.retain_final_ms,
+                gossip: to.gossip_window_ms,
+            });
         }
         Ok(())
     }

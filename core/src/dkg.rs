@@ -161,7 +161,7 @@ impl Node {
     }
 
     pub(crate) fn on_protocol_message(&mut self, from: NodeId, session: SessionId, broadcast: bool, payload: Vec<u8>) {
-        if self.closed_sessions.contains(&session) {
+        if self.session_closed(&session) {
             return;
         }
         let Some(info) = self.sessions.get_mut(&session) else {

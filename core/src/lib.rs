@@ -20,6 +20,7 @@ mod node;
 pub mod planted;
 pub mod policy;
 mod pool;
+mod prune;
 pub mod record;
 pub mod secret;
 mod sign;

@@ -6,6 +6,10 @@ use crate::ids::{DkgId, NodeId, PresigId, SessionId, TxId};
 use crate::vote::{ApprovalCertificate, Equivocation, ExpiryNotice, SignedVote};
 use serde::{Deserialize, Serialize};
 
+/// Transaction ids one list of a [`PeerMessage::SyncRequest`] holds at
+/// most: a receiver reads no more than that from either list.
+pub const SYNC_LIST_LIMIT: usize = 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// Join key generation attempt `dkg` (aux info if needed, then keygen).
@@ -59,10 +63,13 @@ pub enum PeerMessage {
         raw_tx: Vec<u8>,
         presigs: Vec<PresigId>,
     },
-    /// Catch-up: send me what you know of transactions other than these
-    /// (proposal, signed votes, signed result). The sender verifies all of it.
+    /// Catch-up: send me what you know of transactions other than
+    /// `known_final` (proposal, signed votes, signed result), and how those
+    /// in `open` ended if they did. The requester verifies all of it. Each
+    /// list holds at most [`SYNC_LIST_LIMIT`] ids.
     SyncRequest {
         known_final: Vec<TxId>,
+        open: Vec<TxId>,
     },
     /// Two different signed votes of one member for one transaction. Every
     /// node that finds an equivocation sends it to all, so each honest node
@@ -116,6 +123,10 @@ pub enum SigningRefusal {
     /// This signer promised never to sign the transaction: its vote
     /// deadline passed without an outcome (see [`ExpiryNotice`]).
     Expired,
+    /// The transaction is final here (signed, rejected or failed): nothing
+    /// more is signed for it. A signer that holds it signed sends the
+    /// signed transaction along.
+    Final,
 }
 
 impl SigningRefusal {

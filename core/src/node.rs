@@ -214,6 +214,12 @@ pub struct Node {
     pub(crate) closed_sessions: BTreeSet<SessionId>,
     pub(crate) buffered: BTreeMap<SessionId, Vec<EarlyMessage>>,
     pub(crate) txs: BTreeMap<TxId, TxEntry>,
+    /// Transactions with work ahead (Received, Voting, Approved, Signing):
+    /// what deadlines and signing scan, so their cost follows the work in
+    /// flight rather than the history.
+    pub(crate) active: BTreeSet<TxId>,
+    /// Final transactions held whole, by when they leave `txs`.
+    pub(crate) settling: BTreeSet<(Millis, TxId)>,
     /// Final transactions whose entries left `txs` (see [`Retained`]).
     pub(crate) settled: BTreeMap<TxId, TxState>,
     /// Verified votes (with who delivered them) for transactions not yet
@@ -222,6 +228,17 @@ pub struct Node {
     pub(crate) approved_by_day: BTreeMap<u64, u64>,
     pub(crate) own_presigs: BTreeMap<PresigId, OwnPresig>,
     pub(crate) pool: BTreeMap<PresigId, PoolEntry>,
+    /// Per initiator, the highest sequence number of a presignature that
+    /// left memory: an id at or below it that this node does not hold is
+    /// stale (see `prune.rs`), so a late message never revives it.
+    pub(crate) presig_floor: BTreeMap<NodeId, u64>,
+    /// When this node first found each presignature spent (see `prune.rs`).
+    pub(crate) spent_since: BTreeMap<PresigId, Millis>,
+    /// Own shares that left memory, Consumed and Discarded: status still
+    /// counts them.
+    pub(crate) pruned_own: (usize, usize),
+    /// When memory is next swept of spent presignatures.
+    pub(crate) next_prune: Millis,
     /// Presigning sessions this node initiated as coordinator, by deadline.
     pub(crate) initiated: BTreeMap<PresigId, Millis>,
     pub(crate) refilling: bool,
@@ -323,11 +340,17 @@ impl Node {
             closed_sessions: BTreeSet::new(),
             buffered: BTreeMap::new(),
             txs: BTreeMap::new(),
+            active: BTreeSet::new(),
+            settling: BTreeSet::new(),
             settled: BTreeMap::new(),
             orphan_votes: BTreeMap::new(),
             approved_by_day: BTreeMap::new(),
             own_presigs: BTreeMap::new(),
             pool: BTreeMap::new(),
+            presig_floor: BTreeMap::new(),
+            spent_since: BTreeMap::new(),
+            pruned_own: (0, 0),
+            next_prune: Millis(0),
             initiated: BTreeMap::new(),
             refilling: false,
             refill_not_before: None,
@@ -471,7 +494,7 @@ impl Node {
                 self.on_signing_response(from, tx, input, presig, result)
             }
             PeerMessage::TxSigned { tx, raw_tx, presigs } => self.on_tx_signed(from, tx, raw_tx, presigs),
-            PeerMessage::SyncRequest { known_final } => self.on_sync_request(from, known_final),
+            PeerMessage::SyncRequest { known_final, open } => self.on_sync_request(from, known_final, open),
             PeerMessage::Evidence(evidence) => self.on_evidence(from, *evidence),
             PeerMessage::Expiry(notice) => self.on_expiry_notice(from, notice),
         }
@@ -513,6 +536,7 @@ impl Node {
         self.drive_signing();
         self.drive_pool();
         self.drive_sync();
+        self.prune();
     }
 
     fn next_wake(&self) -> Option<Millis> {
@@ -522,25 +546,25 @@ impl Node {
             at(d.deadline);
         }
         self.sessions.values().for_each(|s| at(s.deadline));
-        self.txs
-            .values()
-            .filter(|t| matches!(t.state, TxState::Received | TxState::Voting))
-            .for_each(|t| at(t.vote_deadline));
+        // One pass over the transactions with work ahead: a vote deadline,
+        // or approved work nobody here coordinates yet (wake when this
+        // node's turn to take it over comes).
+        for id in &self.active {
+            let Some(t) = self.txs.get(id) else { continue };
+            match t.state {
+                TxState::Received | TxState::Voting => at(t.vote_deadline),
+                TxState::Approved | TxState::Signing if self.key.is_some() && !self.signing.contains_key(id) => {
+                    if let Some(when) = self.takeover_at(*id) {
+                        at(when);
+                    }
+                }
+                _ => {}
+            }
+        }
         for job in self.signing.values() {
             for input in job.inputs.iter().filter(|i| i.done.is_none()) {
                 at(if input.presig.is_some() { input.deadline } else { input.not_before.max(self.now.plus(POLL_MS)) });
             }
-        }
-        // Approved work nobody here coordinates yet: wake when this node's
-        // turn to take it over comes.
-        if self.key.is_some() {
-            self.txs
-                .iter()
-                .filter(|(id, t)| {
-                    matches!(t.state, TxState::Approved | TxState::Signing) && !self.signing.contains_key(id)
-                })
-                .filter_map(|(id, _)| self.takeover_at(*id))
-                .for_each(&mut at);
         }
         self.initiated.values().for_each(|d| at(*d));
         // Wake when a held message expires (always after now: expired
@@ -554,6 +578,14 @@ impl Node {
             at(self.now.plus(POLL_MS));
         }
         at(self.next_sync);
+        // Memory sweeps: the next final transaction to leave, and spent
+        // presignatures waiting out their time.
+        if let Some((leaves, _)) = self.settling.first() {
+            at(*leaves);
+        }
+        if !self.spent_since.is_empty() {
+            at(self.next_prune);
+        }
         wake
     }
 
@@ -638,7 +670,10 @@ impl Node {
         }
         if to.is_final() && entry.finalized_at.is_none() {
             entry.finalized_at = Some(self.now);
+            let leaves = self.now.plus(self.config.cluster.timeouts.retain_final_ms);
+            self.settling.insert((leaves, tx));
         }
+        self.index_tx(tx);
         self.persist(Record::TxState { tx, state: to.clone() });
         self.observe(Observation::TxStateChanged { tx, from, to });
     }
@@ -724,6 +759,7 @@ impl Node {
                 let mut entry = TxEntry::new(proposed, proposer, deadline);
                 entry.tally.count_equivocators = self.bugs.count_equivocators();
                 self.txs.insert(tx, entry);
+                self.index_tx(tx);
             }
             Record::OwnVote { vote, at } => {
                 let tx = vote.body.tx;
@@ -756,6 +792,7 @@ impl Node {
             Record::TxState { tx, state } => {
                 if let Some(entry) = self.txs.get_mut(&tx) {
                     entry.state = state;
+                    self.index_tx(tx);
                 }
             }
             Record::PresigGenerating { id, signers } => {
@@ -798,6 +835,12 @@ impl Node {
     /// their shares are discarded (never half-used); transactions this node
     /// accepted but had not yet voted on get their vote now.
     fn finish_recovery(&mut self) {
+        // Final before the crash: they leave memory now (the store keeps
+        // them); only the id and outcome stay.
+        let finals: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.state.is_final()).map(|(id, _)| *id).collect();
+        for tx in finals {
+            self.settle(tx);
+        }
         self.abandon_own_sessions("session lost in a restart");
         let unvoted: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.my_vote.is_none()).map(|(id, _)| *id).collect();
         // A vote persisted just before a crash may never have been sent.
@@ -808,8 +851,8 @@ impl Node {
             .filter_map(|t| t.tally.vote_of(self.me).cloned())
             .collect();
         // Ask everyone for what was missed while down.
-        let known_final = self.known_final();
-        self.broadcast(PeerMessage::SyncRequest { known_final });
+        let request = self.sync_request();
+        self.broadcast(request);
         for vote in resend {
             self.broadcast(PeerMessage::Vote(vote));
         }

@@ -12,6 +12,7 @@ pub struct PlantedBugs {
     count_equivocators: bool,
     forget_consumed_on_recovery: bool,
     stop_refill_at_low_water: bool,
+    never_prune: bool,
 }
 
 impl PlantedBugs {
@@ -22,6 +23,7 @@ impl PlantedBugs {
         count_equivocators: false,
         forget_consumed_on_recovery: false,
         stop_refill_at_low_water: false,
+        never_prune: false,
     };
 
     pub fn any(&self) -> bool {
@@ -51,6 +53,11 @@ impl PlantedBugs {
     pub(crate) fn stop_refill_at_low_water(&self) -> bool {
         self.stop_refill_at_low_water
     }
+    /// Nothing ever leaves memory: final transactions and spent
+    /// presignatures stay (what the history benchmark compares against).
+    pub(crate) fn never_prune(&self) -> bool {
+        self.never_prune
+    }
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -70,5 +77,8 @@ impl PlantedBugs {
     }
     pub fn stopping_refill_at_low_water() -> Self {
         PlantedBugs { stop_refill_at_low_water: true, ..Self::NONE }
+    }
+    pub fn never_pruning() -> Self {
+        PlantedBugs { never_prune: true, ..Self::NONE }
     }
 }

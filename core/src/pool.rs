@@ -124,6 +124,9 @@ impl Node {
         if from != id.origin {
             return reject(self, format!("{id} may only be started by its origin"));
         }
+        if self.stale_presig(&id) {
+            return reject(self, format!("{id} is older than presignatures already spent and forgotten here"));
+        }
         // Fenced by the lease: a start from a superseded term (a holder cut
         // off from etcd whose messages arrive after the heal) would add
         // sessions next to the successor's and pass the pool's maximum. A
@@ -246,6 +249,9 @@ impl Node {
                 return reject(self, format!("not a signer of {id}"));
             }
             Some(_) => {}
+            None if self.stale_presig(&id) => {
+                return reject(self, format!("{id} is older than presignatures already spent and forgotten here"));
+            }
             None => {
                 // Unknown to this node (the initiator's start is still on
                 // its way, or was lost): accepted while the announcer has
@@ -289,6 +295,10 @@ impl Node {
     /// the pool with one message per presignature. Abandoning can only
     /// waste a presignature, never make one be used twice.
     pub(crate) fn on_presig_abandon(&mut self, from: NodeId, id: PresigId) {
+        if self.stale_presig(&id) {
+            // Spent and forgotten here: nothing left to abandon.
+            return;
+        }
         let signers = match self.own_presigs.get(&id) {
             Some(OwnPresig::Generating { signers } | OwnPresig::Ready { signers, .. }) => Some(signers),
             _ => self.pool.get(&id).map(|e| &e.signers),

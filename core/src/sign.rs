@@ -70,10 +70,10 @@ impl Node {
             return;
         }
         let candidates: Vec<TxId> = self
-            .txs
+            .active
             .iter()
-            .filter(|(_, t)| matches!(t.state, TxState::Approved | TxState::Signing))
-            .map(|(id, _)| *id)
+            .filter(|id| self.txs.get(id).is_some_and(|t| matches!(t.state, TxState::Approved | TxState::Signing)))
+            .copied()
             .collect();
         for tx in candidates {
             // The approval time is not durable: after a restart the clock
@@ -254,8 +254,15 @@ impl Node {
         let result = self.sign_input(from, tx, input, presig, &certificate);
         if result == Err(SigningRefusal::UnknownTransaction) {
             // Missed the proposal: catch up from the node that has it.
-            let known_final = self.known_final();
-            self.send(from, PeerMessage::SyncRequest { known_final });
+            let request = self.sync_request();
+            self.send(from, request);
+        }
+        if result == Err(SigningRefusal::Final) {
+            // The coordinator missed how it ended; a signed transaction
+            // proves itself.
+            if let Some(raw_tx) = self.txs.get(&tx).and_then(|t| t.signed_raw.clone()) {
+                self.send(from, PeerMessage::TxSigned { tx, raw_tx, presigs: Vec::new() });
+            }
         }
         if let Err(SigningRefusal::InvalidCertificate(_)) = &result {
             // Perhaps the coordinator does not know an approver equivocated:
@@ -279,7 +286,14 @@ impl Node {
         presig: PresigId,
         certificate: &ApprovalCertificate,
     ) -> Result<PartialSig, SigningRefusal> {
+        if self.settled.contains_key(&tx) {
+            return Err(SigningRefusal::Final);
+        }
         let entry = self.txs.get(&tx).ok_or(SigningRefusal::UnknownTransaction)?;
+        // Signed or rejected here: no presignature is spent on it any more
+        // (a share already consumed for it still gives the same answer).
+        // Failed answers below: it may be this node's promise never to sign.
+        let final_here = entry.state.is_final() && !matches!(entry.state, TxState::Failed(_));
         if !self.bugs.skip_certificate_check() {
             certificate
                 .verify(tx, &self.config.cluster, entry.tally.equivocators())
@@ -304,6 +318,9 @@ impl Node {
             Some(OwnPresig::Ready { signers, share }) => {
                 if !signers.contains(&self.me) {
                     return Err(SigningRefusal::NotASigner);
+                }
+                if final_here {
+                    return Err(SigningRefusal::Final);
                 }
                 if !self.coordination_reachable {
                     // The consumption could not be fenced in etcd before it

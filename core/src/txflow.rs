@@ -4,7 +4,7 @@
 use crate::ids::{NodeId, RequestId, TxId};
 use crate::io::{Command, Observation, Reply, SignerSetPool, StatusReport, SubmitRefusal};
 use crate::lifecycle::TxEvent;
-use crate::message::PeerMessage;
+use crate::message::{PeerMessage, SYNC_LIST_LIMIT};
 use crate::node::{Node, OwnPresig, TxEntry};
 use crate::record::{Record, TxState};
 use crate::tx::ProposedTx;
@@ -59,9 +59,15 @@ impl Node {
             // Sessions this node knows of, whoever started them.
             pool_generating: self.pool_generating(),
             own_ready: own(|p| matches!(p, OwnPresig::Ready { .. })),
-            own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })),
-            own_discarded: own(|p| matches!(p, OwnPresig::Discarded)),
-            transactions: self.txs.iter().map(|(id, t)| (*id, t.state.clone())).collect(),
+            own_consumed: own(|p| matches!(p, OwnPresig::Consumed { .. })) + self.pruned_own.0,
+            own_discarded: own(|p| matches!(p, OwnPresig::Discarded)) + self.pruned_own.1,
+            // Held whole and settled alike, in id order.
+            transactions: {
+                let held = self.txs.iter().map(|(id, t)| (*id, t.state.clone()));
+                let settled = self.settled.iter().map(|(id, s)| (*id, s.clone()));
+                let all: std::collections::BTreeMap<TxId, TxState> = held.chain(settled).collect();
+                all.into_iter().collect()
+            },
             dkg_stage: self.dkg_stage(),
             primes_ready: self.primes.is_some() || self.aux.is_some(),
             pool_sets: sets.into_values().collect(),
@@ -80,7 +86,7 @@ impl Node {
         };
         let proposed = ProposedTx::from_psbt(&psbt, &script).map_err(|e| SubmitRefusal::Invalid(e.to_string()))?;
         let tx = proposed.digest(self.cluster_id());
-        if !self.txs.contains_key(&tx) {
+        if !self.knows_tx(&tx) {
             self.accept(tx, proposed, self.me);
             self.broadcast(PeerMessage::Proposal { psbt });
         }
@@ -95,7 +101,9 @@ impl Node {
         match ProposedTx::from_psbt(&psbt, &script) {
             Ok(proposed) => {
                 let tx = proposed.digest(self.cluster_id());
-                if !self.txs.contains_key(&tx) {
+                // A settled transaction is never accepted again: its outcome
+                // stands, and the store already holds it.
+                if !self.knows_tx(&tx) {
                     self.accept(tx, proposed, from);
                 }
             }
@@ -110,6 +118,7 @@ impl Node {
         let mut entry = TxEntry::new(proposed, proposer, deadline);
         entry.tally.count_equivocators = self.bugs.count_equivocators();
         self.txs.insert(tx, entry);
+        self.index_tx(tx);
         // Votes that arrived first take the same path as any other: recorded,
         // checked for equivocation, relayed if they came from their voter.
         for (from, vote) in self.orphan_votes.remove(&tx).unwrap_or_default() {
@@ -148,6 +157,16 @@ impl Node {
     }
 
     pub(crate) fn on_vote(&mut self, from: NodeId, vote: SignedVote) {
+        let tx = vote.body.tx;
+        if self.settled.contains_key(&tx) {
+            // Final and out of memory: its outcome no longer depends on votes.
+            return;
+        }
+        // Catch-up resends every vote of recent transactions: one held
+        // already, byte for byte, was verified when it first came.
+        if self.txs.get(&tx).and_then(|t| t.tally.vote_of(vote.body.voter)) == Some(&vote) {
+            return;
+        }
         match vote.verify(&self.config.cluster) {
             Ok(()) => {}
             Err(VoteError::NotAMember(voter)) => {
@@ -159,7 +178,6 @@ impl Node {
                 return;
             }
         }
-        let tx = vote.body.tx;
         let Some(entry) = self.txs.get_mut(&tx) else {
             // The proposal may still be on its way.
             if self.orphan_votes.len() < crate::node::MAX_ORPHAN_TXS || self.orphan_votes.contains_key(&tx) {
@@ -273,10 +291,14 @@ impl Node {
     pub(crate) fn check_vote_deadlines(&mut self) {
         let now = self.now;
         let expired: Vec<TxId> = self
-            .txs
+            .active
             .iter()
-            .filter(|(_, t)| matches!(t.state, TxState::Received | TxState::Voting) && now >= t.vote_deadline)
-            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.txs
+                    .get(id)
+                    .is_some_and(|t| matches!(t.state, TxState::Received | TxState::Voting) && now >= t.vote_deadline)
+            })
+            .copied()
             .collect();
         for tx in expired {
             self.transition(tx, TxEvent::DeadlinePassed);
@@ -341,20 +363,34 @@ impl Node {
 
 /// Transactions one catch-up answer covers at most.
 const SYNC_BATCH: usize = 64;
-/// Final transactions a catch-up request lists at most.
-const SYNC_KNOWN_LIMIT: usize = 1024;
 
 impl Node {
-    /// The most recent final transactions this node holds: peers need not
-    /// send those again.
-    pub(crate) fn known_final(&self) -> Vec<TxId> {
+    /// A catch-up request (see [`PeerMessage::SyncRequest`]).
+    pub(crate) fn sync_request(&self) -> PeerMessage {
+        PeerMessage::SyncRequest { known_final: self.known_final(), open: self.open_txs() }
+    }
+
+    /// Final transactions held whole whose gossip window has passed, the
+    /// most recently final first: a peer that still offers them (it saw
+    /// them final later) need not send them again. Older ones are never
+    /// offered (see `on_sync_request`), so the list need not name them.
+    fn known_final(&self) -> Vec<TxId> {
         let window = self.config.cluster.timeouts.gossip_window_ms;
-        let settled = |t: &crate::node::TxEntry| {
-            t.state.is_final() && t.finalized_at.is_none_or(|at| self.now >= at.plus(window))
-        };
-        let mut known: Vec<TxId> = self.txs.iter().filter(|(_, t)| settled(t)).map(|(id, _)| *id).collect();
-        known.truncate(SYNC_KNOWN_LIMIT);
-        known
+        let mut known: Vec<(crate::ids::Millis, TxId)> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| t.state.is_final())
+            .filter_map(|(id, t)| t.finalized_at.map(|at| (at, *id)))
+            .filter(|(at, _)| self.now >= at.plus(window))
+            .collect();
+        known.sort_by(|a, b| b.cmp(a));
+        known.into_iter().take(SYNC_LIST_LIMIT).map(|(_, id)| id).collect()
+    }
+
+    /// Transactions not final here: a peer that holds one final answers
+    /// with how it ended, however long ago that was.
+    fn open_txs(&self) -> Vec<TxId> {
+        self.txs.iter().filter(|(_, t)| !t.state.is_final()).map(|(id, _)| *id).take(SYNC_LIST_LIMIT).collect()
     }
 
     /// Periodic anti-entropy: ask one peer, in rotation, for what we lack.
@@ -369,16 +405,27 @@ impl Node {
         }
         let to = peers[(self.sync_rotation % peers.len() as u64) as usize];
         self.sync_rotation += 1;
-        let known_final = self.known_final();
-        self.send(to, PeerMessage::SyncRequest { known_final });
+        let request = self.sync_request();
+        self.send(to, request);
     }
 
     /// Answers a catch-up request with the proposals, signed votes and signed
     /// results the peer lacks. Everything sent is verifiable by the peer.
-    pub(crate) fn on_sync_request(&mut self, from: NodeId, known_final: Vec<TxId>) {
-        let known: std::collections::BTreeSet<TxId> = known_final.into_iter().take(SYNC_KNOWN_LIMIT).collect();
+    /// Offered: transactions not final here, final ones within their gossip
+    /// window, and any the peer lists as open (it missed how they ended);
+    /// minus those the peer lists as final.
+    pub(crate) fn on_sync_request(&mut self, from: NodeId, known_final: Vec<TxId>, open: Vec<TxId>) {
+        use std::collections::BTreeSet;
+        let known: BTreeSet<TxId> = known_final.into_iter().take(SYNC_LIST_LIMIT).collect();
+        let open: BTreeSet<TxId> = open.into_iter().take(SYNC_LIST_LIMIT).collect();
+        let window = self.config.cluster.timeouts.gossip_window_ms;
+        let now = self.now;
+        let offered = |id: &TxId, t: &TxEntry| {
+            !known.contains(id)
+                && (!t.state.is_final() || t.finalized_at.is_none_or(|at| now < at.plus(window)) || open.contains(id))
+        };
         let mut messages = Vec::new();
-        for (id, entry) in self.txs.iter().filter(|(id, _)| !known.contains(id)).take(SYNC_BATCH) {
+        for (id, entry) in self.txs.iter().filter(|(id, t)| offered(id, t)).take(SYNC_BATCH) {
             messages.push(PeerMessage::Proposal { psbt: entry.proposed.psbt_bytes.clone() });
             for voter in self.config.cluster.members.keys() {
                 if let Some(v) = entry.tally.vote_of(*voter) {

@@ -18,6 +18,8 @@ pub struct DurableView {
     pub aux: Option<(DkgId, [u8; 32])>,
     pub key: Option<(DkgId, String, [u8; 32])>,
     pub txs: Vec<TxView>,
+    /// Final transactions held as their outcome only.
+    pub settled: Vec<(TxId, TxState)>,
     pub approved_by_day: Vec<(u64, u64)>,
     pub own_presigs: Vec<(PresigId, String)>,
     pub pool: Vec<PoolView>,
@@ -78,6 +80,7 @@ impl Node {
                     signed_raw: e.signed_raw.clone(),
                 })
                 .collect(),
+            settled: self.settled.iter().map(|(tx, s)| (*tx, s.clone())).collect(),
             approved_by_day: self.approved_by_day.iter().map(|(d, a)| (*d, *a)).collect(),
             own_presigs: self
                 .own_presigs

@@ -13,6 +13,7 @@ mod sessions;
 
 use bincode::Options;
 use mpc_core::engine::{ProtocolOutput, SessionKind};
+use mpc_core::message::SYNC_LIST_LIMIT;
 use mpc_core::tx::{MAX_INPUTS, MAX_PSBT_BYTES};
 use mpc_core::vote::{ApprovalCertificate, Decision, SignedVote, VoteBody};
 use mpc_core::{DkgId, NodeId, PeerMessage, PresigId, Record, Secret, SessionId, TxId};
@@ -24,8 +25,6 @@ use std::time::Instant;
 
 const N: u16 = 5;
 const T: u16 = 3;
-/// Final transactions a sync request lists at most (mpc-core's txflow).
-const SYNC_KNOWN_LIMIT: usize = 1024;
 
 fn main() {
     let with_aux = !std::env::args().any(|a| a == "--no-aux");
@@ -97,8 +96,11 @@ fn main() {
             },
         ),
         (
-            "SyncRequest, 1024 known transactions",
-            PeerMessage::SyncRequest { known_final: vec![TxId([0xff; 32]); SYNC_KNOWN_LIMIT] },
+            "SyncRequest, 1024 known and 1024 open transactions",
+            PeerMessage::SyncRequest {
+                known_final: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
+                open: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
+            },
         ),
         (
             "SigningRequest, certificate of 5 votes",

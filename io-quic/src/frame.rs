@@ -37,7 +37,7 @@ pub const VERSION: u8 = 1;
 /// | `Proposal`, a PSBT of `MAX_PSBT_BYTES` (1 MiB) | 1,048,602 |
 /// | aux info, n = 5: largest P2P round message (ZK proofs over 3072-bit moduli) | 208,966 |
 /// | aux info, n = 5: largest broadcast (ring-Pedersen parameters and proof) | 202,434 |
-/// | `SyncRequest`, 1024 known transactions | 32,792 |
+/// | `SyncRequest`, 1024 known and 1024 open transactions | 65,568 |
 /// | presigning, 3 signers: largest P2P round message | 27,589 |
 /// | keygen 3-of-5: largest round message | 512 |
 /// | `SigningRequest` with a 5-vote certificate; a vote | 598; 120 |

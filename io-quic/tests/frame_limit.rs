@@ -14,6 +14,7 @@ mod net;
 mod sessions;
 
 use mpc_core::engine::{ProtocolOutput, SessionKind};
+use mpc_core::message::SYNC_LIST_LIMIT;
 use mpc_core::tx::{MAX_INPUTS, MAX_PSBT_BYTES};
 use mpc_core::vote::{ApprovalCertificate, Decision, SignedVote, VoteBody};
 use mpc_core::{DkgId, NodeId, PeerMessage, PresigId, Record, SessionId, TxId};
@@ -24,8 +25,6 @@ use std::sync::Arc;
 
 const N: u16 = 5;
 const T: u16 = 3;
-/// Final transactions a sync request lists at most (mpc-core's txflow).
-const SYNC_KNOWN_LIMIT: usize = 1024;
 /// How far above the largest real frame the limit may be: sized to the
 /// protocol, not a generous round number.
 const HEADROOM: usize = 64 * 1024;
@@ -54,7 +53,13 @@ fn maximal_messages() -> Vec<(&'static str, PeerMessage)> {
                 presigs: vec![worst_id(); MAX_INPUTS],
             },
         ),
-        ("maximal sync request", PeerMessage::SyncRequest { known_final: vec![TxId([0xff; 32]); SYNC_KNOWN_LIMIT] }),
+        (
+            "maximal sync request",
+            PeerMessage::SyncRequest {
+                known_final: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
+                open: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
+            },
+        ),
         (
             "signing request with every member's vote",
             PeerMessage::SigningRequest {

@@ -541,6 +541,7 @@ fn config_error_field(e: &ConfigError) -> &'static str {
         ConfigError::TooManyByzantine { .. } => "cluster.byzantine_tolerance",
         ConfigError::BadPoolMarks { .. } | ConfigError::NoParallelSessions => "cluster.pool",
         ConfigError::ZeroTimeout(_) => "cluster.timeouts",
+        ConfigError::RetainShorterThanGossip { .. } => "cluster.timeouts.retain_final_ms",
         ConfigError::EmptyClusterId => "cluster.id",
         ConfigError::BadVoteKey(_) => "cluster.members",
         ConfigError::BadDestination { .. } => "policy.allowed_destinations",

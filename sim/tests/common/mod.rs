@@ -18,10 +18,16 @@ pub fn keyed_cluster(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterCon
 /// The fixture cluster: DKG done, 40 real presignatures ready, no refill
 /// (milliseconds of cryptography per signature).
 pub fn fixture_cluster(seed: u64) -> (Cluster, GroupKey) {
+    fixture_cluster_with(seed, |_| {})
+}
+
+/// [`fixture_cluster`] with the cluster config adjusted first.
+pub fn fixture_cluster_with(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterConfig)) -> (Cluster, GroupKey) {
     let mut config = setup::cluster_config(mpc_sim::fixtures::FIXTURE_CLUSTER_ID, N, T);
     config.pool.low_water = 0;
     config.pool.target = 0;
     config.pool.max = 40;
+    configure(&mut config);
     let records = mpc_sim::fixtures::load_cluster(N).expect("fixture cluster (see sim/src/fixtures.rs)");
     let mut cluster = Cluster::new(seed, setup::node_configs(&config), records).unwrap();
     cluster.run_for(2_000);
