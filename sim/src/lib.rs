@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod dealer;
 mod engine_thread;
 pub mod fixtures;
 pub mod host;
