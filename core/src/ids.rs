@@ -124,6 +124,9 @@ impl Millis {
     pub fn plus(self, ms: u64) -> Millis {
         Millis(self.0.saturating_add(ms))
     }
+    pub fn minus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_sub(ms))
+    }
     /// Day number since the epoch of the shell's clock: the daily cap's window.
     pub fn day(self) -> u64 {
         self.0 / 86_400_000

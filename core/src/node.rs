@@ -176,6 +176,12 @@ pub(crate) struct InputSigning {
     pub done: Option<[u8; 64]>,
     /// `Observation::SigningStalled` was emitted for this input.
     pub stall_reported: bool,
+    /// The request went again to the signers not yet answered, half a
+    /// signing timeout in (see `sign.rs`, `ask_silent_signers_again`).
+    pub asked_again: bool,
+    /// Signers that refused for want of the proposal and were sent it,
+    /// this attempt (see `sign.rs`, `hand_over_proposal`).
+    pub handed_proposal: BTreeSet<NodeId>,
 }
 
 pub(crate) struct SigningJob {
@@ -256,6 +262,10 @@ pub struct Node {
     /// Members proven to cheat (an invalid partial signature): never picked
     /// as a signer again by this node.
     pub(crate) convicted: BTreeSet<NodeId>,
+    /// When each member's last message arrived (the transport
+    /// authenticated it): signing prefers presignatures whose signers
+    /// were heard from lately.
+    pub(crate) last_heard: BTreeMap<NodeId, Millis>,
     /// Members that asked this node to sign with one of its presignature
     /// shares: a coordinator that assigned a presignature may abandon it.
     pub(crate) requesters: BTreeMap<PresigId, BTreeSet<NodeId>>,
@@ -359,6 +369,7 @@ impl Node {
             suspects: BTreeMap::new(),
             strikes: BTreeMap::new(),
             convicted: BTreeSet::new(),
+            last_heard: BTreeMap::new(),
             requesters: BTreeMap::new(),
             loopback: VecDeque::new(),
             next_sync: Millis(0),
@@ -477,6 +488,9 @@ impl Node {
             });
             return;
         }
+        if from != self.me {
+            self.last_heard.insert(from, self.now);
+        }
         match msg {
             PeerMessage::DkgStart { dkg } => self.on_dkg_start(from, dkg),
             PeerMessage::Protocol { session, broadcast, payload } => {
@@ -563,7 +577,11 @@ impl Node {
         }
         for job in self.signing.values() {
             for input in job.inputs.iter().filter(|i| i.done.is_none()) {
-                at(if input.presig.is_some() { input.deadline } else { input.not_before.max(self.now.plus(POLL_MS)) });
+                at(match input.presig {
+                    Some(_) if !input.asked_again => input.deadline.minus(self.config.cluster.timeouts.signing_ms / 2),
+                    Some(_) => input.deadline,
+                    None => input.not_before.max(self.now.plus(POLL_MS)),
+                });
             }
         }
         self.initiated.values().for_each(|d| at(*d));

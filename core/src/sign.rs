@@ -98,6 +98,8 @@ impl Node {
                             deadline: self.now,
                             done: None,
                             stall_reported: false,
+                            asked_again: false,
+                            handed_proposal: Default::default(),
                         })
                         .collect(),
                 };
@@ -115,6 +117,7 @@ impl Node {
 
     fn time_out_inputs(&mut self, tx: TxId) {
         let now = self.now;
+        self.ask_silent_signers_again(tx);
         let Some(job) = self.signing.get(&tx) else { return };
         let late: Vec<(usize, PresigId)> = job
             .inputs
@@ -133,6 +136,66 @@ impl Node {
             }
             self.retry_input(tx, input, "signing timed out".into());
         }
+    }
+
+    /// Half a signing timeout after a request went out, asks the signers
+    /// that have not answered once more. A lost request or answer would
+    /// otherwise cost the whole presignature at the deadline (the signers
+    /// that answered consumed their shares); asking again is free, since a
+    /// signer gives the same answer to the same question.
+    fn ask_silent_signers_again(&mut self, tx: TxId) {
+        let half = self.config.cluster.timeouts.signing_ms / 2;
+        let now = self.now;
+        let Some(job) = self.signing.get(&tx) else { return };
+        let due: Vec<(usize, PresigId)> = job
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.done.is_none() && !i.asked_again && now >= i.deadline.minus(half))
+            .filter_map(|(k, i)| i.presig.map(|p| (k, p)))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
+        let Some(Certified::Approved(certificate)) = self.txs.get(&tx).and_then(|t| t.tally.certified(tx, qa, qr))
+        else {
+            return;
+        };
+        for (input, presig) in due {
+            let slot = &mut self.signing.get_mut(&tx).expect("job exists").inputs[input];
+            slot.asked_again = true;
+            let answered: Vec<NodeId> = slot.partials.keys().copied().collect();
+            let silent: Vec<NodeId> = self
+                .pool
+                .get(&presig)
+                .map(|e| e.signers.iter().copied().filter(|s| !answered.contains(s)).collect())
+                .unwrap_or_default();
+            for s in silent {
+                let msg =
+                    PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
+                self.send(s, msg);
+            }
+        }
+    }
+
+    /// A signer missed the proposal: once per signer and attempt, this
+    /// node sends it the proposal and asks again, rather than giving up a
+    /// presignature the other signers may already have consumed. Returns
+    /// whether it did.
+    fn hand_over_proposal(&mut self, tx: TxId, input: usize, signer: NodeId) -> bool {
+        let Some(slot) = self.signing.get_mut(&tx).and_then(|j| j.inputs.get_mut(input)) else { return false };
+        let Some(presig) = slot.presig else { return false };
+        if !slot.handed_proposal.insert(signer) {
+            return false;
+        }
+        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
+        let Some(entry) = self.txs.get(&tx) else { return false };
+        let Some(Certified::Approved(certificate)) = entry.tally.certified(tx, qa, qr) else { return false };
+        let psbt = entry.proposed.psbt_bytes.clone();
+        self.send(signer, PeerMessage::Proposal { psbt });
+        self.send(signer, PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate });
+        true
     }
 
     /// Drops the input's presignature (never reused) so the next pass
@@ -198,6 +261,8 @@ impl Node {
             slot.presig = Some(presig);
             slot.attempts += 1;
             slot.deadline = deadline;
+            slot.asked_again = false;
+            slot.handed_proposal.clear();
             for s in signers {
                 let msg =
                     PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
@@ -227,7 +292,14 @@ impl Node {
                 .finalize()
                 .into()
         };
-        self.pool.iter().filter(|(_, e)| self.usable(e)).map(|(id, _)| *id).min_by_key(rank)
+        // Signers this node heard from within a signing timeout first: a
+        // member that crashed or was cut off has been silent, and asking
+        // it would cost the presignature (the others consume theirs).
+        let since = self.now.0.saturating_sub(self.config.cluster.timeouts.signing_ms);
+        let fresh = |e: &crate::node::PoolEntry| {
+            e.signers.iter().all(|s| *s == self.me || self.last_heard.get(s).is_some_and(|t| t.0 >= since))
+        };
+        self.pool.iter().filter(|(_, e)| self.usable(e)).min_by_key(|(id, e)| (!fresh(e), rank(id))).map(|(id, _)| *id)
     }
 
     /// Signer: answer a signing request, or refuse and say why.
@@ -390,6 +462,7 @@ impl Node {
         let Some(public) = entry.public.clone() else { return };
         let sigma = match result {
             Ok(PartialSig(sigma)) => sigma,
+            Err(SigningRefusal::UnknownTransaction) if self.hand_over_proposal(tx, input, from) => return,
             Err(refusal) => {
                 if refusal.is_retryable() {
                     // Not a fault, but the signer cannot sign for a while:

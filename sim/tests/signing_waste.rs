@@ -1,0 +1,83 @@
+//! Issue 11 item 12: a lost message or a signer that missed the proposal
+//! costs no presignature. Each of the signers that answered consumed its
+//! share for this message, so giving the presignature up would waste it.
+
+mod common;
+
+use common::*;
+use mpc_core::{Envelope, NodeId, Observation, PeerMessage, TxId};
+use mpc_sim::wallet::Spend;
+use mpc_sim::{scenario, Cluster, Delivery};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+fn retried(cluster: &Cluster, tx: TxId) -> Vec<(NodeId, Observation)> {
+    cluster.observed(|o| matches!(o, Observation::SigningRetried { tx: t, .. } if *t == tx))
+}
+
+#[test]
+fn a_lost_signing_request_is_asked_again_not_retried_with_another_presignature() {
+    let (mut cluster, key) = fixture_cluster(601);
+    cluster.set_leader(Some(NodeId(1)));
+    // The first signing request to any signer other than the coordinator
+    // is lost.
+    let dropped = Rc::new(RefCell::new(0));
+    {
+        let dropped = dropped.clone();
+        cluster.set_interceptor(move |from, env: &mut Envelope| {
+            if *dropped.borrow() == 0 && from != env.to && matches!(env.msg, PeerMessage::SigningRequest { .. }) {
+                *dropped.borrow_mut() += 1;
+                return Delivery::Drop;
+            }
+            Delivery::Deliver
+        });
+    }
+    let spend = Spend::simple("lost-request", &[60_000], &destination(), 50_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, 600_000));
+    assert_eq!(*dropped.borrow(), 1, "no request was lost: the test proves nothing");
+    assert_eq!(scenario::state_at(&cluster, NodeId(1), tx), Some(mpc_core::TxState::Signed));
+    assert!(retried(&cluster, tx).is_empty(), "a presignature was given up: {:?}", retried(&cluster, tx));
+    let discarded = cluster.observed(|o| matches!(o, Observation::PresigDiscarded { .. }));
+    assert!(discarded.is_empty(), "a share was discarded: {discarded:?}");
+    assert_invariants(&cluster, &[]);
+}
+
+#[test]
+fn a_signer_that_missed_the_proposal_is_handed_it_and_signs() {
+    let (mut cluster, key) = fixture_cluster(602);
+    cluster.set_leader(Some(NodeId(1)));
+    // Node 3 never receives votes, and the first copy of each proposal is
+    // lost on its way to it: it learns of each transaction only when a
+    // coordinator hands it over.
+    let seen: Rc<RefCell<std::collections::BTreeSet<Vec<u8>>>> = Rc::default();
+    cluster.set_interceptor(move |_, env: &mut Envelope| {
+        if env.to != NodeId(3) {
+            return Delivery::Deliver;
+        }
+        match &env.msg {
+            PeerMessage::Vote(_) => Delivery::Drop,
+            PeerMessage::Proposal { psbt } if seen.borrow_mut().insert(psbt.clone()) => Delivery::Drop,
+            _ => Delivery::Deliver,
+        }
+    });
+    let mut txs = Vec::new();
+    for k in 0..4 {
+        let spend = Spend::simple(&format!("missed-{k}"), &[60_000, 70_000], &destination(), 100_000, 2_000);
+        txs.push(scenario::submit(&mut cluster, NodeId(2), spend.psbt_bytes(&key)).unwrap());
+    }
+    for tx in &txs {
+        assert!(scenario::wait_final(&mut cluster, *tx, 600_000));
+    }
+    let unknown = cluster
+        .observed(|o| matches!(o, Observation::SigningRefused { reason, .. } if reason.contains("UnknownTransaction")));
+    assert!(!unknown.is_empty(), "node 3 was never asked while it lacked a proposal: the test proves nothing");
+    for tx in &txs {
+        let gave_up: Vec<_> = retried(&cluster, *tx)
+            .into_iter()
+            .filter(|(_, o)| matches!(o, Observation::SigningRetried { reason, .. } if reason.contains("UnknownTransaction")))
+            .collect();
+        assert!(gave_up.is_empty(), "{tx}: a presignature was given up for a missed proposal: {gave_up:?}");
+    }
+    assert_invariants(&cluster, &[]);
+}
