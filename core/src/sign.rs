@@ -157,14 +157,18 @@ impl Node {
         if due.is_empty() {
             return;
         }
+        // Marked first: without a certificate there is nobody to ask, and
+        // an unmarked input would keep asking for a wake-up now.
+        for (input, _) in &due {
+            self.signing.get_mut(&tx).expect("job exists").inputs[*input].asked_again = true;
+        }
         let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
         let Some(Certified::Approved(certificate)) = self.txs.get(&tx).and_then(|t| t.tally.certified(tx, qa, qr))
         else {
             return;
         };
         for (input, presig) in due {
-            let slot = &mut self.signing.get_mut(&tx).expect("job exists").inputs[input];
-            slot.asked_again = true;
+            let slot = &self.signing[&tx].inputs[input];
             let answered: Vec<NodeId> = slot.partials.keys().copied().collect();
             let silent: Vec<NodeId> = self
                 .pool
