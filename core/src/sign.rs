@@ -162,11 +162,7 @@ impl Node {
         for (input, _) in &due {
             self.signing.get_mut(&tx).expect("job exists").inputs[*input].asked_again = true;
         }
-        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
-        let Some(Certified::Approved(certificate)) = self.txs.get(&tx).and_then(|t| t.tally.certified(tx, qa, qr))
-        else {
-            return;
-        };
+        let Some(certificate) = self.approval_certificate(tx) else { return };
         for (input, presig) in due {
             let slot = &self.signing[&tx].inputs[input];
             let answered: Vec<NodeId> = slot.partials.keys().copied().collect();
@@ -175,11 +171,31 @@ impl Node {
                 .get(&presig)
                 .map(|e| e.signers.iter().copied().filter(|s| !answered.contains(s)).collect())
                 .unwrap_or_default();
-            for s in silent {
-                let msg =
-                    PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
-                self.send(s, msg);
-            }
+            self.ask_to_sign(&silent, tx, input, presig, &certificate);
+        }
+    }
+
+    /// The approval certificate this node holds for `tx`, if it holds one.
+    fn approval_certificate(&self, tx: TxId) -> Option<ApprovalCertificate> {
+        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
+        match self.txs.get(&tx)?.tally.certified(tx, qa, qr)? {
+            Certified::Approved(certificate) => Some(certificate),
+            Certified::Rejected(_) => None,
+        }
+    }
+
+    /// Sends each of `signers` the request to sign `input` of `tx` with `presig`.
+    fn ask_to_sign(
+        &mut self,
+        signers: &[NodeId],
+        tx: TxId,
+        input: usize,
+        presig: PresigId,
+        certificate: &ApprovalCertificate,
+    ) {
+        for s in signers {
+            let msg = PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
+            self.send(*s, msg);
         }
     }
 
@@ -193,12 +209,10 @@ impl Node {
         if !slot.handed_proposal.insert(signer) {
             return false;
         }
-        let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
-        let Some(entry) = self.txs.get(&tx) else { return false };
-        let Some(Certified::Approved(certificate)) = entry.tally.certified(tx, qa, qr) else { return false };
-        let psbt = entry.proposed.psbt_bytes.clone();
+        let Some(certificate) = self.approval_certificate(tx) else { return false };
+        let psbt = self.txs[&tx].proposed.psbt_bytes.clone();
         self.send(signer, PeerMessage::Proposal { psbt });
-        self.send(signer, PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate });
+        self.ask_to_sign(&[signer], tx, input, presig, &certificate);
         true
     }
 
@@ -232,13 +246,7 @@ impl Node {
 
     fn assign_presignatures(&mut self, tx: TxId) {
         let max_attempts = self.config.cluster.timeouts.max_signing_attempts;
-        let certificate =
-            match self.txs.get(&tx).and_then(|t| {
-                t.tally.certified(tx, self.config.cluster.approve_quorum, self.config.cluster.reject_quorum)
-            }) {
-                Some(Certified::Approved(c)) => c,
-                _ => return,
-            };
+        let Some(certificate) = self.approval_certificate(tx) else { return };
         let inputs = self.signing.get(&tx).map_or(0, |j| j.inputs.len());
         for input in 0..inputs {
             let slot = &self.signing[&tx].inputs[input];
@@ -267,11 +275,7 @@ impl Node {
             slot.deadline = deadline;
             slot.asked_again = false;
             slot.handed_proposal.clear();
-            for s in signers {
-                let msg =
-                    PeerMessage::SigningRequest { tx, input: input as u32, presig, certificate: certificate.clone() };
-                self.send(s, msg);
-            }
+            self.ask_to_sign(&signers, tx, input, presig, &certificate);
         }
     }
 
