@@ -6,6 +6,7 @@
 use crate::engine::{ComputeResult, KeyShare, ProtocolOutput, SafePrimes, SessionKind};
 use crate::ids::{DkgId, NodeId, RequestId, SessionId};
 use crate::io::{DkgRefusal, DkgStage, Observation, Reply};
+use crate::key_confirmation::DkgStatement;
 use crate::message::PeerMessage;
 use crate::node::{DkgRun, KeyMaterial, Node, SessionInfo};
 use crate::record::Record;
@@ -34,21 +35,27 @@ impl Node {
     pub(crate) fn command_start_dkg(&mut self, request: RequestId) {
         if let Some(key) = &self.key {
             let refusal = DkgRefusal::AlreadyKeyed { public_key_hex: key.group.hex() };
-            self.step.replies.push((request, Reply::DkgStarted(Err(refusal))));
-            return;
+            return self.refuse_dkg(request, refusal);
         }
         if let Some(run) = &self.dkg {
             let refusal = DkgRefusal::AlreadyRunning { dkg: run.dkg };
-            self.step.replies.push((request, Reply::DkgStarted(Err(refusal))));
-            return;
+            return self.refuse_dkg(request, refusal);
         }
+        let abandoned = match self.retry_allowed() {
+            Ok(proof) => proof,
+            Err(refusal) => return self.refuse_dkg(request, refusal),
+        };
         let dkg = DkgId { origin: self.me, seq: self.reserve_seq() };
-        self.broadcast(PeerMessage::DkgStart { dkg });
+        self.broadcast(PeerMessage::DkgStart { dkg, abandoned });
         self.join_dkg(dkg);
         self.step.replies.push((request, Reply::DkgStarted(Ok(dkg))));
     }
 
-    pub(crate) fn on_dkg_start(&mut self, from: NodeId, dkg: DkgId) {
+    /// A member announced a new attempt. A node with the key answers with
+    /// its certificate (the announcer may have missed confirmations); a
+    /// node holding a pending share joins only if the announcement proves
+    /// that share's attempt abandoned (see `key_confirmation.rs`).
+    pub(crate) fn on_dkg_start(&mut self, from: NodeId, dkg: DkgId, abandoned: Vec<DkgStatement>) {
         if from != dkg.origin {
             self.observe(Observation::RejectedMessage {
                 from,
@@ -57,7 +64,21 @@ impl Node {
             });
             return;
         }
-        if self.key.is_some() || self.dkg.is_some() {
+        if self.key.is_some() {
+            return self.send_certificate(from);
+        }
+        if self.dkg.is_some() || self.dkg_joined.contains(&dkg) {
+            return;
+        }
+        self.accept_abandonments(from, abandoned);
+        if let Err(DkgRefusal::AwaitingConfirmation { dkg: pending, .. }) = self.retry_allowed() {
+            self.observe(Observation::RejectedMessage {
+                from,
+                kind: "dkg_start".into(),
+                reason: format!(
+                    "this node holds a share of {pending} not yet confirmed, and no member abandoned {pending}"
+                ),
+            });
             return;
         }
         self.join_dkg(dkg);
@@ -231,34 +252,39 @@ impl Node {
 
     fn finish_keygen(&mut self, dkg: DkgId, incomplete: Secret<crate::engine::IncompleteKeyShare>) {
         let Some((_, aux)) = self.aux.clone() else {
-            self.fail_dkg(dkg, "keygen finished without aux info".into());
+            self.give_up_dkg(dkg, "keygen finished without aux info".into());
             return;
         };
         let share = match KeyShare::from_parts((incomplete.into_inner(), aux.into_inner())) {
             Ok(s) => s,
-            Err(e) => return self.fail_dkg(dkg, format!("key share does not validate: {e}")),
+            Err(e) => return self.give_up_dkg(dkg, format!("key share does not validate: {e}")),
         };
         let compressed = share.shared_public_key().to_bytes(true);
         let Ok(bytes) = <[u8; 33]>::try_from(compressed.as_bytes()) else {
-            return self.fail_dkg(dkg, "public key is not 33 bytes".into());
+            return self.give_up_dkg(dkg, "public key is not 33 bytes".into());
         };
         let group = match GroupKey::from_compressed(bytes) {
             Ok(g) => g,
-            Err(e) => return self.fail_dkg(dkg, e.to_string()),
+            Err(e) => return self.give_up_dkg(dkg, e.to_string()),
         };
         let share = Secret::new(share);
         self.persist(Record::KeyShare { dkg, share: share.clone(), public_key: bytes.to_vec() });
-        let address = group.address(self.config.cluster.network).to_string();
-        self.observe(Observation::DkgCompleted { dkg, public_key_hex: group.hex(), address });
-        self.key = Some(KeyMaterial { dkg, share: Arc::new(share), group });
-        self.dkg = None;
+        let deadline = self.dkg.take().map_or(self.now, |r| r.deadline);
+        self.hold_pending_key(KeyMaterial { dkg, share: Arc::new(share), group }, deadline);
     }
 
-    fn fail_dkg(&mut self, dkg: DkgId, reason: String) {
+    /// Ends the running attempt `dkg` here, without a share. Every way an
+    /// attempt fails leads here through `give_up_dkg`, which also signs
+    /// that this node abandoned it.
+    pub(crate) fn fail_dkg(&mut self, dkg: DkgId, reason: String) {
         self.observe(Observation::DkgFailed { dkg, reason });
         if self.dkg.as_ref().map(|r| r.dkg) == Some(dkg) {
             self.dkg = None;
         }
+        self.abort_dkg_sessions(dkg);
+    }
+
+    pub(crate) fn abort_dkg_sessions(&mut self, dkg: DkgId) {
         for s in [SessionId::AuxInfo(dkg), SessionId::Keygen(dkg)] {
             if self.sessions.remove(&s).is_some() {
                 self.closed_sessions.insert(s);
@@ -272,7 +298,9 @@ impl Node {
         if self.key.is_some() {
             return DkgStage::Done;
         }
-        let Some(run) = &self.dkg else { return DkgStage::NotStarted };
+        let Some(run) = &self.dkg else {
+            return if self.pending_key.is_some() { DkgStage::Confirming } else { DkgStage::NotStarted };
+        };
         if run.waiting_for_primes {
             DkgStage::WaitingForPrimes
         } else if self.sessions.contains_key(&SessionId::Keygen(run.dkg)) {
@@ -286,7 +314,7 @@ impl Node {
         if let Some(run) = &self.dkg {
             if self.now >= run.deadline {
                 let dkg = run.dkg;
-                self.fail_dkg(dkg, "deadline passed".into());
+                self.give_up_dkg(dkg, "deadline passed".into());
             }
         }
     }
@@ -297,7 +325,7 @@ impl Node {
         }
         self.observe(Observation::ProtocolFailed { session: session.to_string(), reason: reason.clone(), blamed });
         match session {
-            SessionId::AuxInfo(dkg) | SessionId::Keygen(dkg) => self.fail_dkg(dkg, reason),
+            SessionId::AuxInfo(dkg) | SessionId::Keygen(dkg) => self.give_up_dkg(dkg, reason),
             SessionId::Presign(id) => self.discard_own_presig(id, reason),
         }
     }

@@ -106,6 +106,12 @@ pub enum DkgRefusal {
     AlreadyKeyed { public_key_hex: String },
     #[error("{dkg} is already running")]
     AlreadyRunning { dkg: DkgId },
+    /// This node holds a share of `dkg` that not every member confirmed,
+    /// and no member has said it abandoned `dkg`: that key may still be
+    /// confirmed, so no new attempt may start. Bring the missing members
+    /// up (they confirm or abandon `dkg` once they run).
+    #[error("{dkg} gave this node a share not yet confirmed by {missing:?}; no member abandoned {dkg}, so it may still complete")]
+    AwaitingConfirmation { dkg: DkgId, missing: Vec<NodeId> },
 }
 
 /// Why a submitted PSBT was not accepted.
@@ -128,7 +134,10 @@ pub enum DkgStage {
     AuxInfo,
     /// Threshold keygen running.
     Keygen,
-    /// The key exists.
+    /// Keygen finished here; waiting for every member's confirmation of
+    /// the same key.
+    Confirming,
+    /// The key exists: every member confirmed it.
     Done,
 }
 

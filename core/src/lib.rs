@@ -4,7 +4,7 @@
 //! sequence of inputs replay one run bit for bit.
 //!
 //! Read top-down: [`Node`] (state, restart, dispatch), then one module per
-//! protocol: `dkg`, `txflow` (proposals and votes), `pool` (presignatures),
+//! protocol: `dkg` and `key_confirmation`, `txflow` (proposals and votes), `pool` (presignatures),
 //! `sign`; Bitcoin rules in [`tx`] and [`policy`]; cggmp24's state machines
 //! in [`engine`].
 
@@ -14,6 +14,7 @@ pub mod driver;
 pub mod engine;
 pub mod ids;
 pub mod io;
+pub mod key_confirmation;
 pub mod lifecycle;
 pub mod message;
 mod node;
@@ -37,6 +38,7 @@ pub use io::{
     Command, DkgRefusal, DkgStage, Envelope, Input, Observation, Reply, SignerSetPool, StatusReport, Step,
     SubmitRefusal,
 };
+pub use key_confirmation::{DkgClaim, DkgStatement};
 pub use lifecycle::{IllegalTransition, TxEvent};
 pub use message::PeerMessage;
 pub use node::{Identity, Node, NodeError, Retained};

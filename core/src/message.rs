@@ -3,6 +3,7 @@
 
 use crate::engine::PresigPublic;
 use crate::ids::{DkgId, NodeId, PresigId, SessionId, TxId};
+use crate::key_confirmation::DkgStatement;
 use crate::vote::{ApprovalCertificate, Equivocation, ExpiryNotice, SignedVote};
 use serde::{Deserialize, Serialize};
 
@@ -13,9 +14,15 @@ pub const SYNC_LIST_LIMIT: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
     /// Join key generation attempt `dkg` (aux info if needed, then keygen).
+    /// `abandoned` holds the announcer's signed abandonments of earlier
+    /// attempts: a member holding a pending share of one of them may join.
     DkgStart {
         dkg: DkgId,
+        abandoned: Vec<DkgStatement>,
     },
+    /// A member confirms the key an attempt gave it, or abandons the
+    /// attempt (see `key_confirmation.rs`).
+    DkgStatement(DkgStatement),
     /// A cggmp24 protocol message for one session.
     Protocol {
         session: SessionId,
@@ -86,6 +93,7 @@ impl PeerMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             PeerMessage::DkgStart { .. } => "dkg_start",
+            PeerMessage::DkgStatement(_) => "dkg_statement",
             PeerMessage::Protocol { .. } => "protocol",
             PeerMessage::PresignStart { .. } => "presign_start",
             PeerMessage::PresigReady { .. } => "presig_ready",

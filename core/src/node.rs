@@ -8,6 +8,7 @@ use crate::config::{NodeConfig, Policy};
 use crate::engine::{AuxInfo, ComputeJob, KeyShare, PresigPublic, PresigShare, SafePrimes};
 use crate::ids::{DkgId, Millis, NodeId, PresigId, SessionId, TxId};
 use crate::io::{Envelope, Input, Observation, Step};
+use crate::key_confirmation::{AttemptStatements, PendingKey};
 use crate::lifecycle::TxEvent;
 use crate::message::PeerMessage;
 use crate::record::{Record, RecoveredState, TxState};
@@ -215,7 +216,16 @@ pub struct Node {
     pub(crate) dkg_joined: BTreeSet<DkgId>,
     pub(crate) dkg: Option<DkgRun>,
     pub(crate) aux: Option<(DkgId, Secret<AuxInfo>)>,
+    /// The cluster's key: adopted once every member confirmed it.
     pub(crate) key: Option<KeyMaterial>,
+    /// This node's share from the latest finished keygen, until adopted.
+    pub(crate) pending_key: Option<PendingKey>,
+    /// Confirmations and abandonments held, per attempt (see
+    /// `key_confirmation.rs` for which are kept).
+    pub(crate) dkg_statements: BTreeMap<DkgId, AttemptStatements>,
+    pub(crate) next_confirm_resend: Millis,
+    /// When each member was last answered a repeated confirmation.
+    pub(crate) answered: BTreeMap<NodeId, Millis>,
     pub(crate) sessions: BTreeMap<SessionId, SessionInfo>,
     pub(crate) closed_sessions: BTreeSet<SessionId>,
     pub(crate) buffered: BTreeMap<SessionId, Vec<EarlyMessage>>,
@@ -346,6 +356,10 @@ impl Node {
             dkg: None,
             aux: None,
             key: None,
+            pending_key: None,
+            dkg_statements: BTreeMap::new(),
+            next_confirm_resend: Millis(0),
+            answered: BTreeMap::new(),
             sessions: BTreeMap::new(),
             closed_sessions: BTreeSet::new(),
             buffered: BTreeMap::new(),
@@ -492,7 +506,8 @@ impl Node {
             self.last_heard.insert(from, self.now);
         }
         match msg {
-            PeerMessage::DkgStart { dkg } => self.on_dkg_start(from, dkg),
+            PeerMessage::DkgStart { dkg, abandoned } => self.on_dkg_start(from, dkg, abandoned),
+            PeerMessage::DkgStatement(statement) => self.on_dkg_statement(from, statement),
             PeerMessage::Protocol { session, broadcast, payload } => {
                 self.on_protocol_message(from, session, broadcast, payload)
             }
@@ -544,6 +559,7 @@ impl Node {
         self.expire_suspects();
         self.age_out_early_messages();
         self.check_dkg_deadline();
+        self.drive_confirmation();
         self.check_session_deadlines();
         self.check_vote_deadlines();
         self.check_initiated_deadlines();
@@ -558,6 +574,9 @@ impl Node {
         let mut at = |t: Millis| wake = Some(wake.map_or(t, |w: Millis| w.min(t)));
         if let Some(d) = &self.dkg {
             at(d.deadline);
+        }
+        if let Some(t) = self.confirmation_wake() {
+            at(t);
         }
         self.sessions.values().for_each(|s| at(s.deadline));
         // One pass over the transactions with work ahead: a vote deadline,
@@ -762,8 +781,13 @@ impl Node {
                     .try_into()
                     .map_err(|_| NodeError::Recovery("group public key is not 33 bytes".into()))?;
                 let group = GroupKey::from_compressed(bytes).map_err(|e| NodeError::Recovery(e.to_string()))?;
-                self.key = Some(KeyMaterial { dkg, share: Arc::new(share), group });
+                let material = KeyMaterial { dkg, share: Arc::new(share), group };
+                // Past its deadline or not, a restarted node does not
+                // report the missing confirmations again.
+                self.pending_key = Some(PendingKey { material, deadline: Millis(0), reported: true });
             }
+            Record::DkgStatement(statement) => self.replay_statement(statement),
+            Record::KeyAdopted { dkg } => self.replay_adopted(dkg),
             Record::TxAccepted { tx, psbt, proposer, at } => {
                 let script = self
                     .key
@@ -860,6 +884,7 @@ impl Node {
             self.settle(tx);
         }
         self.abandon_own_sessions("session lost in a restart");
+        self.abandon_lost_attempts();
         let unvoted: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.my_vote.is_none()).map(|(id, _)| *id).collect();
         // A vote persisted just before a crash may never have been sent.
         let resend: Vec<SignedVote> = self

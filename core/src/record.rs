@@ -4,6 +4,7 @@
 
 use crate::engine::{AuxInfo, KeyShare, PresigPublic, PresigShare, SafePrimes};
 use crate::ids::{DkgId, Millis, NodeId, PresigId, TxId};
+use crate::key_confirmation::DkgStatement;
 use crate::secret::Secret;
 use crate::vote::{Equivocation, SignedVote};
 use serde::{Deserialize, Serialize};
@@ -25,10 +26,20 @@ pub enum Record {
         dkg: DkgId,
         aux: Secret<AuxInfo>,
     },
+    /// This node's share from attempt `dkg`: pending until the key is
+    /// adopted. A later attempt's share replaces an earlier pending one.
     KeyShare {
         dkg: DkgId,
         share: Secret<KeyShare>,
         public_key: Vec<u8>,
+    },
+    /// A member's signed confirmation or abandonment of an attempt (this
+    /// node's own included), see `key_confirmation.rs`.
+    DkgStatement(DkgStatement),
+    /// Every member confirmed the key of `dkg`: the pending share is the
+    /// cluster's key.
+    KeyAdopted {
+        dkg: DkgId,
     },
     TxAccepted {
         tx: TxId,
@@ -91,6 +102,8 @@ impl Record {
             Record::DkgJoined { .. } => "dkg_joined",
             Record::AuxInfo { .. } => "aux_info",
             Record::KeyShare { .. } => "key_share",
+            Record::DkgStatement(_) => "dkg_statement",
+            Record::KeyAdopted { .. } => "key_adopted",
             Record::TxAccepted { .. } => "tx_accepted",
             Record::OwnVote { .. } => "own_vote",
             Record::Vote(_) => "vote",

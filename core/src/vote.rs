@@ -275,7 +275,7 @@ impl Tally {
     }
 }
 
-mod sig_bytes {
+pub(crate) mod sig_bytes {
     use serde::{Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)

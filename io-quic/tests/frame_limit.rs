@@ -14,10 +14,11 @@ mod net;
 mod sessions;
 
 use mpc_core::engine::{ProtocolOutput, SessionKind};
+use mpc_core::key_confirmation::MAX_ABANDONMENTS_ANNOUNCED;
 use mpc_core::message::SYNC_LIST_LIMIT;
 use mpc_core::tx::{MAX_INPUTS, MAX_PSBT_BYTES};
 use mpc_core::vote::{ApprovalCertificate, Decision, SignedVote, VoteBody};
-use mpc_core::{DkgId, NodeId, PeerMessage, PresigId, Record, SessionId, TxId};
+use mpc_core::{DkgClaim, DkgId, DkgStatement, NodeId, PeerMessage, PresigId, Record, SessionId, TxId};
 use mpc_io_quic::frame::{self, WireEnvelope, DEFAULT_MAX_FRAME, MAX_SIGNED_TX_BYTES};
 use mpc_io_quic::{Inbound, Transport};
 use mpc_sim::fixtures;
@@ -59,6 +60,30 @@ fn maximal_messages() -> Vec<(&'static str, PeerMessage)> {
                 known_final: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
                 open: vec![TxId([0xff; 32]); SYNC_LIST_LIMIT],
             },
+        ),
+        (
+            "key generation start with the most abandonments it carries",
+            PeerMessage::DkgStart {
+                dkg: DkgId { origin: NodeId(u16::MAX), seq: u64::MAX },
+                abandoned: vec![
+                    DkgStatement {
+                        dkg: DkgId { origin: NodeId(u16::MAX), seq: u64::MAX },
+                        member: NodeId(u16::MAX),
+                        claim: DkgClaim::Abandoned,
+                        signature: [0xff; 64],
+                    };
+                    MAX_ABANDONMENTS_ANNOUNCED + 1
+                ],
+            },
+        ),
+        (
+            "confirmation of a group key",
+            PeerMessage::DkgStatement(DkgStatement {
+                dkg: DkgId { origin: NodeId(u16::MAX), seq: u64::MAX },
+                member: NodeId(u16::MAX),
+                claim: DkgClaim::Confirmed { public_key: vec![0xff; 33] },
+                signature: [0xff; 64],
+            }),
         ),
         (
             "signing request with every member's vote",

@@ -126,6 +126,14 @@ pub(crate) fn audit_body(record: &Record) -> Vec<u8> {
         Record::KeyShare { dkg, public_key, .. } => {
             json!({ "dkg": dkg.to_string(), "public_key": hex::encode(public_key), "share": "sealed" })
         }
+        Record::DkgStatement(statement) => json!({
+            "dkg": statement.dkg.to_string(),
+            "member": statement.member.0,
+            "claim": if statement.is_abandon() { "abandoned" } else { "confirmed" },
+            "public_key": statement.confirmed_key().map(hex::encode),
+            "signature": hex::encode(statement.signature),
+        }),
+        Record::KeyAdopted { dkg } => json!({ "dkg": dkg.to_string(), "adopted": true }),
         Record::TxAccepted { tx, psbt, proposer, at } => {
             json!({ "tx": tx.to_hex(), "proposer": proposer.0, "at_ms": at.0, "psbt_hex": hex::encode(psbt) })
         }

@@ -12,7 +12,7 @@
 //! tables, not from a log. The core's replay is state-based (a transaction's
 //! state is set, the sequence is a maximum, the latest key wins), so rows
 //! updated in place and replayed in a fixed order give the node it had
-//! before: key material, then transactions, votes, evidence, states,
+//! before: key material (shares, confirmations, the adoption), then transactions, votes, evidence, states,
 //! presignatures, signed transactions. A test checks this against replaying
 //! the original records in order.
 
@@ -23,7 +23,7 @@ use crate::sealing::{MasterKey, RowId};
 use mpc_core::engine::{AuxInfo, KeyShare, PresigPublic, PresigShare, SafePrimes};
 use mpc_core::record::{Record, RecoveredState};
 use mpc_core::vote::{Equivocation, SignedVote};
-use mpc_core::{DkgId, Millis, NodeId, PresigId, Secret, TxId, TxState};
+use mpc_core::{DkgId, DkgStatement, Millis, NodeId, PresigId, Secret, TxId, TxState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row, Transaction};
 use std::time::Duration;
@@ -424,6 +424,32 @@ impl Store {
                 .execute(&mut **tx)
                 .await?;
             }
+            Record::DkgStatement(statement) => {
+                let claim = if statement.is_abandon() { "abandoned" } else { "confirmed" };
+                sqlx::query(
+                    "INSERT INTO dkg_statements (origin, seq, member, claim, body, written) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (origin, seq, member, claim) DO NOTHING",
+                )
+                .bind(i64::from(statement.dkg.origin.0))
+                .bind(columns::id_seq(statement.dkg.seq))
+                .bind(i64::from(statement.member.0))
+                .bind(claim)
+                .bind(columns::encode(statement))
+                .bind(written)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Record::KeyAdopted { dkg } => {
+                sqlx::query(
+                    "INSERT INTO key_adopted (origin, seq, written) VALUES ($1, $2, $3) \
+                     ON CONFLICT (origin, seq) DO NOTHING",
+                )
+                .bind(i64::from(dkg.origin.0))
+                .bind(columns::id_seq(dkg.seq))
+                .bind(written)
+                .execute(&mut **tx)
+                .await?;
+            }
             Record::TxAccepted { tx: id, psbt, proposer, at } => {
                 let result = sqlx::query(
                     "INSERT INTO transactions (tx, psbt, proposer, accepted_at, state, written) \
@@ -622,6 +648,15 @@ impl Store {
             let share: KeyShare =
                 self.open_sealed("key_shares", &columns::dkg_key(me, dkg), &row.try_get::<Vec<u8>, _>(3)?)?;
             records.push(Record::KeyShare { dkg, share: Secret::new(share), public_key: row.try_get(2)? });
+        }
+        // Statements after the shares they confirm, the adoption after both,
+        // and all of it before any transaction (replaying one needs the key).
+        for row in sqlx::query("SELECT body FROM dkg_statements ORDER BY written").fetch_all(&mut *conn).await? {
+            let statement: DkgStatement = columns::decode(&row.try_get::<Vec<u8>, _>(0)?, "dkg_statements")?;
+            records.push(Record::DkgStatement(statement));
+        }
+        for row in sqlx::query("SELECT origin, seq FROM key_adopted ORDER BY written").fetch_all(&mut *conn).await? {
+            records.push(Record::KeyAdopted { dkg: dkg_id(&row, "key_adopted")? });
         }
 
         let txs = sqlx::query(

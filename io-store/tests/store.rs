@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use mpc_core::{Millis, NodeId, PresigId, Record};
+use mpc_core::{Millis, NodeId, PresigId, Record, RecoveredState};
 use mpc_io_store::{Backend, Store, StoreError};
 use std::collections::BTreeSet;
 
@@ -309,6 +309,53 @@ async fn commits_are_durable_by_the_settings_in_force() {
         };
         let got: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(got, expected, "{backend:?}");
+        store.close().await;
+    }
+}
+
+/// A key's adoption and the members' statements behind it are only ever
+/// inserted: rewriting or deleting them behind the store's back (which
+/// would turn the key back into a pending share, or erase this node's
+/// promise never to confirm an attempt) is refused by the database itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_confirmation_rows_are_never_rewritten_or_deleted() {
+    let (_, node, records) = &streams()[0];
+    let key_material: Vec<Record> = records
+        .iter()
+        .filter(|r| matches!(r.kind(), "dkg_joined" | "aux_info" | "key_share" | "dkg_statement" | "key_adopted"))
+        .cloned()
+        .collect();
+    assert!(key_material.iter().any(|r| r.kind() == "key_adopted"));
+    for backend in BACKENDS {
+        let url = fresh_db(backend, "key_rows").await;
+        let store = open(&url, *node).await;
+        store.apply(Millis(0), &key_material).await.unwrap();
+        // Applying them again changes nothing (statements arrive again).
+        store.apply(Millis(1), &key_material).await.unwrap();
+        let before = store.recover().await.unwrap();
+        let count = |r: &RecoveredState, kind: &str| r.records.iter().filter(|x| x.kind() == kind).count();
+        assert_eq!(count(&before, "dkg_statement"), 6, "{backend:?}: five confirmations and one abandonment");
+        assert_eq!(count(&before, "key_adopted"), 1);
+        let mut conn = raw(&url).await;
+        let mut attacks = vec![
+            "DELETE FROM key_adopted",
+            "UPDATE key_adopted SET seq = seq + 1",
+            "DELETE FROM dkg_statements WHERE claim = 'abandoned'",
+            "UPDATE dkg_statements SET claim = 'abandoned' WHERE claim = 'confirmed'",
+        ];
+        if backend == Backend::Postgres {
+            attacks.extend(["TRUNCATE key_adopted", "TRUNCATE dkg_statements"]);
+        }
+        for sql in attacks {
+            let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("never") || text.contains("signed facts"),
+                "{backend:?} {sql}: refused for the wrong reason: {text}"
+            );
+        }
+        let after = store.recover().await.unwrap();
+        assert_eq!(view_of(*node, after.records), view_of(*node, before.records), "{backend:?}");
         store.close().await;
     }
 }

@@ -48,11 +48,12 @@ pub const INPUT_KINDS: [&str; 9] = [
 /// text; see [`discard_class`]).
 pub const DISCARD_CLASSES: [&str; 5] = ["timeout", "abandoned", "restart", "shutdown", "other"];
 
-const DKG_STAGES: [(DkgStage, &str); 5] = [
+const DKG_STAGES: [(DkgStage, &str); 6] = [
     (DkgStage::NotStarted, "not_started"),
     (DkgStage::WaitingForPrimes, "waiting_for_primes"),
     (DkgStage::AuxInfo, "aux_info"),
     (DkgStage::Keygen, "keygen"),
+    (DkgStage::Confirming, "confirming"),
     (DkgStage::Done, "done"),
 ];
 

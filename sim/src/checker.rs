@@ -20,6 +20,7 @@ pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> 
     no_conflicting_outcomes(cluster, byzantine, &mut v);
     no_honest_node_blamed(cluster, byzantine, &mut v);
     no_illegal_transitions(cluster, &mut v);
+    one_key_for_all(cluster, byzantine, &mut v);
     // Invariant 5's durability half: a restart brings back what was known.
     v.extend(cluster.recovery_violations.iter().map(|r| Violation(format!("recovery: {r}"))));
     v
@@ -66,6 +67,39 @@ fn no_illegal_transitions(cluster: &Cluster, v: &mut Vec<Violation>) {
         if let Observation::IllegalTransition { tx, from, event } = o {
             v.push(Violation(format!("{node} tried {event:?} on {} in state {from:?}", tx.short())));
         }
+    }
+}
+
+/// The group key a node adopted, from its records: the key of the share
+/// of the attempt its `KeyAdopted` names.
+pub fn adopted_key(store: &[Record]) -> Option<[u8; 33]> {
+    let adopted = store.iter().find_map(|r| match r {
+        Record::KeyAdopted { dkg } => Some(*dkg),
+        _ => None,
+    })?;
+    store.iter().find_map(|r| match r {
+        Record::KeyShare { dkg, public_key, .. } if *dkg == adopted => <[u8; 33]>::try_from(public_key.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+/// Key confirmation's promise: however often key generation was retried,
+/// every honest node that adopted a key adopted the same one, and adopted
+/// at most once.
+fn one_key_for_all(cluster: &Cluster, byzantine: &BTreeSet<NodeId>, v: &mut Vec<Violation>) {
+    let mut keys: BTreeMap<[u8; 33], Vec<NodeId>> = BTreeMap::new();
+    for (id, host) in cluster.hosts().iter().filter(|(id, _)| !byzantine.contains(id)) {
+        let adoptions = host.store.iter().filter(|r| matches!(r, Record::KeyAdopted { .. })).count();
+        if adoptions > 1 {
+            v.push(Violation(format!("{id} adopted a key {adoptions} times")));
+        }
+        if let Some(key) = adopted_key(&host.store) {
+            keys.entry(key).or_default().push(*id);
+        }
+    }
+    if keys.len() > 1 {
+        let split: Vec<String> = keys.iter().map(|(k, ids)| format!("{} at {ids:?}", hex::encode(&k[..4]))).collect();
+        v.push(Violation(format!("honest nodes adopted different keys: {}", split.join("; "))));
     }
 }
 
@@ -213,12 +247,7 @@ fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
                 _ => None,
             })
             .collect();
-        let key = host.store.iter().find_map(|r| match r {
-            Record::KeyShare { public_key, .. } => <[u8; 33]>::try_from(public_key.as_slice())
-                .ok()
-                .and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok()),
-            _ => None,
-        });
+        let key = adopted_key(&host.store).and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok());
         for r in &host.store {
             let Record::SignedTx { tx, raw_tx } = r else { continue };
             let (Some(psbt), Some(key)) = (proposals.get(tx), key.as_ref()) else {

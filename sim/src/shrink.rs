@@ -80,6 +80,8 @@ pub fn plan_strategy(shape: SeedShape) -> impl Strategy<Value = SeedPlan> {
                     strict: strict.into_iter().collect(),
                     txs,
                     clocks,
+                    keygen_partition: None,
+                    keygen_crash: None,
                 };
                 plan.keep_byzantine_out_of_roles();
                 plan

@@ -31,8 +31,18 @@ const FIXTURE_POOL: usize = 40;
 const LIVENESS_MS: u64 = 1_800_000;
 /// How often (simulated ms) the checker runs during a run.
 const CHECK_EVERY_MS: u64 = 10_000;
-/// Simulated time a live keygen gets before faults start.
-const KEYGEN_MS: u64 = 20_000;
+/// Simulated time live key generation gets, its faults and the
+/// operator's retries included.
+const KEYGEN_MS: u64 = 120_000;
+/// Loss, duplication and delay during keygen stop here (its planned crash
+/// and partition are over by then too). A cggmp24 session has no
+/// retransmission: one lost round message fails the attempt, so under
+/// constant loss an attempt rarely finishes; once the network heals, a
+/// retry does.
+const KEYGEN_FAULTS_MS: u64 = 35_000;
+/// Key generation's deadline (`timeouts.dkg_ms`) in live-keygen runs:
+/// keygen itself takes milliseconds, so a failed attempt is given up soon.
+const KEYGEN_DEADLINE_MS: u64 = 15_000;
 
 /// Record kinds after whose persisting a node may crash, before its sends.
 pub const CRASH_AFTER_KINDS: [&str; 6] =
@@ -65,10 +75,11 @@ pub enum SeedShape {
     /// presigning (seconds of CPU each) under the seed's faults, and must
     /// return to its target once they heal.
     LivePresign,
-    /// Fixture aux info only: live keygen at the start, then live
-    /// presigning. Keygen needs every member and has no completion round,
-    /// so until the key exists the network only duplicates, reorders and
-    /// delays; loss, partitions, crashes and silence start after it.
+    /// Fixture aux info only: live keygen at the start, under the plan's
+    /// loss, duplication and delay and its keygen crash and partition,
+    /// retried by the harness as an operator would; then live presigning.
+    /// Keygen needs every member, so the Byzantine member behaves until
+    /// the key exists (a silent one makes keygen impossible).
     LiveKeygen,
 }
 
@@ -158,6 +169,10 @@ pub struct SeedPlan {
     pub txs: Vec<TxPlan>,
     /// Each node's clock offset and drift.
     pub clocks: BTreeMap<NodeId, Clock>,
+    /// Live keygen only: a partition (start, end, isolated side) and a
+    /// crash (at, node, down for) while key generation runs.
+    pub keygen_partition: Option<(u64, u64, BTreeSet<NodeId>)>,
+    pub keygen_crash: Option<(u64, NodeId, u64)>,
 }
 
 impl SeedPlan {
@@ -248,9 +263,12 @@ impl SeedPlan {
             strict,
             txs,
             clocks,
+            keygen_partition: None,
+            keygen_crash: None,
         };
         if shape == SeedShape::LiveKeygen {
             plan.after_keygen();
+            plan.plan_keygen_faults();
         }
         plan.keep_byzantine_out_of_roles();
         plan
@@ -261,6 +279,22 @@ impl SeedPlan {
     fn after_keygen(&mut self) {
         if self.byzantine.is_some_and(|(_, act)| act == ByzantineAct::Silence) {
             self.byzantine = None;
+        }
+    }
+
+    /// Keygen faults come from their own stream, so the rest of the plan
+    /// is what it would be without them.
+    fn plan_keygen_faults(&mut self) {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ 0x6b65_7967_656e);
+        let mut pick = |n: u64| rng.next_u64() % n;
+        let node = |k: u64| NodeId(1 + (k % N as u64) as u16);
+        if pick(2) == 0 {
+            let start = pick(3_000);
+            let side: BTreeSet<NodeId> = (0..1 + pick(2)).map(|k| node(k + pick(5))).collect();
+            self.keygen_partition = Some((start, start + 2_000 + pick(28_000), side));
+        }
+        if pick(2) == 0 {
+            self.keygen_crash = Some((pick(3_000), node(pick(5)), 1_000 + pick(29_000)));
         }
     }
 
@@ -305,6 +339,19 @@ impl std::fmt::Display for SeedPlan {
         }
         for (id, c) in self.clocks.iter().filter(|(_, c)| **c != Clock::default()) {
             writeln!(f, "  clock {id}: offset {:+} ms, drift {:+} ppm", c.offset_ms, c.drift_ppm)?;
+        }
+        if let Some((start, end, side)) = &self.keygen_partition {
+            let side: Vec<String> = side.iter().map(|n| n.to_string()).collect();
+            writeln!(
+                f,
+                "  during keygen: partition {}..{}: {{{}}} cut off",
+                secs(*start),
+                secs(*end),
+                side.join(", ")
+            )?;
+        }
+        if let Some((at, node, down)) = &self.keygen_crash {
+            writeln!(f, "  during keygen: crash {node} at {} for {}", secs(*at), secs(*down))?;
         }
         for (start, end, side) in &self.partitions {
             let side: Vec<String> = side.iter().map(|n| n.to_string()).collect();
@@ -372,15 +419,24 @@ pub fn run_seed_traced(plan: &SeedPlan, trace: bool) -> SeedOutcome {
 
 /// [`run_seed`], keeping every node's records in [`SeedOutcome::stores`].
 pub fn run_seed_keeping_stores(plan: &SeedPlan) -> SeedOutcome {
-    run(plan, false, mpc_core::PlantedBugs::NONE, true)
+    run(plan, false, mpc_core::PlantedBugs::NONE, true, false)
 }
 
 /// [`run_seed_traced`] with bugs planted in every node (TEST ONLY).
 pub fn run_seed_with_bugs(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs) -> SeedOutcome {
-    run(plan, trace, bugs, false)
+    run(plan, trace, bugs, false, false)
 }
 
-fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: bool) -> SeedOutcome {
+/// A live-keygen plan's key generation alone, under its keygen faults,
+/// with the pool's refill off: milliseconds of cryptography per attempt,
+/// so many seeds can test key confirmation and retries. The outcome holds
+/// the checker's violations and the keygen coverage.
+pub fn run_keygen_phase(plan: &SeedPlan) -> SeedOutcome {
+    assert_eq!(plan.shape, SeedShape::LiveKeygen, "only live-keygen plans generate a key");
+    run(plan, false, mpc_core::PlantedBugs::NONE, false, true)
+}
+
+fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: bool, keygen_only: bool) -> SeedOutcome {
     let mut config = setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, N, 3);
     let mut records = fixture_records().clone();
     match plan.shape {
@@ -392,10 +448,14 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         }
         SeedShape::LiveKeygen => {
             records = fixtures::aux_records(N).expect("aux info fixture (see sim/src/fixtures.rs)");
+            config.timeouts.dkg_ms = KEYGEN_DEADLINE_MS;
             config.pool.low_water = 1;
             config.pool.target = 2;
             config.pool.max = 4;
             config.pool.parallel_sessions = 2;
+            if keygen_only {
+                (config.pool.low_water, config.pool.target) = (0, 0);
+            }
         }
         SeedShape::LivePresign => {
             for store in records.values_mut() {
@@ -430,21 +490,35 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     let net =
         Rc::new(RefCell::new(NetState { lossy: true, keygen: false, tampered: Vec::new(), withheld: Vec::new() }));
     install_interceptor(&mut cluster, plan, net.clone());
+    let mut keygen = KeygenRun::default();
     if plan.shape == SeedShape::LiveKeygen {
-        // The operator starts DKG at an honest node. Until the key exists
-        // the network only duplicates, reorders and delays, and the
-        // Byzantine node behaves; the timeline starts after keygen.
+        // Until the key exists the Byzantine node behaves; the safety
+        // timeline starts after keygen.
         net.borrow_mut().keygen = true;
-        cluster.command(plan.leader.filter(|l| Some(*l) != byz).unwrap_or(honest[0]), mpc_core::Command::StartDkg);
-        let keyed = cluster.run_until(KEYGEN_MS, |c| c.ids().iter().all(|id| c.node(*id).group_key().is_some()));
-        if !keyed {
+        match keygen_phase(&mut cluster, plan, &honest, &net) {
+            Ok(run) => keygen = run,
+            Err(why) => {
+                return SeedOutcome {
+                    trace_hash: cluster.trace_hash(),
+                    violations: vec![format!("liveness: {why}")],
+                    ..Default::default()
+                }
+            }
+        }
+        net.borrow_mut().keygen = false;
+        if keygen_only {
+            let byzantine: BTreeSet<NodeId> = byz.into_iter().collect();
+            let mut coverage = BTreeMap::new();
+            coverage.insert("crash and restart", keygen.crashes as u64);
+            coverage.insert("partition", keygen.partitions as u64);
+            coverage.insert("key generation retried", keygen.attempts.saturating_sub(1) as u64);
             return SeedOutcome {
                 trace_hash: cluster.trace_hash(),
-                violations: vec!["liveness: live keygen did not finish within its window".into()],
+                violations: checker::check(&cluster, &byzantine).into_iter().map(|v| v.0).collect(),
+                coverage,
                 ..Default::default()
             };
         }
-        net.borrow_mut().keygen = false;
     }
     let key = cluster.node(honest[0]).group_key().expect("keyed").clone();
     let crash_hits = Rc::new(RefCell::new(0u64));
@@ -749,8 +823,9 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         }
     };
     cov("crash between persist and send", *crash_hits.borrow() as usize);
-    cov("crash and restart", crashes_done);
-    cov("partition", partitions_done);
+    cov("crash and restart", crashes_done + keygen.crashes);
+    cov("partition", partitions_done + keygen.partitions);
+    cov("key generation retried", keygen.attempts.saturating_sub(1));
     cov("equivocation detected", cluster.observed(|o| matches!(o, Observation::Equivocation { .. })).len());
     cov("forged vote refused", cluster.observed(|o| matches!(o, Observation::ForgedVote { .. })).len());
     cov("forged certificate refused", cluster.observed(|o| matches!(o, Observation::ForgedCertificate { .. })).len());
@@ -941,8 +1016,105 @@ fn suspecting(cluster: &Cluster, b: NodeId) -> BTreeSet<NodeId> {
         .collect()
 }
 
+/// What live key generation went through.
+#[derive(Default)]
+struct KeygenRun {
+    /// Attempts the operator (the harness) started.
+    attempts: usize,
+    crashes: usize,
+    partitions: usize,
+}
+
+/// Live key generation under the plan's network faults (for the first
+/// [`KEYGEN_FAULTS_MS`]) and its keygen crash and partition. The harness is the
+/// operator: whenever no attempt runs anywhere and the key is not held
+/// everywhere, it starts one at an honest node that accepts the command
+/// (a node holding a pending share refuses until an abandonment proves
+/// its attempt dead). Every node must hold the key within [`KEYGEN_MS`].
+fn keygen_phase(
+    cluster: &mut Cluster,
+    plan: &SeedPlan,
+    honest: &[NodeId],
+    net: &Rc<RefCell<NetState>>,
+) -> Result<KeygenRun, String> {
+    use mpc_core::{Command, DkgStage, Reply};
+    let start = cluster.now();
+    let mut run = KeygenRun::default();
+    let (mut cut, mut healed, mut crashed, mut restarted) = (false, false, false, false);
+    let mut rotation = 0usize;
+    let mut next_look = start;
+    let keyed = |c: &Cluster| c.ids().iter().all(|id| c.is_up(*id) && c.node(*id).group_key().is_some());
+    while cluster.now() < start.plus(KEYGEN_MS) {
+        let t = cluster.now().0 - start.0;
+        net.borrow_mut().lossy = t < KEYGEN_FAULTS_MS;
+        if let Some((from, until, side)) = &plan.keygen_partition {
+            if t >= *from && !cut {
+                cut = true;
+                run.partitions += 1;
+                cluster.partition(side);
+            }
+            if t >= *until && cut && !healed {
+                healed = true;
+                cluster.heal();
+            }
+        }
+        if let Some((at, node, down)) = plan.keygen_crash {
+            if t >= at && !crashed {
+                crashed = true;
+                run.crashes += 1;
+                cluster.crash(node);
+            }
+            if t >= at + down && crashed && !restarted {
+                restarted = true;
+                cluster.restart(node).map_err(|e| format!("restart during keygen: {e}"))?;
+            }
+        }
+        if keyed(cluster) {
+            // The safety timeline starts from a whole network.
+            cluster.heal();
+            net.borrow_mut().lossy = true;
+            return Ok(run);
+        }
+        if cluster.now() >= next_look {
+            let running = cluster.ids().into_iter().filter(|id| cluster.is_up(*id)).any(|id| {
+                matches!(
+                    cluster.node(id).status().dkg_stage,
+                    DkgStage::WaitingForPrimes | DkgStage::AuxInfo | DkgStage::Keygen
+                )
+            });
+            let up: Vec<NodeId> = honest.iter().copied().filter(|id| cluster.is_up(*id)).collect();
+            if !running && !up.is_empty() {
+                for k in 0..up.len() {
+                    let node = up[(rotation + k) % up.len()];
+                    let request = cluster.command(node, Command::StartDkg);
+                    cluster.run_for(5);
+                    if matches!(cluster.reply(request), Some(Reply::DkgStarted(Ok(_)))) {
+                        run.attempts += 1;
+                        break;
+                    }
+                }
+                rotation += 1;
+            }
+            next_look = cluster.now().plus(2_000);
+        }
+        cluster.run_for(500);
+    }
+    let missing: Vec<String> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| !cluster.is_up(*id) || cluster.node(*id).group_key().is_none())
+        .map(|id| id.to_string())
+        .collect();
+    Err(format!(
+        "live keygen did not key {} within {} s ({} attempts)",
+        missing.join(", "),
+        KEYGEN_MS / 1000,
+        run.attempts
+    ))
+}
+
 struct NetState {
-    /// Live keygen in progress: no loss, no Byzantine acts.
+    /// Live keygen in progress: network faults, no Byzantine acts.
     keygen: bool,
     /// Loss, duplication and delay apply only in the safety phase.
     lossy: bool,
@@ -982,7 +1154,7 @@ fn install_interceptor(cluster: &mut Cluster, plan: &SeedPlan, net: Rc<RefCell<N
         let before = env.msg.clone();
         let decision = network_faults(&net, &mut rng, loss, dup, delay);
         if net.keygen {
-            return if matches!(decision, Delivery::Drop) { Delivery::Deliver } else { decision };
+            return decision;
         }
         if let Some((b, act)) = byzantine {
             if from == b {

@@ -107,7 +107,7 @@ fn sample_streams() -> Vec<(u64, NodeId, Vec<Record>)> {
                     Record::SafePrimes(mpc_core::Secret::new(primes[&node].clone())),
                     Record::DkgJoined { dkg: fixtures::FIXTURE_DKG },
                 ];
-                stream.extend(records);
+                stream.extend(with_key_confirmations(records));
                 kinds.extend(stream.iter().map(|r| r.kind()));
                 out.push((seed, node, stream));
             }
@@ -119,12 +119,57 @@ fn sample_streams() -> Vec<(u64, NodeId, Vec<Record>)> {
     }
 }
 
-pub const ALL_KINDS: [&str; 16] = [
+/// The fixture streams hold their key's adoption but not the members'
+/// confirmations before it (the fixture was made before key confirmation,
+/// see `sim/src/fixtures.rs`): every member's signed confirmation goes in
+/// after the share, as a live DKG persists them, and an abandonment of an
+/// earlier attempt too, so both claims reach the store.
+fn with_key_confirmations(records: Vec<Record>) -> Vec<Record> {
+    use mpc_core::{DkgClaim, DkgId, DkgStatement};
+    let mut out = Vec::with_capacity(records.len() + 6);
+    for r in records {
+        let confirmations = match &r {
+            Record::KeyShare { dkg, public_key, .. } => {
+                let earlier = DkgId { origin: NodeId(2), seq: 1_000 };
+                let abandoned = DkgStatement::sign(
+                    earlier,
+                    NodeId(3),
+                    DkgClaim::Abandoned,
+                    &setup::vote_key(fixtures::FIXTURE_CLUSTER_ID, NodeId(3)),
+                    fixtures::FIXTURE_CLUSTER_ID,
+                );
+                let mut statements: Vec<Record> = (1..=5)
+                    .map(|m| {
+                        let claim = DkgClaim::Confirmed { public_key: public_key.clone() };
+                        let key = setup::vote_key(fixtures::FIXTURE_CLUSTER_ID, NodeId(m));
+                        Record::DkgStatement(DkgStatement::sign(
+                            *dkg,
+                            NodeId(m),
+                            claim,
+                            &key,
+                            fixtures::FIXTURE_CLUSTER_ID,
+                        ))
+                    })
+                    .collect();
+                statements.push(Record::DkgStatement(abandoned));
+                statements
+            }
+            _ => Vec::new(),
+        };
+        out.push(r);
+        out.extend(confirmations);
+    }
+    out
+}
+
+pub const ALL_KINDS: [&str; 18] = [
     "safe_primes",
     "sequence",
     "dkg_joined",
     "aux_info",
     "key_share",
+    "dkg_statement",
+    "key_adopted",
     "tx_accepted",
     "own_vote",
     "vote",

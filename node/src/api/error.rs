@@ -29,6 +29,7 @@ impl ApiError {
                 problem: None,
                 public_key_hex: None,
                 dkg_id: None,
+                missing: None,
             }),
         }
     }

@@ -54,6 +54,7 @@ fn stage_name(stage: DkgStage) -> DkgStageName {
         DkgStage::WaitingForPrimes => DkgStageName::WaitingForPrimes,
         DkgStage::AuxInfo => DkgStageName::AuxInfo,
         DkgStage::Keygen => DkgStageName::Keygen,
+        DkgStage::Confirming => DkgStageName::Confirming,
         DkgStage::Done => DkgStageName::Done,
     }
 }
@@ -70,7 +71,7 @@ fn count(n: usize) -> u64 {
     responses(
         (status = 202, description = "Key generation started", body = DkgInitiated),
         (status = 401, description = "No valid operator token", body = ErrorBody),
-        (status = 409, description = "`dkg_exists` (with the key) or `dkg_running`", body = ErrorBody),
+        (status = 409, description = "`dkg_exists` (with the key), `dkg_running`, or `dkg_unconfirmed` (this node holds a share of an attempt not every member confirmed and none abandoned: with the attempt and the missing members)", body = ErrorBody),
         (status = 503, description = "`busy` or `unavailable`", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -85,6 +86,13 @@ pub(super) async fn dkg_initiate(State(inner): Shared, Extension(caller): Extens
                 format!("this cluster already has a key: {public_key_hex}"),
             );
             e.detail.public_key_hex = Some(public_key_hex);
+            Err(e)
+        }
+        Ok(Reply::DkgStarted(Err(refusal @ DkgRefusal::AwaitingConfirmation { .. }))) => {
+            let DkgRefusal::AwaitingConfirmation { dkg, missing } = &refusal else { unreachable!() };
+            let mut e = ApiError::new(StatusCode::CONFLICT, "dkg_unconfirmed", refusal.to_string());
+            e.detail.dkg_id = Some(dkg.to_string());
+            e.detail.missing = Some(missing.iter().map(|m| m.0).collect());
             Err(e)
         }
         Ok(Reply::DkgStarted(Err(DkgRefusal::AlreadyRunning { dkg }))) => {

@@ -16,7 +16,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, snake_case: `unauthorized`, `not_found`, `method_not_allowed`,
     /// `payload_too_large`, `unsupported_media_type`, `invalid_request`,
-    /// `invalid_psbt`, `dkg_exists`, `dkg_running`, `no_key`, `busy`,
+    /// `invalid_psbt`, `dkg_exists`, `dkg_running`, `dkg_unconfirmed`, `no_key`, `busy`,
     /// `unavailable`, `timeout`, `audit_failed`, `internal`.
     pub code: String,
     /// For people; may change between versions.
@@ -32,9 +32,13 @@ pub struct ErrorDetail {
     /// With `dkg_exists`: the cluster's public key (compressed, hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_hex: Option<String>,
-    /// With `dkg_running`: the key generation already running.
+    /// With `dkg_running`: the key generation already running; with
+    /// `dkg_unconfirmed`: the attempt whose key is not yet confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkg_id: Option<String>,
+    /// With `dkg_unconfirmed`: the members whose confirmation is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<u16>>,
 }
 
 /// `POST /api/v1/dkg/initiate`, accepted.
@@ -56,7 +60,9 @@ pub enum DkgStageName {
     AuxInfo,
     /// Threshold keygen running.
     Keygen,
-    /// The key exists.
+    /// Keygen finished here; waiting for every member to confirm the same key.
+    Confirming,
+    /// The key exists: every member confirmed it.
     Done,
 }
 

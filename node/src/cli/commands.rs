@@ -45,6 +45,7 @@ fn stage_text(stage: DkgStageName) -> &'static str {
         DkgStageName::WaitingForPrimes => "waiting for primes",
         DkgStageName::AuxInfo => "aux info",
         DkgStageName::Keygen => "keygen",
+        DkgStageName::Confirming => "confirming the key",
         DkgStageName::Done => "done",
     }
 }
@@ -109,7 +110,11 @@ pub fn dkg_run(cluster: &Cluster, listed: &[u16], polling: Polling, out: &Out) -
     let first = &clients[0];
     match first.post_empty::<DkgInitiated>("/api/v1/dkg/initiate") {
         Ok(started) => eprintln!("started {} on node {}", started.dkg_id, first.id),
-        Err(CliError::Refused { code, message, .. }) if code == "dkg_exists" || code == "dkg_running" => {
+        // A pending key may still be confirmed (its missing members come
+        // up and confirm, or abandon it): waiting is the right thing too.
+        Err(CliError::Refused { code, message, .. })
+            if code == "dkg_exists" || code == "dkg_running" || code == "dkg_unconfirmed" =>
+        {
             eprintln!("node {}: {message}; waiting for every listed node to report the key", first.id)
         }
         Err(e) => return Err(e),
