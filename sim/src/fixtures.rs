@@ -94,6 +94,10 @@ pub const FIXTURE_CLUSTER_ID: &str = "fixture-cluster";
 
 /// Every node's records after DKG and a filled presignature pool: key
 /// shares, aux info and real presignatures, made once by the protocol code.
+/// The files predate key confirmation: each node's `KeyShare` is followed
+/// by a `KeyAdopted` record added by a script, without the members'
+/// confirmations (every fixture node holds the key, so none ever asks for
+/// the certificate). Regenerating them writes the confirmations too.
 pub fn load_cluster(n: u16) -> anyhow::Result<BTreeMap<NodeId, Vec<Record>>> {
     let text = std::fs::read_to_string(cluster_path(n))?;
     let records: BTreeMap<NodeId, Vec<Record>> = serde_json::from_str(&text)?;
