@@ -877,11 +877,32 @@ impl Node {
     /// their shares are discarded (never half-used); transactions this node
     /// accepted but had not yet voted on get their vote now.
     fn finish_recovery(&mut self) {
-        // Final before the crash: they leave memory now (the store keeps
-        // them); only the id and outcome stay.
-        let finals: Vec<TxId> = self.txs.iter().filter(|(_, t)| t.state.is_final()).map(|(id, _)| *id).collect();
-        for tx in finals {
-            self.settle(tx);
+        // Final before the crash. Those accepted more than `retain_final_ms`
+        // ago leave memory now (the store keeps them; only the id and
+        // outcome stay). Recent ones are held until then, as a running node
+        // holds them: the crash may have come between persisting an
+        // outcome and sending it, and a signed transaction nobody else saw
+        // can only be proven by the raw transaction this node holds, which
+        // it announces now.
+        let timeouts = &self.config.cluster.timeouts;
+        let (retain, vote_ms) = (timeouts.retain_final_ms, timeouts.vote_ms);
+        let finals: Vec<(TxId, Millis)> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| t.state.is_final())
+            .map(|(id, t)| (*id, t.vote_deadline.minus(vote_ms).plus(retain)))
+            .collect();
+        for (tx, leaves) in finals {
+            if leaves <= self.now {
+                self.settle(tx);
+                continue;
+            }
+            self.settling.insert((leaves, tx));
+            let entry = self.txs.get_mut(&tx).expect("listed above");
+            entry.finalized_at = Some(self.now);
+            if let Some(raw_tx) = entry.signed_raw.clone() {
+                self.broadcast(PeerMessage::TxSigned { tx, raw_tx, presigs: Vec::new() });
+            }
         }
         self.abandon_own_sessions("session lost in a restart");
         self.abandon_lost_attempts();

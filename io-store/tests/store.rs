@@ -359,3 +359,52 @@ async fn key_confirmation_rows_are_never_rewritten_or_deleted() {
         store.close().await;
     }
 }
+
+/// Upgrading a database written before key confirmation: its share was the
+/// node's key (it adopted what its own keygen gave it), so migration 0005
+/// adopts it rather than leaving the upgraded node waiting for
+/// confirmations nobody will send. A share written since then comes with
+/// this node's own confirmation, and stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_database_keeps_its_key_and_a_pending_share_stays_pending() {
+    let (_, node, records) = &streams()[0];
+    let pick =
+        |kinds: &[&str]| -> Vec<Record> { records.iter().filter(|r| kinds.contains(&r.kind())).cloned().collect() };
+    let before_confirmation = pick(&["dkg_joined", "aux_info", "key_share"]);
+    let pending = pick(&["dkg_joined", "aux_info", "key_share", "dkg_statement"]);
+    let shared_dkg = records
+        .iter()
+        .find_map(|r| match r {
+            Record::KeyShare { dkg, .. } => Some(*dkg),
+            _ => None,
+        })
+        .expect("the stream holds a key share");
+    let adoptions = |r: &RecoveredState| -> Vec<mpc_core::DkgId> {
+        r.records
+            .iter()
+            .filter_map(|x| match x {
+                Record::KeyAdopted { dkg } => Some(*dkg),
+                _ => None,
+            })
+            .collect()
+    };
+    for backend in BACKENDS {
+        for (label, stream, adopted) in [("old", &before_confirmation, true), ("pending", &pending, false)] {
+            let url = fresh_db(backend, &format!("upgrade_{label}")).await;
+            let store = open(&url, *node).await;
+            store.apply(Millis(0), stream).await.unwrap();
+            assert!(adoptions(&store.recover().await.unwrap()).is_empty(), "{backend:?} {label}: nothing adopted yet");
+            store.close().await;
+            // As if the database had stopped at 0004: the next open runs 0005.
+            let mut conn = raw(&url).await;
+            let gone = sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5").execute(&mut conn).await.unwrap();
+            assert_eq!(gone.rows_affected(), 1, "{backend:?}: migration 0005 was applied");
+            drop(conn);
+            let store = open(&url, *node).await;
+            let got = adoptions(&store.recover().await.unwrap());
+            let want = if adopted { vec![shared_dkg] } else { Vec::new() };
+            assert_eq!(got, want, "{backend:?} {label}");
+            store.close().await;
+        }
+    }
+}

@@ -48,13 +48,15 @@ pub const INPUT_KINDS: [&str; 9] = [
 /// text; see [`discard_class`]).
 pub const DISCARD_CLASSES: [&str; 5] = ["timeout", "abandoned", "restart", "shutdown", "other"];
 
-const DKG_STAGES: [(DkgStage, &str); 6] = [
-    (DkgStage::NotStarted, "not_started"),
-    (DkgStage::WaitingForPrimes, "waiting_for_primes"),
-    (DkgStage::AuxInfo, "aux_info"),
-    (DkgStage::Keygen, "keygen"),
-    (DkgStage::Confirming, "confirming"),
-    (DkgStage::Done, "done"),
+/// Every DKG stage, in the order a key generation goes through them: one
+/// `mpc_dkg_state` series each (see [`dkg_stage_name`]).
+const DKG_STAGES: [DkgStage; 6] = [
+    DkgStage::NotStarted,
+    DkgStage::WaitingForPrimes,
+    DkgStage::AuxInfo,
+    DkgStage::Keygen,
+    DkgStage::Confirming,
+    DkgStage::Done,
 ];
 
 /// Presigning sessions whose start time is kept, at most. The pool's max is
@@ -99,7 +101,14 @@ pub fn discard_class(reason: &str) -> &'static str {
 
 /// The DKG stage's label value.
 pub fn dkg_stage_name(stage: DkgStage) -> &'static str {
-    DKG_STAGES.iter().find(|(s, _)| *s == stage).map_or("not_started", |(_, name)| name)
+    match stage {
+        DkgStage::NotStarted => "not_started",
+        DkgStage::WaitingForPrimes => "waiting_for_primes",
+        DkgStage::AuxInfo => "aux_info",
+        DkgStage::Keygen => "keygen",
+        DkgStage::Confirming => "confirming",
+        DkgStage::Done => "done",
+    }
 }
 
 /// Presignatures that became ready over the recent window.
@@ -282,7 +291,7 @@ impl Metrics {
         let info = gauge_vec(&r, "mpc_node_info", "Always 1; the label names this cluster member.", "node", &[]);
         info.with_label_values(&[&node.0.to_string()]).set(1);
         let tx_states: Vec<&str> = TxStateKind::ALL.iter().map(|k| k.as_str()).collect();
-        let stages: Vec<&str> = DKG_STAGES.iter().map(|(_, n)| *n).collect();
+        let stages: Vec<&str> = DKG_STAGES.iter().map(|s| dkg_stage_name(*s)).collect();
         let mut input_kinds = INPUT_KINDS.to_vec();
         input_kinds.push("other");
         let handle_duration = reg(
@@ -651,8 +660,8 @@ impl Metrics {
         for (kind, n) in by_kind {
             self.transactions.with_label_values(&[kind.as_str()]).set(gauge_value(n));
         }
-        for (stage, name) in DKG_STAGES {
-            self.dkg_state.with_label_values(&[name]).set(i64::from(stage == report.dkg_stage));
+        for stage in DKG_STAGES {
+            self.dkg_state.with_label_values(&[dkg_stage_name(stage)]).set(i64::from(stage == report.dkg_stage));
         }
         self.leader.set(report.leader.map_or(0, |l| i64::from(l.0)));
         self.is_leader.set(i64::from(report.leader == Some(report.node)));
@@ -712,6 +721,7 @@ mod tests {
     use super::*;
     use mpc_core::vote::Decision;
     use mpc_core::{DkgId, SignerSetPool};
+    use std::collections::BTreeSet;
 
     fn presig(seq: u64) -> PresigId {
         PresigId { origin: NodeId(1), seq }
@@ -931,6 +941,21 @@ mod tests {
         assert_eq!(sample(&text, "mpc_transactions{state=\"failed\"}"), 0.0);
         assert_eq!(sample(&text, "mpc_dkg_state{stage=\"done\"}"), 0.0);
         assert_eq!(sample(&text, "mpc_dkg_state{stage=\"keygen\"}"), 1.0);
+    }
+
+    #[test]
+    fn each_dkg_stage_lights_its_own_series_and_only_it() {
+        let m = Metrics::new(NodeId(2));
+        let names: BTreeSet<&str> = DKG_STAGES.iter().map(|s| dkg_stage_name(*s)).collect();
+        assert_eq!(names.len(), DKG_STAGES.len(), "two stages share a label");
+        for stage in DKG_STAGES {
+            m.status(&StatusReport { dkg_stage: stage, ..report() });
+            let text = m.render();
+            for other in DKG_STAGES {
+                let series = format!("mpc_dkg_state{{stage=\"{}\"}}", dkg_stage_name(other));
+                assert_eq!(sample(&text, &series), f64::from(u8::from(other == stage)), "{stage:?}: {series}");
+            }
+        }
     }
 
     #[test]

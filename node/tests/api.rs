@@ -11,7 +11,7 @@ use api_harness::*;
 use base64::Engine;
 use ed25519_dalek::Verifier;
 use mpc_core::vote::{Decision, VoteBody};
-use mpc_core::{NodeId, TxId};
+use mpc_core::{NodeId, Record, TxId};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -387,6 +387,38 @@ fn an_unkeyed_node_starts_dkg_once_and_refuses_submissions() {
     let status = json_of(authed(c.get(node.url("/api/v1/dkg/status"))).send().unwrap(), StatusCode::OK);
     assert_eq!(status["stage"], "waiting_for_primes", "no primes in this test: {status}");
     assert!(status["public_key_hex"].is_null());
+    let health = json_of(c.get(node.url("/api/v1/health")).send().unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    let reasons: Vec<&str> = health["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("no key yet")), "{reasons:?}");
+}
+
+#[test]
+fn a_node_holding_an_unconfirmed_key_refuses_a_new_dkg_with_the_attempt_and_the_missing_members() {
+    // Restarted after keygen with its share pending and no member's
+    // confirmation on record: the key may still be confirmed, so a new
+    // attempt must wait (409 `dkg_unconfirmed`), and nothing is signed.
+    let node = TestNode::start(Options::pending(3));
+    let c = client();
+    let dkg = fixture_records()[&NodeId(3)]
+        .iter()
+        .find_map(|r| match r {
+            Record::KeyShare { dkg, .. } => Some(dkg.to_string()),
+            _ => None,
+        })
+        .expect("the fixture has a key share");
+    let (code, _, body) =
+        error_of(authed(c.post(node.url("/api/v1/dkg/initiate"))).send().unwrap(), StatusCode::CONFLICT);
+    assert_eq!(code, "dkg_unconfirmed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(body["error"]["dkg_id"], dkg.as_str(), "{body}");
+    assert_eq!(body["error"]["missing"], json!([1, 2, 3, 4, 5]), "{body}");
+    assert!(message.contains(&dkg), "the message names the attempt: {message}");
+    assert!(body["error"]["public_key_hex"].is_null(), "a pending key is not the cluster's key: {body}");
+    let status = json_of(authed(c.get(node.url("/api/v1/dkg/status"))).send().unwrap(), StatusCode::OK);
+    assert_eq!(status["stage"], "confirming", "{status}");
+    assert!(status["public_key_hex"].is_null(), "{status}");
+    let (code, _, _) = error_of(submit_json(&c, &node, &good_psbt(1)), StatusCode::CONFLICT);
+    assert_eq!(code, "no_key", "a pending key signs nothing");
     let health = json_of(c.get(node.url("/api/v1/health")).send().unwrap(), StatusCode::SERVICE_UNAVAILABLE);
     let reasons: Vec<&str> = health["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
     assert!(reasons.iter().any(|r| r.contains("no key yet")), "{reasons:?}");

@@ -227,6 +227,27 @@ fn dkg_status_and_dkg_run_report_the_key_every_node_agrees_on() {
 }
 
 #[test]
+fn dkg_run_waits_on_an_unconfirmed_key_and_times_out_naming_the_stage() {
+    // Node 1 holds a share no member confirmed yet (`dkg_unconfirmed`);
+    // node 2 has the key. `dkg run` must not fail on the refusal: it
+    // waits, and at its timeout says which node is where.
+    let s = Setup::start(&[Options::pending(1), Options::keyed(2)]);
+    let out = s.cli(&["dkg", "status", "--node", "1"]);
+    expect_code(&out, 0, "dkg status of the pending node");
+    assert!(stdout(&out).starts_with("node 1: confirming the key"), "{}", stdout(&out));
+    let out = s.cli(&["dkg", "run", "--nodes", "1,2", "--timeout-secs", "1", "--interval-ms", "50"]);
+    expect_code(&out, 1, "dkg run on an unconfirmed key");
+    let err = stderr(&out);
+    assert!(err.contains("waiting for every listed node"), "the refusal is waited on: {err}");
+    assert!(err.contains("not yet confirmed"), "the refusal's reason is shown: {err}");
+    assert!(
+        err.contains("key generation not done in time: node 1: confirming the key"),
+        "the timeout names the stage of the node not done: {err}"
+    );
+    assert!(!err.contains("node 2:"), "node 2 is done and not listed as pending: {err}");
+}
+
+#[test]
 fn presig_and_cluster_status_show_every_node() {
     let s = Setup::start(&[Options::keyed(1), Options::unkeyed(2)]);
     let out = s.cli(&["presig", "status", "--node", "1", "--json"]);

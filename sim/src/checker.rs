@@ -118,6 +118,60 @@ pub struct PresigUse {
 }
 
 pub fn presignature_use(cluster: &Cluster) -> PresigUse {
+    let (made, served, wasted) = presignature_fates(cluster);
+    PresigUse { made, served, wasted: wasted.len() }
+}
+
+/// Why each wasted presignature was lost, by cause: the first reason a
+/// coordinator gave for retrying an input with it, or else the first
+/// reason a signer gave for discarding it. Node names and numbers are
+/// blanked so that causes add up across nodes and seeds.
+pub fn waste_causes(cluster: &Cluster) -> BTreeMap<String, usize> {
+    let (_, _, wasted) = presignature_fates(cluster);
+    let mut retried: BTreeMap<PresigId, &str> = BTreeMap::new();
+    let mut discarded: BTreeMap<PresigId, &str> = BTreeMap::new();
+    for (_, _, o) in &cluster.observations {
+        match o {
+            Observation::SigningRetried { presig, reason, .. } => {
+                retried.entry(*presig).or_insert(reason);
+            }
+            Observation::PresigDiscarded { id, reason } => {
+                discarded.entry(*id).or_insert(reason);
+            }
+            _ => {}
+        }
+    }
+    let mut causes = BTreeMap::new();
+    for id in wasted {
+        let cause = match (retried.get(&id), discarded.get(&id)) {
+            (Some(r), _) => format!("retried: {}", blank_names(r)),
+            (None, Some(d)) => format!("discarded: {}", blank_names(d)),
+            (None, None) => "consumed by some signers only".to_string(),
+        };
+        *causes.entry(cause).or_default() += 1;
+    }
+    causes
+}
+
+/// `text` with digits blanked (`node-3` and `node-4` read alike) and cut
+/// at its first parenthesis or brace (a refusal's details).
+fn blank_names(text: &str) -> String {
+    let head = text.split(['(', '{']).next().unwrap_or(text).trim_end();
+    let mut out = String::with_capacity(head.len());
+    for c in head.chars() {
+        if c.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Presignatures made, served, and the wasted ones (see [`PresigUse`]).
+fn presignature_fates(cluster: &Cluster) -> (usize, usize, BTreeSet<PresigId>) {
     let mut signers: BTreeMap<PresigId, usize> = BTreeMap::new();
     let mut discarded = BTreeSet::new();
     let mut consumed: BTreeMap<PresigId, BTreeMap<NodeId, [u8; 32]>> = BTreeMap::new();
@@ -146,9 +200,10 @@ pub fn presignature_use(cluster: &Cluster) -> PresigUse {
     let wasted = signers
         .iter()
         .filter(|(id, t)| !served(id, **t) && (discarded.contains(*id) || consumed.contains_key(*id)))
-        .count();
+        .map(|(id, _)| *id)
+        .collect();
     let served = signers.iter().filter(|(id, t)| served(id, **t)).count();
-    PresigUse { made: signers.len(), served, wasted }
+    (signers.len(), served, wasted)
 }
 
 /// Presignatures whose signers answered different messages (wasted, safe).

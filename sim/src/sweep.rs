@@ -298,6 +298,25 @@ impl SeedPlan {
         }
     }
 
+    /// The same workload with every fault [`crate::shrink::fault_count`]
+    /// counts removed (and none during keygen): no loss, duplication,
+    /// partition, crash or Byzantine node, honest clocks. Delays and the
+    /// strict policies stay: they are how a healthy network and an honest
+    /// cluster behave. Issue 11 item 12's fault-free waste target is
+    /// measured on such plans.
+    pub fn without_faults(mut self) -> SeedPlan {
+        self.loss_permille = 0;
+        self.duplicate_permille = 0;
+        self.partitions.clear();
+        self.crashes.clear();
+        self.crash_after_persist = None;
+        self.byzantine = None;
+        self.clocks.values_mut().for_each(|c| *c = Clock::default());
+        self.keygen_partition = None;
+        self.keygen_crash = None;
+        self
+    }
+
     /// A Byzantine node's own crash or submission would blur what the run
     /// tests; honest nodes take those roles.
     pub fn keep_byzantine_out_of_roles(&mut self) {
@@ -317,7 +336,11 @@ impl SeedPlan {
             other => format!(" --shape {}", other.name()),
         };
         let features = if mpc_core::REDUCED_SECURITY_TEST_ONLY { " --features reduced-security" } else { "" };
-        format!("cargo run --release -p mpc-sim{features} --bin mpc-sim -- --seed {}{shape}", self.seed)
+        // A plan with no fault whose seed draws some was run `--fault-free`.
+        let stripped = crate::shrink::fault_count(self) == 0
+            && crate::shrink::fault_count(&SeedPlan::shaped(self.seed, self.shape)) > 0;
+        let fault_free = if stripped { " --fault-free" } else { "" };
+        format!("cargo run --release -p mpc-sim{features} --bin mpc-sim -- --seed {}{shape}{fault_free}", self.seed)
     }
 }
 
@@ -394,6 +417,8 @@ pub struct SeedOutcome {
     /// Presignatures that served a signature (every signer consumed it for
     /// the same message).
     pub presigs_served: usize,
+    /// The wasted presignatures by cause ([`checker::waste_causes`]).
+    pub waste_causes: BTreeMap<String, usize>,
     /// Every observation, in order, when the run was asked to trace.
     pub log: Vec<String>,
     /// Each node's durable records at the end, when asked for
@@ -850,6 +875,7 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     let presigs = checker::presignature_use(&cluster);
     (outcome.presigs_made, outcome.presigs_wasted, outcome.presigs_served) =
         (presigs.made, presigs.wasted, presigs.served);
+    outcome.waste_causes = checker::waste_causes(&cluster);
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome

@@ -81,3 +81,42 @@ fn a_signer_that_missed_the_proposal_is_handed_it_and_signs() {
     }
     assert_invariants(&cluster, &[]);
 }
+
+#[test]
+fn a_coordinator_that_crashed_before_announcing_a_signature_announces_it_on_restart() {
+    let (mut cluster, key) = fixture_cluster(603);
+    cluster.set_leader(Some(NodeId(1)));
+    // The coordinator crashes right after its signed transaction is
+    // durable, before its announcement leaves: nobody else knows.
+    let crashed = Rc::new(RefCell::new(false));
+    {
+        let crashed = crashed.clone();
+        cluster.set_crash_point(move |node, records| {
+            let signed = records.iter().any(|r| matches!(r, mpc_core::Record::SignedTx { .. }));
+            if node == NodeId(1) && signed && !*crashed.borrow() {
+                *crashed.borrow_mut() = true;
+                return true;
+            }
+            false
+        });
+    }
+    let spend = Spend::simple("crash-signed", &[60_000], &destination(), 50_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    cluster.run_until(600_000, |c| !c.is_up(NodeId(1)));
+    assert!(*crashed.borrow(), "the coordinator never signed: the test proves nothing");
+    cluster.clear_crash_point();
+    assert!(
+        (2..=5).all(|n| scenario::state_at(&cluster, NodeId(n), tx) != Some(mpc_core::TxState::Signed)),
+        "a signature left node 1 before the crash point"
+    );
+    cluster.run_for(1_000);
+    cluster.restart(NodeId(1)).unwrap();
+    // Long before any other member would take over signing.
+    cluster
+        .run_until(5_000, |c| (2..=5).all(|n| scenario::state_at(c, NodeId(n), tx) == Some(mpc_core::TxState::Signed)));
+    for n in 2..=5 {
+        assert_eq!(scenario::state_at(&cluster, NodeId(n), tx), Some(mpc_core::TxState::Signed), "node {n}");
+    }
+    assert!(retried(&cluster, tx).is_empty(), "a presignature was spent again: {:?}", retried(&cluster, tx));
+    assert_invariants(&cluster, &[]);
+}

@@ -259,6 +259,10 @@ pub struct Options {
     pub id: NodeId,
     /// Start from the fixture's key share and presignatures.
     pub keyed: bool,
+    /// With `keyed`: drop the fixture's key adoption, so the node holds its
+    /// share as a pending key whose confirmations it never received (a
+    /// member restarted after keygen, before every member confirmed).
+    pub pending: bool,
     /// Attach a database (persist and reads); without one, records are
     /// dropped and transaction reads answer 503.
     pub database: bool,
@@ -269,10 +273,13 @@ pub struct Options {
 
 impl Options {
     pub fn keyed(id: u16) -> Options {
-        Options { id: NodeId(id), keyed: true, database: true, vote_ms: None }
+        Options { id: NodeId(id), keyed: true, pending: false, database: true, vote_ms: None }
     }
     pub fn unkeyed(id: u16) -> Options {
-        Options { id: NodeId(id), keyed: false, database: true, vote_ms: None }
+        Options { id: NodeId(id), keyed: false, pending: false, database: true, vote_ms: None }
+    }
+    pub fn pending(id: u16) -> Options {
+        Options { pending: true, ..Options::keyed(id) }
     }
 }
 
@@ -301,7 +308,10 @@ impl TestNode {
         let (db_path, url) = scratch_db();
         let id = options.id;
         let (store, recovered) = runtime.block_on(async {
-            let records = if options.keyed { fixture_records()[&id].clone() } else { Vec::new() };
+            let mut records = if options.keyed { fixture_records()[&id].clone() } else { Vec::new() };
+            if options.pending {
+                records.retain(|r| !matches!(r, Record::KeyAdopted { .. }));
+            }
             if !options.database {
                 return (None, RecoveredState { records });
             }
