@@ -25,6 +25,7 @@ mod prune;
 pub mod record;
 pub mod secret;
 mod sign;
+mod signing_probe;
 pub mod tx;
 mod txflow;
 pub mod view;

@@ -86,6 +86,25 @@ pub enum PeerMessage {
     /// The sender's promise never to help sign a transaction whose vote
     /// deadline passed without an outcome (see [`ExpiryNotice`]).
     Expiry(ExpiryNotice),
+    /// Would you sign input `input` of `tx` with `presig` now? The signer
+    /// runs every check of a [`PeerMessage::SigningRequest`] and consumes
+    /// nothing. A coordinator that has not heard from a signer lately asks
+    /// this first: a signer that is down, cut off or unable to sign then
+    /// costs a round trip, not the presignature the others would consume.
+    SigningProbe {
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        certificate: ApprovalCertificate,
+    },
+    /// The answer to a [`PeerMessage::SigningProbe`]: what a request would
+    /// get now, without the partial signature.
+    SigningProbeAnswer {
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        result: Result<(), SigningRefusal>,
+    },
 }
 
 impl PeerMessage {
@@ -106,6 +125,8 @@ impl PeerMessage {
             PeerMessage::SyncRequest { .. } => "sync_request",
             PeerMessage::Evidence(_) => "evidence",
             PeerMessage::Expiry(_) => "expiry",
+            PeerMessage::SigningProbe { .. } => "signing_probe",
+            PeerMessage::SigningProbeAnswer { .. } => "signing_probe_answer",
         }
     }
 }

@@ -183,6 +183,9 @@ pub(crate) struct InputSigning {
     /// Signers that refused for want of the proposal and were sent it,
     /// this attempt (see `sign.rs`, `hand_over_proposal`).
     pub handed_proposal: BTreeSet<NodeId>,
+    /// The presignature picked next, while its signers are asked whether
+    /// they can sign (see `signing_probe.rs`); `presig` is `None` meanwhile.
+    pub probe: Option<crate::signing_probe::Probe>,
 }
 
 pub(crate) struct SigningJob {
@@ -526,6 +529,12 @@ impl Node {
             PeerMessage::SyncRequest { known_final, open } => self.on_sync_request(from, known_final, open),
             PeerMessage::Evidence(evidence) => self.on_evidence(from, *evidence),
             PeerMessage::Expiry(notice) => self.on_expiry_notice(from, notice),
+            PeerMessage::SigningProbe { tx, input, presig, certificate } => {
+                self.on_signing_probe(from, tx, input, presig, certificate)
+            }
+            PeerMessage::SigningProbeAnswer { tx, input, presig, result } => {
+                self.on_probe_answer(from, tx, input, presig, result)
+            }
         }
     }
 
@@ -596,10 +605,13 @@ impl Node {
         }
         for job in self.signing.values() {
             for input in job.inputs.iter().filter(|i| i.done.is_none()) {
-                at(match input.presig {
-                    Some(_) if !input.asked_again => input.deadline.minus(self.config.cluster.timeouts.signing_ms / 2),
-                    Some(_) => input.deadline,
-                    None => input.not_before.max(self.now.plus(POLL_MS)),
+                at(match (&input.presig, &input.probe) {
+                    (Some(_), _) if !input.asked_again => {
+                        input.deadline.minus(self.config.cluster.timeouts.signing_ms / 2)
+                    }
+                    (Some(_), _) => input.deadline,
+                    (None, Some(probe)) => probe.next_wake(),
+                    (None, None) => input.not_before.max(self.now.plus(POLL_MS)),
                 });
             }
         }

@@ -25,13 +25,40 @@ use cggmp24::key_share::AnyKeyShare;
 use cggmp24::{DataToSign, PartialSignature};
 use sha2::Sha256;
 
-/// The message scalar cggmp24 signs for a signing message (DESIGN §3).
+/// Who a signer is answering: a coordinator about to have it sign, or one
+/// asking whether it could (a probe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    ToSign,
+    WhetherItCould,
+}
+
+/// A signer's checks passed: it signs `message` afresh, or repeats the
+/// partial signature it released for the same question before.
+pub(crate) enum Signable {
+    Fresh { message: [u8; 32] },
+    Repeat(PartialSig),
+}
+
 /// Past `max_signing_attempts`, retries of one input are at most this many
 /// signing timeouts apart.
 const STALLED_RETRY_FACTOR: u64 = 10;
 
+/// The message scalar cggmp24 signs for a signing message (DESIGN §3).
 fn data_to_sign(message: &[u8; 32]) -> DataToSign<crate::engine::Curve> {
     DataToSign::digest::<Sha256>(message)
+}
+
+/// How long an input waits before its next attempt after `attempt`
+/// attempts: doubling from half a second, capped at a signing timeout (ten
+/// past `max_signing_attempts`).
+pub(crate) fn retry_backoff(timeouts: &crate::config::Timeouts, attempt: u32) -> u64 {
+    let cap = if attempt >= timeouts.max_signing_attempts {
+        STALLED_RETRY_FACTOR * timeouts.signing_ms
+    } else {
+        timeouts.signing_ms
+    };
+    (500u64 << attempt.min(16)).min(cap)
 }
 
 impl Node {
@@ -100,6 +127,7 @@ impl Node {
                             stall_reported: false,
                             asked_again: false,
                             handed_proposal: Default::default(),
+                            probe: None,
                         })
                         .collect(),
                 };
@@ -117,6 +145,7 @@ impl Node {
 
     fn time_out_inputs(&mut self, tx: TxId) {
         let now = self.now;
+        self.time_out_probes(tx);
         self.ask_silent_signers_again(tx);
         let Some(job) = self.signing.get(&tx) else { return };
         let late: Vec<(usize, PresigId)> = job
@@ -176,7 +205,7 @@ impl Node {
     }
 
     /// The approval certificate this node holds for `tx`, if it holds one.
-    fn approval_certificate(&self, tx: TxId) -> Option<ApprovalCertificate> {
+    pub(crate) fn approval_certificate(&self, tx: TxId) -> Option<ApprovalCertificate> {
         let (qa, qr) = (self.config.cluster.approve_quorum, self.config.cluster.reject_quorum);
         match self.txs.get(&tx)?.tally.certified(tx, qa, qr)? {
             Certified::Approved(certificate) => Some(certificate),
@@ -203,16 +232,24 @@ impl Node {
     /// node sends it the proposal and asks again, rather than giving up a
     /// presignature the other signers may already have consumed. Returns
     /// whether it did.
-    fn hand_over_proposal(&mut self, tx: TxId, input: usize, signer: NodeId) -> bool {
+    pub(crate) fn hand_over_proposal(&mut self, tx: TxId, input: usize, signer: NodeId) -> bool {
         let Some(slot) = self.signing.get_mut(&tx).and_then(|j| j.inputs.get_mut(input)) else { return false };
-        let Some(presig) = slot.presig else { return false };
+        let (presig, probing) = match (slot.presig, &slot.probe) {
+            (Some(p), _) => (p, false),
+            (None, Some(probe)) => (probe.presig, true),
+            (None, None) => return false,
+        };
         if !slot.handed_proposal.insert(signer) {
             return false;
         }
         let Some(certificate) = self.approval_certificate(tx) else { return false };
         let psbt = self.txs[&tx].proposed.psbt_bytes.clone();
         self.send(signer, PeerMessage::Proposal { psbt });
-        self.ask_to_sign(&[signer], tx, input, presig, &certificate);
+        if probing {
+            self.send(signer, PeerMessage::SigningProbe { tx, input: input as u32, presig, certificate });
+        } else {
+            self.ask_to_sign(&[signer], tx, input, presig, &certificate);
+        }
         true
     }
 
@@ -224,14 +261,8 @@ impl Node {
         let Some(presig) = slot.presig.take() else { return };
         slot.partials.clear();
         let attempt = slot.attempts;
-        let timeouts = &self.config.cluster.timeouts;
-        let cap = if attempt >= timeouts.max_signing_attempts {
-            STALLED_RETRY_FACTOR * timeouts.signing_ms
-        } else {
-            timeouts.signing_ms
-        };
-        let backoff = (500u64 << attempt.min(16)).min(cap);
-        slot.not_before = self.now.plus(backoff);
+        let not_before = self.now.plus(retry_backoff(&self.config.cluster.timeouts, attempt));
+        self.signing.get_mut(&tx).expect("checked above").inputs[input].not_before = not_before;
         if let Some(e) = self.pool.get_mut(&presig) {
             e.used = true;
         }
@@ -250,7 +281,7 @@ impl Node {
         let inputs = self.signing.get(&tx).map_or(0, |j| j.inputs.len());
         for input in 0..inputs {
             let slot = &self.signing[&tx].inputs[input];
-            if slot.done.is_some() || slot.presig.is_some() || self.now < slot.not_before {
+            if slot.done.is_some() || slot.presig.is_some() || slot.probe.is_some() || self.now < slot.not_before {
                 continue;
             }
             // An approved transaction is retried for as long as its
@@ -263,20 +294,38 @@ impl Node {
                 self.observe(Observation::SigningStalled { tx, input: input as u32, attempts: max_attempts });
             }
             let Some(presig) = self.pick_presignature(tx, input) else { return };
-            let signers = {
-                let entry = self.pool.get_mut(&presig).expect("picked from the pool");
-                entry.used = true;
-                entry.signers.clone()
-            };
-            let deadline = self.now.plus(self.config.cluster.timeouts.signing_ms);
-            let slot = &mut self.signing.get_mut(&tx).expect("job exists").inputs[input];
-            slot.presig = Some(presig);
-            slot.attempts += 1;
-            slot.deadline = deadline;
-            slot.asked_again = false;
-            slot.handed_proposal.clear();
-            self.ask_to_sign(&signers, tx, input, presig, &certificate);
+            if self.signers_heard_lately(tx, presig) {
+                self.request_signatures(tx, input, presig, &certificate);
+            } else {
+                self.start_probe(tx, input, presig, &certificate);
+            }
         }
+    }
+
+    /// Sends the signing requests for `input` of `tx` with `presig`: from
+    /// here on the signers consume their shares, so the presignature is
+    /// spent whatever happens.
+    pub(crate) fn request_signatures(
+        &mut self,
+        tx: TxId,
+        input: usize,
+        presig: PresigId,
+        certificate: &ApprovalCertificate,
+    ) {
+        let signers = {
+            let entry = self.pool.get_mut(&presig).expect("picked from the pool");
+            entry.used = true;
+            entry.signers.clone()
+        };
+        let deadline = self.now.plus(self.config.cluster.timeouts.signing_ms);
+        let slot = &mut self.signing.get_mut(&tx).expect("job exists").inputs[input];
+        slot.presig = Some(presig);
+        slot.probe = None;
+        slot.attempts += 1;
+        slot.deadline = deadline;
+        slot.asked_again = false;
+        slot.handed_proposal.clear();
+        self.ask_to_sign(&signers, tx, input, presig, certificate);
     }
 
     /// A ready presignature whose signers are all healthy: the one whose
@@ -307,7 +356,17 @@ impl Node {
         let fresh = |e: &crate::node::PoolEntry| {
             e.signers.iter().all(|s| *s == self.me || self.last_heard.get(s).is_some_and(|t| t.0 >= since))
         };
-        self.pool.iter().filter(|(_, e)| self.usable(e)).min_by_key(|(id, e)| (!fresh(e), rank(id))).map(|(id, _)| *id)
+        // Not one another input is already asking its signers about.
+        let probed: std::collections::BTreeSet<PresigId> = self
+            .signing
+            .values()
+            .flat_map(|j| j.inputs.iter().filter_map(|i| i.probe.as_ref().map(|p| p.presig)))
+            .collect();
+        self.pool
+            .iter()
+            .filter(|(id, e)| self.usable(e) && !probed.contains(id))
+            .min_by_key(|(id, e)| (!fresh(e), rank(id)))
+            .map(|(id, _)| *id)
     }
 
     /// Signer: answer a signing request, or refuse and say why.
@@ -319,10 +378,20 @@ impl Node {
         presig: PresigId,
         certificate: ApprovalCertificate,
     ) {
-        // The certificate's votes are votes like any other: absorbing them
-        // first means an equivocation the certificate reveals (an approval
-        // from a member this node saw reject) is caught before signing, and
-        // the certificate is then judged without that member.
+        self.absorb_certificate(from, tx, &certificate);
+        let result = self.sign_input(from, tx, input, presig, &certificate);
+        if let Err(refusal) = &result {
+            self.follow_up_refusal(from, tx, refusal);
+            self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });
+        }
+        self.send(from, PeerMessage::SigningResponse { tx, input, presig, result });
+    }
+
+    /// The certificate's votes are votes like any other: absorbing them
+    /// first means an equivocation the certificate reveals (an approval
+    /// from a member this node saw reject) is caught before signing, and
+    /// the certificate is then judged without that member.
+    pub(crate) fn absorb_certificate(&mut self, from: NodeId, tx: TxId, certificate: &ApprovalCertificate) {
         for vote in certificate.votes.iter().filter(|v| v.body.tx == tx) {
             if self.txs.contains_key(&tx) {
                 self.on_vote(from, vote.clone());
@@ -331,31 +400,35 @@ impl Node {
         if certificate.tx != tx || certificate.votes.iter().any(|v| v.body.tx != tx) {
             self.observe(Observation::ForgedCertificate { tx, from });
         }
-        let result = self.sign_input(from, tx, input, presig, &certificate);
-        if result == Err(SigningRefusal::UnknownTransaction) {
+    }
+
+    /// What a signer sends along with a refusal, so the coordinator can do
+    /// better next time: the proposal it lacks, the signed transaction it
+    /// missed, or the evidence against an approver.
+    pub(crate) fn follow_up_refusal(&mut self, from: NodeId, tx: TxId, refusal: &SigningRefusal) {
+        match refusal {
             // Missed the proposal: catch up from the node that has it.
-            let request = self.sync_request();
-            self.send(from, request);
-        }
-        if result == Err(SigningRefusal::Final) {
+            SigningRefusal::UnknownTransaction => {
+                let request = self.sync_request();
+                self.send(from, request);
+            }
             // The coordinator missed how it ended; a signed transaction
             // proves itself.
-            if let Some(raw_tx) = self.txs.get(&tx).and_then(|t| t.signed_raw.clone()) {
-                self.send(from, PeerMessage::TxSigned { tx, raw_tx, presigs: Vec::new() });
+            SigningRefusal::Final => {
+                if let Some(raw_tx) = self.txs.get(&tx).and_then(|t| t.signed_raw.clone()) {
+                    self.send(from, PeerMessage::TxSigned { tx, raw_tx, presigs: Vec::new() });
+                }
             }
-        }
-        if let Err(SigningRefusal::InvalidCertificate(_)) = &result {
             // Perhaps the coordinator does not know an approver equivocated:
             // show it the evidence, so it stops relying on that vote.
-            let evidence = self.txs.get(&tx).map(|t| t.evidence.clone()).unwrap_or_default();
-            for e in evidence {
-                self.send(from, PeerMessage::Evidence(Box::new(e)));
+            SigningRefusal::InvalidCertificate(_) => {
+                let evidence = self.txs.get(&tx).map(|t| t.evidence.clone()).unwrap_or_default();
+                for e in evidence {
+                    self.send(from, PeerMessage::Evidence(Box::new(e)));
+                }
             }
+            _ => {}
         }
-        if let Err(refusal) = &result {
-            self.observe(Observation::SigningRefused { tx, presig, requester: from, reason: format!("{refusal:?}") });
-        }
-        self.send(from, PeerMessage::SigningResponse { tx, input, presig, result });
     }
 
     fn sign_input(
@@ -366,6 +439,45 @@ impl Node {
         presig: PresigId,
         certificate: &ApprovalCertificate,
     ) -> Result<PartialSig, SigningRefusal> {
+        let message = match self.check_signable(from, tx, input, presig, certificate, Asked::ToSign)? {
+            Signable::Repeat(partial) => return Ok(partial),
+            Signable::Fresh { message } => message,
+        };
+        let Some(OwnPresig::Ready { share, .. }) = self.own_presigs.get(&presig) else {
+            unreachable!("check_signable found the share ready")
+        };
+        let partial = share.expose().presignature.clone().issue_partial_signature(data_to_sign(&message));
+        let sigma: [u8; 32] =
+            partial.sigma.to_be_bytes().as_bytes().try_into().expect("a secp256k1 scalar is 32 bytes");
+        // Durable before the partial signature leaves: the record is in
+        // this step's `persist`, the response in its `send`.
+        let consumed = Record::PresigConsumed { id: presig, tx, input, message, sigma };
+        if self.bugs.persist_consumption_late() {
+            self.late_records.push(consumed);
+        } else {
+            self.persist(consumed);
+        }
+        self.own_presigs.insert(presig, OwnPresig::Consumed { tx, input, message, sigma });
+        if let Some(e) = self.pool.get_mut(&presig) {
+            e.used = true;
+        }
+        self.observe(Observation::PartialSignatureReleased { tx, input, presig, message });
+        Ok(PartialSig(sigma))
+    }
+
+    /// Every check a signer makes before it releases a partial signature,
+    /// and nothing consumed: what a request is answered from, and a probe
+    /// (`Asked::WhetherItCould`) too, so that a probe's yes means the
+    /// request will be signed unless something changes in between.
+    pub(crate) fn check_signable(
+        &mut self,
+        from: NodeId,
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        certificate: &ApprovalCertificate,
+        asked: Asked,
+    ) -> Result<Signable, SigningRefusal> {
         if self.settled.contains_key(&tx) {
             return Err(SigningRefusal::Final);
         }
@@ -379,9 +491,12 @@ impl Node {
                 .verify(tx, &self.config.cluster, entry.tally.equivocators())
                 .map_err(|e| SigningRefusal::InvalidCertificate(e.to_string()))?;
         }
-        // A coordinator with a valid certificate may later abandon what it
-        // asked for; one without never may.
-        self.note_requester(presig, from);
+        if asked == Asked::ToSign {
+            // A coordinator with a valid certificate may later abandon what
+            // it asked for; one without never may. A probe asks for nothing
+            // that would need abandoning.
+            self.note_requester(presig, from);
+        }
         let entry = &self.txs[&tx];
         if entry.state == TxState::Expired || matches!(entry.state, TxState::Failed(_)) {
             // This node promised never to sign it (or gave it up for good).
@@ -395,7 +510,7 @@ impl Node {
             self.transition(tx, TxEvent::ApprovalCertified);
         }
         match self.own_presigs.get(&presig) {
-            Some(OwnPresig::Ready { signers, share }) => {
+            Some(OwnPresig::Ready { signers, .. }) => {
                 if !signers.contains(&self.me) {
                     return Err(SigningRefusal::NotASigner);
                 }
@@ -408,28 +523,12 @@ impl Node {
                     // retries with another signer set.
                     return Err(SigningRefusal::CoordinationUnavailable);
                 }
-                let partial = share.expose().presignature.clone().issue_partial_signature(data_to_sign(&message));
-                let sigma: [u8; 32] =
-                    partial.sigma.to_be_bytes().as_bytes().try_into().expect("a secp256k1 scalar is 32 bytes");
-                // Durable before the partial signature leaves: the record is in
-                // this step's `persist`, the response in its `send`.
-                let consumed = Record::PresigConsumed { id: presig, tx, input, message, sigma };
-                if self.bugs.persist_consumption_late() {
-                    self.late_records.push(consumed);
-                } else {
-                    self.persist(consumed);
-                }
-                self.own_presigs.insert(presig, OwnPresig::Consumed { tx, input, message, sigma });
-                if let Some(e) = self.pool.get_mut(&presig) {
-                    e.used = true;
-                }
-                self.observe(Observation::PartialSignatureReleased { tx, input, presig, message });
-                Ok(PartialSig(sigma))
+                Ok(Signable::Fresh { message })
             }
             Some(OwnPresig::Consumed { tx: t2, input: i2, message: m2, sigma }) => {
                 if (*t2, *i2, *m2) == (tx, input, message) {
                     // The same question gets the same answer.
-                    Ok(PartialSig(*sigma))
+                    Ok(Signable::Repeat(PartialSig(*sigma)))
                 } else {
                     Err(SigningRefusal::PresignatureUsedElsewhere)
                 }

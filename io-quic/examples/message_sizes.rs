@@ -111,6 +111,15 @@ fn main() {
                 certificate: ApprovalCertificate { tx: TxId([0xff; 32]), votes: (1..=N).map(vote).collect() },
             },
         ),
+        (
+            "SigningProbe, certificate of 5 votes",
+            PeerMessage::SigningProbe {
+                tx: TxId([0xff; 32]),
+                input: u32::MAX,
+                presig: worst_id,
+                certificate: ApprovalCertificate { tx: TxId([0xff; 32]), votes: (1..=N).map(vote).collect() },
+            },
+        ),
         ("PresigReady, real commitments", PeerMessage::PresigReady { id: worst_id, signers: signers.to_vec(), public }),
         ("Vote", PeerMessage::Vote(vote(1))),
     ];

@@ -40,7 +40,7 @@ pub const VERSION: u8 = 1;
 /// | `SyncRequest`, 1024 known and 1024 open transactions | 65,568 |
 /// | presigning, 3 signers: largest P2P round message | 27,589 |
 /// | keygen 3-of-5: largest round message | 512 |
-/// | `SigningRequest` with a 5-vote certificate; a vote | 598; 120 |
+/// | `SigningRequest` or `SigningProbe` with a 5-vote certificate; a vote | 598; 120 |
 ///
 /// So a 1 MiB PSBT, or the transaction signed from it, is what bounds the
 /// frame; the limit is 1 MiB + 64 KiB (1,114,112 bytes, 5% above the

@@ -120,3 +120,34 @@ fn a_coordinator_that_crashed_before_announcing_a_signature_announces_it_on_rest
     assert!(retried(&cluster, tx).is_empty(), "a presignature was spent again: {:?}", retried(&cluster, tx));
     assert_invariants(&cluster, &[]);
 }
+
+#[test]
+fn a_signer_down_before_its_request_costs_a_probe_not_a_presignature() {
+    let (mut cluster, key) = fixture_cluster(604);
+    cluster.set_leader(Some(NodeId(1)));
+    // Crashed moments ago: still among the freshest for picking (heard
+    // within a signing timeout), but it casts no vote on what comes next.
+    cluster.crash(NodeId(4));
+    cluster.run_for(500);
+    let mut txs = Vec::new();
+    for k in 0..3 {
+        let spend = Spend::simple(&format!("down-{k}"), &[60_000, 70_000], &destination(), 100_000, 2_000);
+        txs.push(scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap());
+    }
+    for tx in &txs {
+        assert!(scenario::wait_final(&mut cluster, *tx, 600_000));
+        assert_eq!(scenario::state_at(&cluster, NodeId(1), *tx), Some(mpc_core::TxState::Signed));
+    }
+    let probed_4 = cluster
+        .observed(|o| matches!(o, Observation::MemberSuspected { member, .. } if *member == NodeId(4)))
+        .into_iter()
+        .any(|(at, _)| at == NodeId(1));
+    assert!(probed_4, "node 4 was never picked, so never found silent: the test proves nothing");
+    for tx in &txs {
+        assert!(retried(&cluster, *tx).is_empty(), "{tx}: a presignature was given up: {:?}", retried(&cluster, *tx));
+    }
+    let used = mpc_sim::checker::presignature_use(&cluster);
+    assert_eq!(used.wasted, 0, "{used:?}");
+    assert_eq!(used.served, 6, "one presignature per input: {used:?}");
+    assert_invariants(&cluster, &[]);
+}

@@ -7,9 +7,11 @@
 //!
 //! `MPC_SIM_SEEDS=A..B` picks the fixture range (default 0..1000),
 //! `MPC_SIM_LIVE_SEEDS` the live-presigning one (default 0..3) and
-//! `MPC_SIM_KEYGEN_SEEDS` the live-keygen one (default 0..2); one seed
+//! `MPC_SIM_KEYGEN_SEEDS` the live-keygen one (default 0..2),
+//! `MPC_SIM_FAULT_FREE_SEEDS` the fault-free one (default 0..300); one seed
 //! replays with the command a failure prints (`mpc-sim --seed N [--shape S]`).
 
+use mpc_sim::shrink::fault_count;
 use mpc_sim::sweep::{default_threads, run_batch, run_seed, SeedPlan, SeedShape};
 use std::collections::BTreeMap;
 
@@ -19,16 +21,40 @@ fn seed_range(var: &str, default: &str) -> std::ops::Range<u64> {
     a.parse().expect("start")..b.parse().expect("end")
 }
 
+/// Presignatures spent (served a signature or wasted) and wasted, over
+/// the seeds without any fault and over the rest.
+#[derive(Default)]
+struct Waste {
+    fault_free: (usize, usize),
+    faulty: (usize, usize),
+}
+
+impl Waste {
+    /// Wasted over spent, as a fraction, of seeds with faults or without.
+    fn fraction(&self, with_faults: bool) -> f64 {
+        let (spent, wasted) = if with_faults { self.faulty } else { self.fault_free };
+        wasted as f64 / spent.max(1) as f64
+    }
+}
+
 /// Runs the seeds of one shape in parallel; returns coverage counts and
 /// fails with every failing seed's report.
 fn sweep(shape: SeedShape, seeds: std::ops::Range<u64>) -> BTreeMap<&'static str, u64> {
     let plans: Vec<SeedPlan> = seeds.map(|seed| SeedPlan::shaped(seed, shape)).collect();
+    sweep_plans(shape, plans).0
+}
+
+fn sweep_plans(shape: SeedShape, plans: Vec<SeedPlan>) -> (BTreeMap<&'static str, u64>, Waste) {
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut waste = Waste::default();
     let mut failures = Vec::new();
     run_batch(&plans, default_threads(), run_seed, |plan, outcome| {
         for (k, v) in outcome.coverage {
             *coverage.entry(k).or_default() += v;
         }
+        let class = if fault_count(plan) > 0 { &mut waste.faulty } else { &mut waste.fault_free };
+        class.0 += outcome.presigs_served + outcome.presigs_wasted;
+        class.1 += outcome.presigs_wasted;
         if !outcome.violations.is_empty() {
             failures.push(format!(
                 "seed {} (trace {}, commit {}):\n  {}\n{plan}  replay: {}",
@@ -44,13 +70,29 @@ fn sweep(shape: SeedShape, seeds: std::ops::Range<u64>) -> BTreeMap<&'static str
     for (k, v) in &coverage {
         println!("{k:<40} {v:>8}");
     }
+    for (class, (spent, wasted)) in [("fault-free", waste.fault_free), ("with faults", waste.faulty)] {
+        println!("presignatures wasted of spent, seeds {class}: {wasted} of {spent}");
+    }
     assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
-    coverage
+    (coverage, waste)
 }
+
+/// Issue 11 item 12's targets: of the presignatures spent, at most 5% are
+/// wasted under the fault mix and 1% without faults.
+const MAX_WASTE_WITH_FAULTS: f64 = 0.05;
+const MAX_WASTE_FAULT_FREE: f64 = 0.01;
 
 #[test]
 fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
-    let coverage = sweep(SeedShape::Fixture, seed_range("MPC_SIM_SEEDS", "0..1000"));
+    let plans = seed_range("MPC_SIM_SEEDS", "0..1000").map(SeedPlan::from_seed).collect();
+    let (coverage, waste) = sweep_plans(SeedShape::Fixture, plans);
+    assert!(waste.faulty.0 > 0, "no presignature was spent: the waste figure proves nothing");
+    assert!(
+        waste.fraction(true) <= MAX_WASTE_WITH_FAULTS,
+        "{} of {} presignatures spent under faults were wasted (target at most 5%)",
+        waste.faulty.1,
+        waste.faulty.0
+    );
     // A checker that never sees a fault proves nothing.
     for kind in [
         "crash between persist and send",
@@ -71,6 +113,23 @@ fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
     ] {
         assert!(coverage.get(kind).copied().unwrap_or(0) > 0, "fault kind never fired in this batch: {kind}");
     }
+}
+
+#[test]
+fn fault_free_runs_waste_at_most_one_percent_of_the_presignatures_they_spend() {
+    // The CI batch's workloads with their faults removed (`mpc-sim
+    // --fault-free`): delays and strict policies stay.
+    let plans =
+        seed_range("MPC_SIM_FAULT_FREE_SEEDS", "0..300").map(|s| SeedPlan::from_seed(s).without_faults()).collect();
+    let (_, waste) = sweep_plans(SeedShape::Fixture, plans);
+    assert_eq!(waste.faulty, (0, 0), "a plan kept a fault");
+    assert!(waste.fault_free.0 > 0, "no presignature was spent: the waste figure proves nothing");
+    assert!(
+        waste.fraction(false) <= MAX_WASTE_FAULT_FREE,
+        "{} of {} presignatures spent without faults were wasted (target at most 1%)",
+        waste.fault_free.1,
+        waste.fault_free.0
+    );
 }
 
 #[test]
