@@ -68,7 +68,7 @@ impl Node {
     /// proposed to does, so approved work still gets signed while
     /// coordination is down. Member `base + k` takes over after `k` takeover
     /// periods if the transaction is still unsigned.
-    fn coordinates(&self, tx: TxId) -> bool {
+    pub(crate) fn coordinates(&self, tx: TxId) -> bool {
         self.takeover_at(tx).is_some_and(|at| self.now >= at)
     }
 

@@ -152,7 +152,7 @@ impl Node {
                 // The lease may have moved while the probe ran: a node no
                 // longer in line starts nothing new.
                 match self.approval_certificate(tx) {
-                    Some(certificate) if self.takeover_at(tx).is_some_and(|at| self.now >= at) => {
+                    Some(certificate) if self.coordinates(tx) => {
                         self.request_signatures(tx, input, presig, &certificate)
                     }
                     _ => {}
