@@ -289,6 +289,16 @@ pub enum Observation {
         attempt: u32,
         reason: String,
     },
+    /// A coordinator's probe before asking `presig`'s signers to sign one
+    /// input went unanswered by `silent` for a probe window (see
+    /// [`crate::signing_probe`]): they are suspected and another set is
+    /// picked. Nothing was consumed, so this costs time, not a presignature.
+    SigningProbeUnanswered {
+        tx: TxId,
+        input: u32,
+        presig: PresigId,
+        silent: Vec<NodeId>,
+    },
     /// One input of an approved transaction found no signature in
     /// `attempts` tries; it is still retried, less often, while the
     /// approval stands. An operator should look at the signers' health.

@@ -12,6 +12,7 @@ pub mod config;
 mod dkg;
 pub mod driver;
 pub mod engine;
+pub mod expiry;
 pub mod ids;
 pub mod io;
 pub mod key_confirmation;

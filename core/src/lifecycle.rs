@@ -8,8 +8,10 @@
 //!    └───────────────────┴──> Expired                            ╲ Complete │
 //!                               │ RejectionCertified              ╲         v
 //!                               └──> Rejected                       ──> Signed
-//! Expired: this node promised never to sign (an expiry notice); `qr`
-//!          such promises end it Failed("expired: ..."), safe to resubmit.
+//! Expired: this node promised never to sign beyond what it already
+//!          released (an expiry notice); enough promises prove it can never
+//!          be signed and end it Failed("expired: ..."), safe to resubmit
+//!          (see `crate::expiry`).
 //! ExpiryJoined:      Approved | Signing -> Expired (see `TxEvent::ExpiryJoined`)
 //! ApprovalWithdrawn: Approved | Signing -> Voting (before the deadline) | Expired
 //! SignatureComplete: from any undecided or approved state (a valid signature
@@ -43,8 +45,8 @@ pub enum TxEvent {
     /// fall short of `qa`.
     ApprovalWithdrawn { deadline_passed: bool },
     /// So many members promised never to sign it that signing cannot
-    /// finish: this node, which released no partial signature for it,
-    /// promises the same.
+    /// finish if they keep their word: this node stops trying and promises
+    /// the same (naming any partial signatures it already released).
     ExpiryJoined,
     /// A fully signed transaction, checked against this node's own copy and
     /// Bitcoin Core's interpreter.

@@ -208,6 +208,12 @@ impl Node {
             let silent: Vec<NodeId> = signers.iter().copied().filter(|s| !probe.ready.contains(s)).collect();
             if late {
                 slot.probe = None;
+                self.observe(crate::io::Observation::SigningProbeUnanswered {
+                    tx,
+                    input: input as u32,
+                    presig,
+                    silent: silent.clone(),
+                });
                 for s in silent {
                     self.suspect(s);
                 }

@@ -177,6 +177,10 @@ impl Node {
                 self.observe(Observation::ForgedVote { claimed_voter, from });
                 return;
             }
+            Err(other) => {
+                self.observe(Observation::RejectedMessage { from, kind: "vote".into(), reason: other.to_string() });
+                return;
+            }
         }
         let Some(entry) = self.txs.get_mut(&tx) else {
             // The proposal may still be on its way.
@@ -303,60 +307,6 @@ impl Node {
         for tx in expired {
             self.transition(tx, TxEvent::DeadlinePassed);
             self.promise_never_to_sign(tx);
-        }
-    }
-
-    /// Whether this node released a partial signature for `tx`.
-    fn released_partial_for(&self, tx: TxId) -> bool {
-        self.own_presigs.values().any(|p| matches!(p, OwnPresig::Consumed { tx: t, .. } if *t == tx))
-    }
-
-    /// An expired transaction: this node promises never to sign it, and
-    /// tells everyone. The promise is the Expired state, persisted in this
-    /// same step before the notice leaves; a node that already released a
-    /// partial signature for it promises nothing (it could not keep it).
-    pub(crate) fn promise_never_to_sign(&mut self, tx: TxId) {
-        if self.txs.get(&tx).is_none_or(|t| t.state != TxState::Expired) || self.released_partial_for(tx) {
-            return;
-        }
-        let notice = crate::vote::ExpiryNotice::sign(tx, self.me, &self.vote_key, self.cluster_id());
-        self.broadcast(PeerMessage::Expiry(notice.clone()));
-        self.note_expiry(notice);
-    }
-
-    /// Anyone: a member's promise never to sign `tx`.
-    pub(crate) fn on_expiry_notice(&mut self, from: NodeId, notice: crate::vote::ExpiryNotice) {
-        if let Err(e) = notice.verify(&self.config.cluster) {
-            let reason = format!("expiry notice: {e}");
-            return self.observe(Observation::RejectedMessage { from, kind: "expiry".into(), reason });
-        }
-        if self.txs.get(&notice.tx).is_some_and(|t| !t.expiry.contains_key(&notice.voter)) {
-            self.note_expiry(notice);
-        }
-    }
-
-    /// Counts a promise. Once `n - t + 1` members promised, signing cannot
-    /// finish if they keep their word, so this node (if it released
-    /// nothing) promises too; once `qr` promised, the expiry is certified:
-    /// at most `f` of them lie, fewer than `t` members are left who could
-    /// sign, and the transaction fails for good, safe to resubmit.
-    fn note_expiry(&mut self, notice: crate::vote::ExpiryNotice) {
-        let tx = notice.tx;
-        let Some(entry) = self.txs.get_mut(&tx) else { return };
-        entry.expiry.insert(notice.voter, notice);
-        let promised = entry.expiry.len();
-        let state = entry.state.clone();
-        let cluster = &self.config.cluster;
-        let cannot_sign = promised > (cluster.n() - cluster.threshold) as usize;
-        if cannot_sign && matches!(state, TxState::Approved | TxState::Signing) && !self.released_partial_for(tx) {
-            self.signing.remove(&tx);
-            self.transition(tx, TxEvent::ExpiryJoined);
-            return self.promise_never_to_sign(tx);
-        }
-        if promised >= self.config.cluster.reject_quorum as usize && !state.is_final() {
-            self.signing.remove(&tx);
-            let reason = format!("expired: {promised} members promised never to sign it; safe to resubmit");
-            self.transition(tx, TxEvent::Failed(reason));
         }
     }
 }

@@ -8,7 +8,7 @@
 //! votes for that transaction count from then on.
 
 use crate::config::ClusterConfig;
-use crate::ids::{NodeId, TxId};
+use crate::ids::{NodeId, PresigId, TxId};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +68,8 @@ pub enum VoteError {
     NotAMember(NodeId),
     #[error("vote claiming to be from {0} carries a signature that does not verify")]
     BadSignature(NodeId),
+    #[error("expiry notice from {0} lists {1} released partial signatures, more than any honest member releases")]
+    TooManyReleases(NodeId, usize),
 }
 
 impl SignedVote {
@@ -87,42 +89,70 @@ impl SignedVote {
 }
 
 /// A member's signed promise never to release a partial signature for
-/// `tx`: made when its vote deadline passed with no certified outcome
-/// (and it had released none), or when so many others made it that the
-/// transaction cannot be signed anyway. `qr` promises certify the
-/// expiry: at most `f` of them can be false, which leaves fewer than `t`
-/// members able to sign (`qr > n - t + f`), so the transaction is never
-/// signed and an operator may safely resubmit. Ed25519 signatures are
-/// deterministic: a node re-signs its own promise after a restart and gets
-/// the same bytes.
+/// `tx` beyond the partial signatures it already released (`released`,
+/// usually none): made when its vote deadline passed with no certified
+/// outcome, or when the promises of others show the transaction cannot be
+/// signed anyway. See [`crate::expiry`] for what a set of promises proves:
+/// enough of them certify that the transaction is never signed, and an
+/// operator may safely resubmit. Ed25519 signatures are deterministic: a
+/// node re-signs its own promise after a restart and gets the same bytes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ExpiryNotice {
     pub tx: TxId,
     pub voter: NodeId,
+    /// The partial signatures `voter` had released for `tx` when it
+    /// promised, as (input, presignature), sorted: a request for one of
+    /// those may still be answered elsewhere, so the promise covers the
+    /// rest. Empty for a node that released nothing.
+    pub released: Vec<(u32, PresigId)>,
     #[serde(with = "sig_bytes")]
     pub signature: [u8; 64],
 }
 
+/// The most releases one notice may list: a member consumes at most a few
+/// presignatures per input before it is avoided, and a transaction has at
+/// most a few hundred inputs. A longer list is refused, so one notice
+/// costs bounded memory.
+pub const MAX_RELEASED_PER_NOTICE: usize = 1024;
+
 impl ExpiryNotice {
-    fn signing_bytes(tx: TxId, voter: NodeId, cluster_id: &str) -> Vec<u8> {
+    fn signing_bytes(tx: TxId, voter: NodeId, released: &[(u32, PresigId)], cluster_id: &str) -> Vec<u8> {
         let mut b = b"mpc-custody/v1/expiry".to_vec();
         b.extend_from_slice(&(cluster_id.len() as u32).to_be_bytes());
         b.extend_from_slice(cluster_id.as_bytes());
         b.extend_from_slice(&tx.0);
         b.extend_from_slice(&voter.0.to_be_bytes());
+        b.extend_from_slice(&(released.len() as u32).to_be_bytes());
+        for (input, presig) in released {
+            b.extend_from_slice(&input.to_be_bytes());
+            b.extend_from_slice(&presig.origin.0.to_be_bytes());
+            b.extend_from_slice(&presig.seq.to_be_bytes());
+        }
         b
     }
 
-    pub fn sign(tx: TxId, voter: NodeId, key: &SigningKey, cluster_id: &str) -> ExpiryNotice {
-        let signature = key.sign(&Self::signing_bytes(tx, voter, cluster_id)).to_bytes();
-        ExpiryNotice { tx, voter, signature }
+    pub fn sign(
+        tx: TxId,
+        voter: NodeId,
+        mut released: Vec<(u32, PresigId)>,
+        key: &SigningKey,
+        cluster_id: &str,
+    ) -> ExpiryNotice {
+        released.sort();
+        released.dedup();
+        let signature = key.sign(&Self::signing_bytes(tx, voter, &released, cluster_id)).to_bytes();
+        ExpiryNotice { tx, voter, released, signature }
     }
 
-    /// Checks membership and the signature against the member's vote key.
+    /// Checks membership, the size of the release list and the signature
+    /// against the member's vote key.
     pub fn verify(&self, cluster: &ClusterConfig) -> Result<(), VoteError> {
         let member = cluster.members.get(&self.voter).ok_or(VoteError::NotAMember(self.voter))?;
+        if self.released.len() > MAX_RELEASED_PER_NOTICE {
+            return Err(VoteError::TooManyReleases(self.voter, self.released.len()));
+        }
         let key = VerifyingKey::from_bytes(&member.vote_key).map_err(|_| VoteError::BadSignature(self.voter))?;
-        let bytes = Self::signing_bytes(self.tx, self.voter, &cluster.cluster_id);
+        let bytes = Self::signing_bytes(self.tx, self.voter, &self.released, &cluster.cluster_id);
         key.verify(&bytes, &Signature::from_bytes(&self.signature)).map_err(|_| VoteError::BadSignature(self.voter))
     }
 }

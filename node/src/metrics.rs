@@ -216,6 +216,7 @@ pub struct Metrics {
     signing_retries: IntCounter,
     protocol_failures: IntCounter,
     protocol_blame: IntCounterVec,
+    signing_probes_unanswered: IntCounterVec,
     partial_signatures_released: IntCounter,
     transactions_signed: IntCounter,
     submit_to_approved: Histogram,
@@ -432,6 +433,15 @@ impl Metrics {
                 "member",
                 &[],
             ),
+            signing_probes_unanswered: counter_vec(
+                &r,
+                "mpc_signing_probes_unanswered_total",
+                "Signing probes a member left unanswered for a probe window while this node coordinated: it \
+                 was avoided and another signer set asked, at the cost of time, not a presignature. A member \
+                 that keeps raising it is down or cut off.",
+                "member",
+                &[],
+            ),
             partial_signatures_released: counter(
                 &r,
                 "mpc_partial_signatures_released_total",
@@ -620,6 +630,11 @@ impl Metrics {
                         self.protocol_blame.with_label_values(&[&member.0.to_string()]).inc();
                     }
                 }
+                Observation::SigningProbeUnanswered { silent, .. } => {
+                    for member in silent {
+                        self.signing_probes_unanswered.with_label_values(&[&member.0.to_string()]).inc();
+                    }
+                }
                 Observation::TransportRefused { .. } => self.transport_refusals.inc(),
                 Observation::MemberSuspected { .. } => self.member_suspicions.inc(),
                 Observation::SigningStalled { .. } => self.signing_stalled.inc(),
@@ -805,6 +820,12 @@ mod tests {
                 Observation::TransportRefused { peer: None, reason: "garbage".into() },
                 Observation::MemberSuspected { member: NodeId(4), strikes: 1 },
                 Observation::SigningStalled { tx: tx(9), input: 0, attempts: 12 },
+                Observation::SigningProbeUnanswered {
+                    tx: tx(9),
+                    input: 1,
+                    presig: presig(5),
+                    silent: vec![NodeId(3), NodeId(4)],
+                },
                 Observation::IllegalTransition {
                     tx: tx(9),
                     from: TxState::Rejected,
@@ -849,6 +870,10 @@ mod tests {
         assert_eq!(sample(&text, "mpc_votes_total{decision=\"approve\"}"), 1.0);
         assert_eq!(sample(&text, "mpc_protocol_failures_total"), 2.0);
         assert_eq!(sample(&text, "mpc_protocol_blame_total{member=\"3\"}"), 1.0, "the blamed member is named");
+        for member in ["3", "4"] {
+            let series = format!("mpc_signing_probes_unanswered_total{{member=\"{member}\"}}");
+            assert_eq!(sample(&text, &series), 1.0, "each silent member is named");
+        }
         assert_eq!(sample(&text, "mpc_votes_total{decision=\"reject\"}"), 2.0, "reasons do not become labels");
         for family in [
             "mpc_equivocations_total",

@@ -222,6 +222,7 @@ impl NodeShell {
             | Observation::ProposalRejected { .. }
             | Observation::TransportRefused { .. }
             | Observation::MemberSuspected { .. }
+            | Observation::SigningProbeUnanswered { .. }
             | Observation::SigningRefused { .. } => info!(node = self.me.0, event = ?o, "refused"),
             Observation::DkgCompleted { .. } | Observation::TxSigned { .. } | Observation::TxStateChanged { .. } => {
                 info!(node = self.me.0, event = ?o)

@@ -9,6 +9,7 @@ use mpc_core::{Envelope, NodeId, Observation, PeerMessage, TxState};
 use mpc_sim::wallet::Spend;
 use mpc_sim::{scenario, Delivery};
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 
 #[test]
@@ -57,5 +58,56 @@ fn an_expiry_promised_by_a_quorum_fails_the_transaction_for_good_and_late_votes_
     let tx2 = scenario::submit(&mut cluster, NodeId(1), again.psbt_bytes(&key)).unwrap();
     assert!(scenario::wait_final(&mut cluster, tx2, 600_000));
     assert_eq!(scenario::state_at(&cluster, NodeId(1), tx2), Some(TxState::Signed));
+    assert_invariants(&cluster, &[]);
+}
+
+/// The case a plain count of promises left open: two members released
+/// their partial signatures with a presignature whose third signer then
+/// promised never to sign. Before, the two kept retrying (`Signing`)
+/// while the other three showed `Expired`. Now the two see that, with the
+/// promises kept, nothing can finish it: they stop and promise never to
+/// release anything beyond what they did, and every node shows `Expired`.
+/// It is not `Failed`: the third signer could be the Byzantine member and
+/// still finish it, so no one may call it safe to resubmit.
+#[test]
+fn signers_that_released_partials_before_a_blocking_expiry_stop_and_the_cluster_agrees_it_expired() {
+    let (mut cluster, key) = fixture_cluster(83);
+    cluster.set_leader(Some(NodeId(1)));
+    // Nodes 3, 4 and 5 hear of the proposal and of expiry notices only:
+    // no votes, no certificate, no signing request reaches them, so their
+    // deadlines pass while 1 and 2 approve and release their parts.
+    let cut_off = |to: NodeId| to.0 >= 3;
+    cluster.set_interceptor(move |_from, env: &mut Envelope| {
+        if cut_off(env.to) && !matches!(env.msg, PeerMessage::Proposal { .. } | PeerMessage::Expiry(_)) {
+            return Delivery::Drop;
+        }
+        Delivery::Deliver
+    });
+    let spend = Spend::simple("blocked", &[90_000], &destination(), 80_000, 2_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    let timeouts = cluster.hosts()[&NodeId(1)].config.cluster.timeouts.clone();
+    cluster.run_for(timeouts.vote_ms + 5_000);
+    let released: BTreeSet<NodeId> = cluster
+        .observed(|o| matches!(o, Observation::PartialSignatureReleased { tx: t, .. } if *t == tx))
+        .into_iter()
+        .map(|(node, _)| node)
+        .collect();
+    assert_eq!(released, BTreeSet::from([NodeId(1), NodeId(2)]), "the premise: 1 and 2 released, no one else");
+    for id in cluster.ids() {
+        let state = scenario::state_at(&cluster, id, tx);
+        assert_eq!(state, Some(TxState::Expired), "{id}");
+    }
+    // Nobody keeps trying: no retry, no new partial signature, later.
+    let retries =
+        |c: &mpc_sim::Cluster| c.observed(|o| matches!(o, Observation::SigningRetried { tx: t, .. } if *t == tx)).len();
+    let (retries_then, released_then) = (retries(&cluster), released.len());
+    cluster.run_for(20 * timeouts.signing_ms);
+    assert_eq!(retries(&cluster), retries_then, "a node kept retrying an expired transaction");
+    let released_later =
+        cluster.observed(|o| matches!(o, Observation::PartialSignatureReleased { tx: t, .. } if *t == tx)).len();
+    assert_eq!(released_later, released_then);
+    for id in cluster.ids() {
+        assert_eq!(scenario::state_at(&cluster, id, tx), Some(TxState::Expired), "{id}");
+    }
     assert_invariants(&cluster, &[]);
 }

@@ -176,6 +176,23 @@ fn signer_sets(all: &BTreeMap<u16, Vec<Record>>, from: u16) -> BTreeMap<PresigId
         .collect()
 }
 
+/// How many signing probes `member` left unanswered, summed over the
+/// `coordinators`' metrics (each counts the probes it sent).
+fn probes_unanswered_by(c: &LocalCluster, coordinators: &[u16], member: u16) -> f64 {
+    let series = format!("mpc_signing_probes_unanswered_total{{member=\"{member}\"}} ");
+    coordinators
+        .iter()
+        .map(|n| {
+            let (status, text) = c.api(*n).get_public("/metrics").unwrap();
+            assert_eq!(status, 200, "node {n} /metrics");
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&series))
+                .map(|v| v.trim().parse::<f64>().expect("a sample value"))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
 #[test]
 fn five_processes_sign_survive_a_killed_signer_and_restart() {
     let mut options = Options::default();
@@ -223,11 +240,15 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
 
     // `kill -9` of a signer while it signs. Node 3 is frozen (SIGSTOP) so
     // it cannot answer, the transaction is approved without it and signing
-    // starts; then it is killed. Signer sets with node 3 time out and
-    // another set signs. Repeated until a signer set with node 3 was asked.
+    // starts; then it is killed. A signer set with node 3 is probed first
+    // (node 3 did not vote, so it was not heard lately): the probe goes
+    // unanswered, node 3 is avoided and another set signs. Or the set was
+    // asked to sign and timed out. Repeated until one of the two happened.
+    let others = [1u16, 2, 4, 5];
     let mut asked_node_3 = false;
     for round in 0..4 {
         wait_pool(&c, 4);
+        let unanswered_before = probes_unanswered_by(&c, &others, 3);
         c.signal(3, libc::SIGSTOP);
         let spend = Spend::simple(
             &format!("local-cluster-kill-{round}"),
@@ -253,8 +274,14 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
             .flat_map(|n| transaction(&c, *n, &tx).unwrap().presignatures_consumed)
             .map(|p| p.presignature_id.parse_presig())
             .collect();
-        asked_node_3 = used.iter().any(|id| sets.get(id).is_some_and(|s| s.contains(&NodeId(3))));
-        eprintln!("kill round {round}: {} presignatures used, a set with node 3 asked: {asked_node_3}", used.len());
+        let signed_with_node_3 = used.iter().any(|id| sets.get(id).is_some_and(|s| s.contains(&NodeId(3))));
+        let unanswered = probes_unanswered_by(&c, &others, 3) - unanswered_before;
+        eprintln!(
+            "kill round {round}: {} presignatures used, a set with node 3 asked to sign: {signed_with_node_3}, \
+             probes node 3 left unanswered: {unanswered}",
+            used.len()
+        );
+        asked_node_3 = signed_with_node_3 || unanswered > 0.0;
         if asked_node_3 {
             break;
         }
