@@ -11,18 +11,21 @@ cd "$(dirname "$0")/.."
 export MPC_REQUIRE_PROMTOOL=1
 scripts/setup.sh --promtool
 # Real servers for the storage and multi-process tests: a throwaway
-# PostgreSQL cluster and a single-member etcd on loopback, stopped when this
+# PostgreSQL cluster, a single-member etcd and a regtest bitcoind
+# (scripts/bitcoind.sh) on loopback, stopped when this
 # script exits.
 services=$(mktemp -d "${TMPDIR:-/tmp}/mpc-services.XXXXXX")
 chmod 755 "$services" # the server runs as the `postgres` user when we are root
-trap 'scripts/postgres.sh stop "$services/postgres"; scripts/etcd.sh stop "$services/etcd"' EXIT
+trap 'scripts/postgres.sh stop "$services/postgres"; scripts/etcd.sh stop "$services/etcd"; scripts/bitcoind.sh stop "$services/bitcoind"' EXIT
 # An assignment carries the command's exit status (`eval "$(...)"` would
 # not), so a server that fails to start stops the run here.
 postgres_env=$(scripts/postgres.sh start "$services/postgres")
 eval "$postgres_env"
 etcd_env=$(scripts/etcd.sh start "$services/etcd")
 eval "$etcd_env"
-[ -n "${MPC_TEST_POSTGRES:-}" ] && [ -n "${MPC_TEST_ETCD:-}" ] || { echo "test.sh: a test server did not report its address" >&2; exit 1; }
+bitcoind_env=$(scripts/bitcoind.sh start "$services/bitcoind")
+eval "$bitcoind_env"
+[ -n "${MPC_TEST_POSTGRES:-}" ] && [ -n "${MPC_TEST_ETCD:-}" ] && [ -n "${MPC_TEST_BITCOIND_URL:-}" ] || { echo "test.sh: a test server did not report its address" >&2; exit 1; }
 # Builds every binary too: the multi-process suites (mpc-tests) run the
 # mpc-node and mpc-cli of this target directory.
 cargo test --workspace --locked

@@ -188,6 +188,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
                 max_body_bytes: 2 << 20,
                 operators: vec![OperatorSection { name: spec.operator.clone(), token_sha256: token_sha256.clone() }],
             },
+            bitcoin: None,
         };
         let text = format!(
             "# mpc-node configuration for node {id} of cluster {:?}, written by `mpc-cli cluster init`.\n\

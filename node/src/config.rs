@@ -29,6 +29,56 @@ pub struct FileConfig {
     pub transport: TransportSection,
     pub etcd: EtcdSection,
     pub api: ApiSection,
+    /// The Bitcoin backend the node broadcasts through and follows the
+    /// chain with. Without it the node signs but broadcasts nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitcoin: Option<BitcoinSection>,
+}
+
+/// Bitcoin Core's (or Knots') JSON-RPC. Log in with the node's cookie file
+/// (`cookie_file`), or with `rpc_user` and `rpc_password_file` (one line,
+/// owner-only): the password is never in this file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitcoinSection {
+    /// `http://host:port` of bitcoind's RPC.
+    pub rpc_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_password_file: Option<PathBuf>,
+    /// How long one RPC may take.
+    #[serde(default = "default_rpc_timeout")]
+    pub timeout_secs: u64,
+    /// How often the node asks bitcoind how things stand.
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+}
+
+fn default_rpc_timeout() -> u64 {
+    10
+}
+
+fn default_poll() -> u64 {
+    5
+}
+
+/// How to reach the Bitcoin backend, checked but with no file read yet
+/// (see [`Config::bitcoin_backend`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BitcoinBackend {
+    pub rpc_url: url::Url,
+    pub login: BitcoinLogin,
+    pub timeout: std::time::Duration,
+    pub poll: std::time::Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BitcoinLogin {
+    Cookie(PathBuf),
+    User { user: String, password_file: PathBuf },
 }
 
 /// Who this node is and where it keeps its state.
@@ -208,6 +258,8 @@ pub struct Config {
     /// The `[etcd]` files, resolved; read at start-up by
     /// [`Config::etcd_security`].
     pub etcd_files: EtcdFiles,
+    /// The `[bitcoin]` section, checked, paths resolved.
+    pub bitcoin: Option<BitcoinBackend>,
 }
 
 /// The files the `[etcd]` section names, with paths resolved.
@@ -327,6 +379,8 @@ impl Config {
         if raw.api.max_body_bytes < 1024 {
             return Err(err("api.max_body_bytes", "must be at least 1024".into()));
         }
+        let bitcoin =
+            raw.bitcoin.as_ref().map(|b| bitcoin_backend(b, &resolve)).transpose().map_err(|(f, p)| err(f, p))?;
         let state_dir = resolve(&raw.node.state_dir);
         let database_url = match &raw.node.database_url {
             Some(url) => {
@@ -353,6 +407,7 @@ impl Config {
             state_dir,
             operators,
             etcd_files,
+            bitcoin,
             raw,
         })
     }
@@ -390,6 +445,48 @@ fn resolve_root_cert(raw: &str, resolve: &dyn Fn(&Path) -> PathBuf) -> String {
         .collect();
     url.query_pairs_mut().clear().extend_pairs(pairs);
     url.to_string()
+}
+
+/// Checks the `[bitcoin]` section (without reading any file);
+/// `Err((field, problem))`.
+fn bitcoin_backend(
+    b: &BitcoinSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<BitcoinBackend, (&'static str, String)> {
+    let rpc_url = url::Url::parse(&b.rpc_url).map_err(|e| ("bitcoin.rpc_url", format!("{:?}: {e}", b.rpc_url)))?;
+    if !matches!(rpc_url.scheme(), "http" | "https") || rpc_url.host().is_none() {
+        return Err(("bitcoin.rpc_url", format!("{:?}: use http://host:port", b.rpc_url)));
+    }
+    if !rpc_url.username().is_empty() || rpc_url.password().is_some() {
+        return Err((
+            "bitcoin.rpc_url",
+            "holds credentials: use cookie_file, or rpc_user with rpc_password_file".into(),
+        ));
+    }
+    let login = match (&b.cookie_file, &b.rpc_user, &b.rpc_password_file) {
+        (Some(cookie), None, None) => BitcoinLogin::Cookie(resolve(cookie)),
+        (None, Some(user), Some(file)) if !user.is_empty() => {
+            BitcoinLogin::User { user: user.clone(), password_file: resolve(file) }
+        }
+        (None, Some(_), Some(_)) => return Err(("bitcoin.rpc_user", "must not be empty".into())),
+        (None, Some(_), None) => return Err(("bitcoin.rpc_password_file", "rpc_user needs a password file".into())),
+        (None, None, Some(_)) => return Err(("bitcoin.rpc_user", "rpc_password_file needs a user".into())),
+        (Some(_), _, _) => {
+            return Err(("bitcoin.cookie_file", "name a cookie file or a user and password file, not both".into()))
+        }
+        (None, None, None) => return Err(("bitcoin", "name cookie_file, or rpc_user with rpc_password_file".into())),
+    };
+    for (field, secs) in [("bitcoin.timeout_secs", b.timeout_secs), ("bitcoin.poll_secs", b.poll_secs)] {
+        if secs == 0 {
+            return Err((field, "must be at least 1 second".into()));
+        }
+    }
+    Ok(BitcoinBackend {
+        rpc_url,
+        login,
+        timeout: std::time::Duration::from_secs(b.timeout_secs),
+        poll: std::time::Duration::from_secs(b.poll_secs),
+    })
 }
 
 /// Checks the `[etcd]` security fields against each other and the endpoints'
@@ -468,6 +565,23 @@ impl Config {
             _ => None,
         };
         Ok((tls, auth))
+    }
+
+    /// The Bitcoin backend's client, its password read (owner-only
+    /// file); `None` without a `[bitcoin]` section. A cookie file is read
+    /// at each login instead: bitcoind writes a new one when it restarts.
+    pub fn bitcoin_backend(&self) -> Result<Option<crate::bitcoin_rpc::BitcoinRpc>, ConfigFileError> {
+        use crate::bitcoin_rpc::{BitcoinRpc, RpcAuth};
+        let Some(b) = &self.bitcoin else { return Ok(None) };
+        let auth = match &b.login {
+            BitcoinLogin::Cookie(path) => RpcAuth::CookieFile(path.clone()),
+            BitcoinLogin::User { user, password_file } => RpcAuth::UserPassword {
+                user: user.clone(),
+                password: read_password_file(password_file)
+                    .map_err(|p| self.file_error("bitcoin.rpc_password_file", p))?,
+            },
+        };
+        BitcoinRpc::new(b.rpc_url.clone(), auth, b.timeout).map(Some).map_err(|e| self.file_error("bitcoin", e))
     }
 
     /// Checks the database URL's TLS settings against the files they name:
@@ -773,6 +887,59 @@ token_sha256 = "{}"
         );
         let shown = format!("{c:?} {tls:?} {auth:?}");
         assert!(!shown.contains("s3cr3t") && !shown.contains("MIGH"), "{shown}");
+    }
+
+    fn with_bitcoin(section: &str) -> String {
+        format!("{}\n[bitcoin]\n{section}", example(""))
+    }
+
+    #[test]
+    fn the_bitcoin_backend_is_checked_and_its_password_read_from_an_owner_only_file() {
+        let dir = files("bitcoin", &[("btc.pw", "rpc-s3cret\n", 0o600), ("open.pw", "x\n", 0o644)]);
+        let text =
+            with_bitcoin("rpc_url = \"http://127.0.0.1:18443\"\nrpc_user = \"mpc\"\nrpc_password_file = \"btc.pw\"\n");
+        let c = Config::parse(&dir.join("node.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        let b = c.bitcoin.as_ref().expect("a backend");
+        assert_eq!(b.login, BitcoinLogin::User { user: "mpc".into(), password_file: dir.join("btc.pw") });
+        assert_eq!((b.timeout.as_secs(), b.poll.as_secs()), (10, 5), "defaults");
+        let rpc = c.bitcoin_backend().unwrap_or_else(|e| panic!("{e}")).expect("a client");
+        assert!(!format!("{rpc:?} {c:?}").contains("rpc-s3cret"), "the password never shows");
+        let open = text.replace("btc.pw", "open.pw");
+        let e = Config::parse(&dir.join("node.toml"), &open).unwrap().bitcoin_backend().unwrap_err();
+        assert_eq!(e.field, "bitcoin.rpc_password_file");
+        assert!(e.problem.contains("readable by others"), "{e}");
+        let cookie =
+            with_bitcoin("rpc_url = \"http://127.0.0.1:18443\"\ncookie_file = \"/var/lib/bitcoind/.cookie\"\n");
+        let c = Config::parse(&dir.join("node.toml"), &cookie).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.bitcoin.unwrap().login, BitcoinLogin::Cookie("/var/lib/bitcoind/.cookie".into()));
+        assert!(Config::parse(&dir.join("node.toml"), &example("")).unwrap().bitcoin.is_none(), "optional");
+    }
+
+    #[test]
+    fn a_bad_bitcoin_section_is_refused_naming_the_field() {
+        let url = "rpc_url = \"http://127.0.0.1:18443\"\n";
+        for (section, field, words) in [
+            (url.to_string(), "bitcoin", "name cookie_file"),
+            (format!("{url}rpc_user = \"mpc\"\n"), "bitcoin.rpc_password_file", "needs a password file"),
+            (format!("{url}rpc_password_file = \"pw\"\n"), "bitcoin.rpc_user", "needs a user"),
+            (
+                format!("{url}cookie_file = \"c\"\nrpc_user = \"mpc\"\nrpc_password_file = \"pw\"\n"),
+                "bitcoin.cookie_file",
+                "not both",
+            ),
+            (
+                "rpc_url = \"http://u:p@127.0.0.1:1\"\ncookie_file = \"c\"\n".to_string(),
+                "bitcoin.rpc_url",
+                "credentials",
+            ),
+            ("rpc_url = \"ftp://127.0.0.1:1\"\ncookie_file = \"c\"\n".to_string(), "bitcoin.rpc_url", "http://"),
+            ("rpc_url = \"not a url\"\ncookie_file = \"c\"\n".to_string(), "bitcoin.rpc_url", "not a url"),
+            (format!("{url}cookie_file = \"c\"\npoll_secs = 0\n"), "bitcoin.poll_secs", "at least 1"),
+        ] {
+            let e = Config::parse(Path::new("/etc/mpc/node.toml"), &with_bitcoin(&section)).unwrap_err();
+            assert_eq!(e.field, field, "{section}: {e}");
+            assert!(e.problem.contains(words), "{section}: {e}");
+        }
     }
 
     #[test]

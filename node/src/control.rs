@@ -127,6 +127,10 @@ pub struct Health {
     pub primes: PrimesState,
     pub pool_ready: usize,
     pub pool_low_water: usize,
+    /// The Bitcoin backend, when one is configured. Signing does not need
+    /// it; broadcasting and following the chain do, so a failing one
+    /// degrades the node without making it unready.
+    pub bitcoin: Option<Check>,
 }
 
 impl Health {
@@ -142,6 +146,17 @@ impl Health {
             primes: PrimesState::Missing,
             pool_ready: 0,
             pool_low_water: 0,
+            bitcoin: None,
+        }
+    }
+
+    /// What works less than it should while the node can still sign.
+    pub fn degraded_reasons(&self) -> Vec<String> {
+        match &self.bitcoin {
+            Some(Check { ok: false, reason }) => {
+                vec![format!("bitcoin backend: {}", reason.as_deref().unwrap_or("failing"))]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -169,5 +184,38 @@ impl Health {
             reasons.push("no presignature ready".to_string());
         }
         reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_node() -> Health {
+        Health {
+            driver_running: true,
+            database: Check::ok(),
+            etcd: Check::ok(),
+            peers_connected: 4,
+            peers_total: 4,
+            key_present: true,
+            primes: PrimesState::Ready,
+            pool_ready: 3,
+            ..Health::starting()
+        }
+    }
+
+    #[test]
+    fn a_failing_bitcoin_backend_degrades_the_node_but_leaves_it_ready_to_sign() {
+        let mut h = ready_node();
+        assert!(h.not_ready_reasons(3).is_empty() && h.degraded_reasons().is_empty(), "no backend configured");
+        h.bitcoin = Some(Check::ok());
+        assert!(h.degraded_reasons().is_empty());
+        h.bitcoin = Some(Check::failing("bitcoind at http://127.0.0.1:1/ is unreachable: connection refused"));
+        assert_eq!(
+            h.degraded_reasons(),
+            vec!["bitcoin backend: bitcoind at http://127.0.0.1:1/ is unreachable: connection refused".to_string()]
+        );
+        assert!(h.not_ready_reasons(3).is_empty(), "signing does not need the backend");
     }
 }

@@ -5,6 +5,8 @@
 //! checks that nothing of `mpc-sim`, turmoil or proptest reaches it.
 
 pub mod api;
+pub mod backend_watch;
+pub mod bitcoin_rpc;
 pub mod cluster_init;
 pub mod compute;
 pub mod config;

@@ -219,6 +219,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
 
     let (primes, primes_since) = if status.primes_ready { (None, None) } else { start_primes(&config)? };
+    let bitcoin_health = match config.bitcoin_backend()? {
+        Some(rpc) => {
+            let poll = config.bitcoin.as_ref().map_or(Duration::from_secs(5), |b| b.poll);
+            info!(node = me.0, backend = %rpc.url(), "bitcoin backend configured");
+            Some(crate::backend_watch::spawn(rpc, config.core.cluster.network, poll, shutdown.clone()))
+        }
+        None => {
+            info!(node = me.0, "no [bitcoin] backend configured: signed transactions are not broadcast");
+            None
+        }
+    };
     let mut health = control.health();
     health.peers_total = config.peers.len();
     health.database = Check::ok();
@@ -238,6 +249,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         metrics: metrics.clone(),
         health_tx,
         health,
+        bitcoin_health,
         waiting: Default::default(),
         next_request: 0,
         next_internal: 0,

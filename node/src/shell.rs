@@ -98,6 +98,8 @@ pub struct NodeShell {
     pub metrics: Arc<Metrics>,
     pub health_tx: watch::Sender<Health>,
     pub health: Health,
+    /// The Bitcoin backend's state, from [`crate::backend_watch`].
+    pub bitcoin_health: Option<watch::Receiver<Check>>,
     /// API requests waiting for the core's reply.
     pub waiting: BTreeMap<RequestId, oneshot::Sender<Reply>>,
     pub next_request: u64,
@@ -148,6 +150,7 @@ impl NodeShell {
 
     fn publish_health(&mut self) {
         self.health.peers_connected = self.transport.connected_peers();
+        self.health.bitcoin = self.bitcoin_health.as_ref().map(|h| h.borrow().clone());
         self.health_tx.send_replace(self.health.clone());
     }
 

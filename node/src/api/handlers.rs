@@ -355,6 +355,8 @@ pub(super) async fn health(State(inner): Shared, query: Result<Query<HealthQuery
         primes_generating_seconds,
         pool_ready: count(h.pool_ready),
         pool_low_water: count(h.pool_low_water),
+        bitcoin: h.bitcoin.as_ref().map(|c| CheckView { ok: c.ok, reason: c.reason.clone() }),
+        degraded: h.degraded_reasons(),
     };
     let passes = match probe.as_str() {
         "ready" => view.ready,

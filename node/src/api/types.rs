@@ -358,4 +358,10 @@ pub struct HealthView {
     pub primes_generating_seconds: Option<u64>,
     pub pool_ready: u64,
     pub pool_low_water: u64,
+    /// The Bitcoin backend (broadcast, confirmations); absent when none is
+    /// configured.
+    pub bitcoin: Option<CheckView>,
+    /// What does not work while the node can still sign (a Bitcoin backend
+    /// that does not answer): it does not fail the probe.
+    pub degraded: Vec<String>,
 }

@@ -341,6 +341,7 @@ impl TestNode {
             primes: if status.primes_ready { PrimesState::Ready } else { PrimesState::Missing },
             pool_ready: status.pool_ready,
             pool_low_water: status.pool_low_water,
+            bitcoin: None,
         });
         let (stop_driver, stop) = oneshot::channel();
         let mut shell = LoneShell {
