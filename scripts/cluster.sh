@@ -23,7 +23,7 @@ die() {
     exit 1
 }
 
-profile_dir="$root/target/${MPC_PROFILE:-release}"
+profile_dir="${CARGO_TARGET_DIR:-$root/target}/${MPC_PROFILE:-release}"
 node_bin="$profile_dir/mpc-node"
 cli_bin="$profile_dir/mpc-cli"
 

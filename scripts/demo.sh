@@ -27,7 +27,7 @@ if [ "$MPC_PROFILE" = release ]; then
 else
     cargo build --locked -p mpc-node -p mpc-tests --bins
 fi
-bin="target/$MPC_PROFILE"
+bin="${CARGO_TARGET_DIR:-target}/$MPC_PROFILE" # cargo builds there when it is set
 
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
