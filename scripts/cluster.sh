@@ -2,7 +2,9 @@
 # A local cluster of five real `mpc-node` processes on loopback, each with
 # its own SQLite database, against one etcd started here (DESIGN §7).
 #
-#   scripts/cluster.sh up DIR [--fixture-primes]   init DIR once (mpc-cli cluster init), start etcd and the nodes
+#   scripts/cluster.sh up DIR [--fixture-primes] [-- INIT_ARGS...]
+#                                                  init DIR once (mpc-cli cluster init, with INIT_ARGS
+#                                                  added, e.g. --bitcoin-rpc-url), start etcd and the nodes
 #   scripts/cluster.sh status DIR                  each node's health, leader, key and pool (mpc-cli cluster status)
 #   scripts/cluster.sh down DIR                    SIGTERM every node (graceful: exit 0), stop etcd
 #
@@ -30,7 +32,7 @@ cli_bin="$profile_dir/mpc-cli"
 cmd="${1:-}"
 dir="${2:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || {
-    echo "usage: $0 up DIR [--fixture-primes] | status DIR | down DIR" >&2
+    echo "usage: $0 up DIR [--fixture-primes] [-- INIT_ARGS...] | status DIR | down DIR" >&2
     exit 2
 }
 mkdir -p "$dir"
@@ -46,9 +48,14 @@ node_pid() {
 
 up() {
     [ -x "$node_bin" ] && [ -x "$cli_bin" ] || die "build first: cargo build --release -p mpc-node --bins (or set MPC_PROFILE)"
-    local primes=()
+    local primes=() init_args=()
     if [ "${1:-}" = "--fixture-primes" ]; then
         primes=(--safe-primes "$root/sim/fixtures/test-only-safe-primes-5.json")
+        shift
+    fi
+    if [ "${1:-}" = "--" ]; then
+        shift
+        init_args=("$@")
     fi
     local etcd_env
     etcd_env=$(MPC_ETCD_KEEP_DATA=1 scripts/etcd.sh start "$dir/etcd") || die "etcd did not start"
@@ -56,7 +63,7 @@ up() {
     if [ ! -f "$dir/mpc-cli.toml" ]; then
         "$cli_bin" cluster init --nodes "$nodes" --out "$dir" --etcd "$MPC_TEST_ETCD" \
             --cluster-id "local-$(basename "$dir")" --pool-low-water 2 --pool-target 4 --pool-max 6 \
-            --allow-destination bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080 "${primes[@]}" >&2
+            --allow-destination bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080 "${primes[@]}" "${init_args[@]}" >&2
     else
         # etcd may have moved to other ports: point the nodes at it.
         for i in $(seq 1 "$nodes"); do
@@ -123,11 +130,14 @@ down() {
 }
 
 case "$cmd" in
-up) up "${3:-}" ;;
+up)
+    shift 2
+    up "$@"
+    ;;
 status) cli cluster status ;;
 down) down ;;
 *)
-    echo "usage: $0 up DIR [--fixture-primes] | status DIR | down DIR" >&2
+    echo "usage: $0 up DIR [--fixture-primes] [-- INIT_ARGS...] | status DIR | down DIR" >&2
     exit 2
     ;;
 esac

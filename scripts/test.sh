@@ -29,7 +29,7 @@ eval "$bitcoind_env"
 # Builds every binary too: the multi-process suites (mpc-tests) run the
 # mpc-node and mpc-cli of this target directory.
 cargo test --workspace --locked
-cargo test --locked -p mpc-sim --features planted-bugs --test planted
+cargo test --locked -p mpc-sim --features planted-bugs --test planted --test chain
 cargo test --locked -p mpc-sim --features reduced-security --test reduced_level
 # Bulk live seeds at the reduced level: live presigning and live keygen
 # under faults, cheap enough for twenty-odd seeds.

@@ -121,6 +121,11 @@ pub struct PolicyConfig {
 pub struct NodeConfig {
     pub cluster: ClusterConfig,
     pub policy: PolicyConfig,
+    /// How this node follows its signed transactions on chain; `None`: it
+    /// has no Bitcoin backend, and signed transactions stay Signed here
+    /// (see [`crate::chain`]).
+    #[serde(default)]
+    pub chain: Option<crate::chain::ChainConfig>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -147,6 +152,8 @@ pub enum ConfigError {
     NoParallelSessions,
     #[error("timeout {0} must be positive")]
     ZeroTimeout(&'static str),
+    #[error("chain settings: {0}")]
+    Chain(String),
     #[error("retain_final_ms={retain} must be at least gossip_window_ms={gossip}: a final transaction's votes are exchanged that long")]
     RetainShorterThanGossip { retain: u64, gossip: u64 },
     #[error("cluster id must not be empty")]
@@ -283,6 +290,9 @@ impl NodeConfig {
         self.cluster.validate()?;
         if !self.cluster.members.contains_key(&me) {
             return Err(ConfigError::NotAMember(me));
+        }
+        if let Some(problem) = self.chain.as_ref().and_then(|c| c.problem()) {
+            return Err(ConfigError::Chain(problem));
         }
         self.policy.parse(self.cluster.network)
     }

@@ -6,7 +6,7 @@
 //! For each input the driver calls [`Core::handle`], then
 //! [`Shell::persist`] with the step's records, and only after that returns
 //! the rest of the step, in this order: observations, replies, sends,
-//! compute jobs. A presignature's consumption and the partial signature it
+//! compute jobs, Bitcoin backend requests. A presignature's consumption and the partial signature it
 //! releases travel in one step (the record in `persist`, the message in
 //! `send`), so no shell built on this loop can release a partial signature
 //! before its consumption is durable.
@@ -19,6 +19,7 @@
 //! futures, so tokio (production), turmoil (simulation) or a hand-rolled
 //! executor (the tests below) can run it.
 
+use crate::chain::ChainRequest;
 use crate::engine::ComputeJob;
 use crate::ids::{Millis, RequestId};
 use crate::io::{Envelope, Input, Observation, Reply, Step};
@@ -71,6 +72,10 @@ pub trait Shell {
     /// Starts engine jobs; their results come back through [`Shell::next`]
     /// as [`Input::Compute`].
     fn compute(&mut self, jobs: Vec<ComputeJob>);
+
+    /// Hands requests to the Bitcoin backend; the answers come back through
+    /// [`Shell::next`] as [`Input::Chain`]. Never blocks.
+    fn chain(&mut self, requests: Vec<ChainRequest>);
 }
 
 /// When the loop first asks for input: at once, so the work a restarted node
@@ -97,7 +102,7 @@ pub async fn drive<C: Core + ?Sized, S: Shell>(node: &mut C, shell: &mut S) -> R
 
 /// One step, in the order of the durability rule.
 async fn perform<S: Shell>(step: Step, shell: &mut S) -> Result<(), S::Error> {
-    let Step { persist, send, compute, replies, observations, wake_at: _ } = step;
+    let Step { persist, send, compute, replies, observations, chain, wake_at: _ } = step;
     if !persist.is_empty() {
         shell.persist(&persist).await?;
     }
@@ -112,6 +117,9 @@ async fn perform<S: Shell>(step: Step, shell: &mut S) -> Result<(), S::Error> {
     }
     if !compute.is_empty() {
         shell.compute(compute);
+    }
+    if !chain.is_empty() {
+        shell.chain(chain);
     }
     Ok(())
 }
@@ -189,6 +197,9 @@ mod tests {
         fn compute(&mut self, jobs: Vec<ComputeJob>) {
             self.calls.push(format!("compute {}", jobs.len()));
         }
+        fn chain(&mut self, requests: Vec<ChainRequest>) {
+            self.calls.push(format!("chain {}", requests.len()));
+        }
     }
 
     fn tx() -> TxId {
@@ -213,6 +224,7 @@ mod tests {
             compute: vec![ComputeJob::Abort { session: crate::ids::SessionId::Presign(presig) }],
             replies: vec![(RequestId(9), Reply::Submitted(Ok(tx())))],
             observations: vec![Observation::TxSigned { tx: tx(), txid: "00".into() }],
+            chain: vec![ChainRequest::Broadcast { tx: tx(), raw_tx: vec![1, 2, 3] }],
             wake_at: Some(Millis(wake)),
         }
     }
@@ -226,7 +238,7 @@ mod tests {
         run_now(drive(&mut core, &mut shell)).expect("no persist fails");
         assert_eq!(
             shell.calls,
-            ["persist presig_consumed", "observe 1", "reply 9", "send signing_response", "compute 1"],
+            ["persist presig_consumed", "observe 1", "reply 9", "send signing_response", "compute 1", "chain 1"],
             "the step's parts were performed out of order"
         );
         // The first wait is "at once"; later waits are what the core asked.
@@ -270,7 +282,7 @@ mod tests {
         run_now(drive(&mut core, &mut shell)).unwrap();
         assert_eq!(core.seen.len(), 1);
         assert!(core.seen[0].1.contains("ShutDown"));
-        assert_eq!(shell.calls.len(), 5, "the shutdown step was performed whole");
+        assert_eq!(shell.calls.len(), 6, "the shutdown step was performed whole");
         assert_eq!(shell.inputs.len(), 1, "an input was taken after shutdown");
     }
 }

@@ -243,13 +243,7 @@ impl ProtocolFailure {
     /// read off the error's `Debug` form, the only place the library shows
     /// them; the sources' messages make the reason.
     fn from_library<E: std::error::Error>(e: &E) -> Self {
-        let mut reason = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            reason.push_str(": ");
-            reason.push_str(&s.to_string());
-            source = s.source();
-        }
+        let reason = crate::error_text::with_sources(e);
         ProtocolFailure { reason, blamed: blamed_in_debug(&format!("{e:?}")) }
     }
 }

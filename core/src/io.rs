@@ -6,6 +6,7 @@
 //! it releases always travel in one step, the record in `persist` and the
 //! message in `send`, so no shell can release a partial signature first.
 
+use crate::chain::{ChainReport, ChainRequest};
 use crate::engine::{ComputeJob, ComputeResult, SafePrimes};
 use crate::ids::{DkgId, Millis, NodeId, PresigId, RequestId, TxId};
 use crate::message::PeerMessage;
@@ -57,6 +58,8 @@ pub enum Input {
     Coordination {
         reachable: bool,
     },
+    /// What the shell's Bitcoin backend answered to a [`ChainRequest`].
+    Chain(ChainReport),
     /// The shell is shutting down: the node tells the peers of its sessions
     /// in flight that they are abandoned. [`crate::driver::drive`] performs
     /// this step and then returns.
@@ -76,6 +79,7 @@ impl Input {
             Input::SafePrimes(_) => "safe_primes",
             Input::TransportRefused { .. } => "transport_refused",
             Input::Coordination { .. } => "coordination",
+            Input::Chain(_) => "chain",
             Input::ShutDown => "shut_down",
         }
     }
@@ -334,6 +338,19 @@ pub enum Observation {
         peer: Option<NodeId>,
         reason: String,
     },
+    /// A signed transaction the Bitcoin backend has not held for the
+    /// broadcast timeout (see [`crate::chain`]): it is still broadcast, and
+    /// `reason` says what to look at.
+    BroadcastStalled {
+        tx: TxId,
+        reason: String,
+    },
+    /// The Bitcoin backend failed to broadcast or look up `tx` (reported
+    /// once per new reason).
+    ChainProblem {
+        tx: TxId,
+        reason: String,
+    },
 }
 
 /// Everything one call to [`crate::Node::handle`] asks the shell to do, in
@@ -346,6 +363,9 @@ pub struct Step {
     pub compute: Vec<ComputeJob>,
     pub replies: Vec<(RequestId, Reply)>,
     pub observations: Vec<Observation>,
+    /// Broadcasts and lookups for the Bitcoin backend, answered later as
+    /// [`Input::Chain`].
+    pub chain: Vec<ChainRequest>,
     /// Deliver [`Input::Tick`] at or after this time.
     pub wake_at: Option<Millis>,
 }
@@ -357,5 +377,6 @@ impl Step {
             && self.compute.is_empty()
             && self.replies.is_empty()
             && self.observations.is_empty()
+            && self.chain.is_empty()
     }
 }

@@ -8,10 +8,12 @@
 //! `sign`; Bitcoin rules in [`tx`] and [`policy`]; cggmp24's state machines
 //! in [`engine`].
 
+pub mod chain;
 pub mod config;
 mod dkg;
 pub mod driver;
 pub mod engine;
+pub mod error_text;
 pub mod expiry;
 pub mod ids;
 pub mod io;
@@ -23,6 +25,7 @@ pub mod planted;
 pub mod policy;
 mod pool;
 mod prune;
+mod psbt_layout;
 pub mod record;
 pub mod secret;
 mod sign;
@@ -32,6 +35,7 @@ mod txflow;
 pub mod view;
 pub mod vote;
 
+pub use chain::{BlockRef, ChainConfig, ChainReport, ChainRequest, ChainSight, ChainStatus};
 pub use config::{ClusterConfig, ConfigError, MemberInfo, NodeConfig, PolicyConfig, PoolConfig, Timeouts};
 pub use driver::{drive, Core, Shell};
 pub use engine::{ComputeJob, ComputeResult, Engine, REDUCED_SECURITY_TEST_ONLY};

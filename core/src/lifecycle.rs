@@ -8,6 +8,13 @@
 //!    └───────────────────┴──> Expired                            ╲ Complete │
 //!                               │ RejectionCertified              ╲         v
 //!                               └──> Rejected                       ──> Signed
+//!
+//!          Broadcasted            ConfirmedOnChain
+//! Signed ──────────────> Broadcast ──────────────> Confirmed
+//!    │                      ^   │                      │
+//!    │                      └───┼── ConfirmationLost ──┤ (a reorg)
+//!    │ ConfirmedOnChain         │ Conflicted(reason)   │ Conflicted(reason)
+//!    └──────────> Confirmed     └──> Failed(reason) <──┘ (also from Signed)
 //! Expired: this node promised never to sign beyond what it already
 //!          released (an expiry notice); enough promises prove it can never
 //!          be signed and end it Failed("expired: ..."), safe to resubmit
@@ -17,6 +24,7 @@
 //! SignatureComplete: from any undecided or approved state (a valid signature
 //!                    under the group key is proof the cluster approved)
 //! Failed(reason):    from every non-final state
+//! Past Signed every event comes from the chain (see `crate::chain`).
 //! ```
 //!
 //! Every state change a node makes goes through [`next`], so a transition
@@ -53,6 +61,17 @@ pub enum TxEvent {
     SignatureComplete,
     /// Nothing can finish this transaction; the reason says why.
     Failed(String),
+    /// The Bitcoin backend holds the signed transaction: its mempool
+    /// accepted it, or a block has it below the confirmation depth.
+    Broadcasted,
+    /// The best chain holds it at the confirmation depth.
+    ConfirmedOnChain,
+    /// A reorg took a confirmed transaction out of the best chain, or
+    /// below the depth.
+    ConfirmationLost,
+    /// An input of the signed transaction is spent by another transaction
+    /// at the confirmation depth: it can never confirm.
+    Conflicted(String),
 }
 
 /// A transition the lifecycle does not allow.
@@ -83,6 +102,10 @@ pub fn next(from: &TxState, event: &TxEvent) -> Result<TxState, IllegalTransitio
         (S::Approved | S::Signing, E::ExpiryJoined) => S::Expired,
         (S::Received | S::Voting | S::Expired | S::Approved | S::Signing, E::SignatureComplete) => S::Signed,
         (s, E::Failed(reason)) if !s.is_final() => S::Failed(reason.clone()),
+        (S::Signed | S::Broadcast, E::Broadcasted) => S::Broadcast,
+        (S::Signed | S::Broadcast, E::ConfirmedOnChain) => S::Confirmed,
+        (S::Confirmed, E::ConfirmationLost) => S::Broadcast,
+        (S::Signed | S::Broadcast | S::Confirmed, E::Conflicted(reason)) => S::Failed(reason.clone()),
         _ => return Err(IllegalTransition { from: from.clone(), event: event.clone() }),
     };
     Ok(to)
@@ -135,6 +158,29 @@ mod tests {
                 assert!(next(&s, e).is_err(), "{e:?} moved final {s:?}");
             }
         }
+    }
+
+    #[test]
+    fn past_signed_only_chain_events_move_a_transaction_and_only_a_signed_one() {
+        use TxState as S;
+        let conflict = || TxEvent::Conflicted("conflict: input 0 spent by ab".into());
+        assert_eq!(next(&S::Signed, &TxEvent::Broadcasted), Ok(S::Broadcast));
+        assert_eq!(next(&S::Broadcast, &TxEvent::ConfirmedOnChain), Ok(S::Confirmed));
+        assert_eq!(next(&S::Signed, &TxEvent::ConfirmedOnChain), Ok(S::Confirmed));
+        assert_eq!(next(&S::Confirmed, &TxEvent::ConfirmationLost), Ok(S::Broadcast));
+        for from in [S::Signed, S::Broadcast, S::Confirmed] {
+            assert_eq!(next(&from, &conflict()), Ok(S::Failed("conflict: input 0 spent by ab".into())), "{from:?}");
+            assert!(next(&from, &TxEvent::Failed("why".into())).is_err(), "{from:?}");
+        }
+        // Nothing unsigned is broadcast or confirmed; a rejected or failed
+        // transaction stays where it is; a confirmation is lost only once had.
+        for from in all_states().into_iter().filter(|s| !matches!(s, S::Signed | S::Broadcast | S::Confirmed)) {
+            for e in [TxEvent::Broadcasted, TxEvent::ConfirmedOnChain, TxEvent::ConfirmationLost, conflict()] {
+                assert!(next(&from, &e).is_err(), "{e:?} moved {from:?}");
+            }
+        }
+        assert!(next(&S::Broadcast, &TxEvent::ConfirmationLost).is_err());
+        assert!(next(&S::Confirmed, &TxEvent::Broadcasted).is_err());
     }
 
     #[test]

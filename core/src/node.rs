@@ -239,6 +239,12 @@ pub struct Node {
     pub(crate) active: BTreeSet<TxId>,
     /// Final transactions held whole, by when they leave `txs`.
     pub(crate) settling: BTreeSet<(Millis, TxId)>,
+    /// Signed transactions followed on chain (see [`crate::chain`]).
+    pub(crate) chain_watch: BTreeMap<TxId, crate::chain::ChainWatch>,
+    /// When the next chain lookup or broadcast is due.
+    pub(crate) next_chain_due: Millis,
+    /// Chain statuses read back on restart, until recovery finishes.
+    recovered_chain: BTreeMap<TxId, crate::chain::ChainStatus>,
     /// Final transactions whose entries left `txs` (see [`Retained`]).
     pub(crate) settled: BTreeMap<TxId, TxState>,
     /// Verified votes (with who delivered them) for transactions not yet
@@ -369,6 +375,9 @@ impl Node {
             txs: BTreeMap::new(),
             active: BTreeSet::new(),
             settling: BTreeSet::new(),
+            chain_watch: BTreeMap::new(),
+            next_chain_due: Millis(0),
+            recovered_chain: BTreeMap::new(),
             settled: BTreeMap::new(),
             orphan_votes: BTreeMap::new(),
             approved_by_day: BTreeMap::new(),
@@ -482,6 +491,7 @@ impl Node {
             Input::SafePrimes(primes) => self.on_primes(primes),
             Input::TransportRefused { peer, reason } => self.observe(Observation::TransportRefused { peer, reason }),
             Input::Coordination { reachable } => self.coordination_reachable = reachable,
+            Input::Chain(report) => self.on_chain(report),
             Input::ShutDown => return self.shut_down(),
         }
         while let Some(msg) = self.loopback.pop_front() {
@@ -575,6 +585,7 @@ impl Node {
         self.drive_signing();
         self.drive_pool();
         self.drive_sync();
+        self.drive_chain();
         self.prune();
     }
 
@@ -627,6 +638,9 @@ impl Node {
             at(self.now.plus(POLL_MS));
         }
         at(self.next_sync);
+        if let Some(t) = self.chain_wake() {
+            at(t);
+        }
         // Memory sweeps: the next final transaction to leave, and spent
         // presignatures waiting out their time.
         if let Some((leaves, _)) = self.settling.first() {
@@ -724,6 +738,9 @@ impl Node {
         }
         self.index_tx(tx);
         self.persist(Record::TxState { tx, state: to.clone() });
+        if to == TxState::Signed {
+            self.watch_chain(tx, crate::chain::ChainStatus::default());
+        }
         self.observe(Observation::TxStateChanged { tx, from, to });
     }
 
@@ -881,6 +898,9 @@ impl Node {
                     entry.signed_raw = Some(raw_tx);
                 }
             }
+            Record::Chain { tx, status } => {
+                self.recovered_chain.insert(tx, status);
+            }
         }
         Ok(())
     }
@@ -904,8 +924,18 @@ impl Node {
             .filter(|(_, t)| t.state.is_final())
             .map(|(id, t)| (*id, t.vote_deadline.minus(vote_ms).plus(retain)))
             .collect();
+        // Signed ones are followed on chain again from what was persisted;
+        // those not yet confirmed are held until they are (see `settle`).
+        let recovered_chain = std::mem::take(&mut self.recovered_chain);
+        for (tx, _) in &finals {
+            let state = &self.txs[tx].state;
+            if matches!(state, TxState::Signed | TxState::Broadcast | TxState::Confirmed) {
+                let status = recovered_chain.get(tx).cloned().unwrap_or_default();
+                self.watch_chain(*tx, status);
+            }
+        }
         for (tx, leaves) in finals {
-            if leaves <= self.now {
+            if leaves <= self.now && self.held_for_chain(tx).is_none() {
                 self.settle(tx);
                 continue;
             }

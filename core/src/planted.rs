@@ -13,6 +13,7 @@ pub struct PlantedBugs {
     forget_consumed_on_recovery: bool,
     stop_refill_at_low_water: bool,
     never_prune: bool,
+    confirm_in_mempool: bool,
 }
 
 impl PlantedBugs {
@@ -24,6 +25,7 @@ impl PlantedBugs {
         forget_consumed_on_recovery: false,
         stop_refill_at_low_water: false,
         never_prune: false,
+        confirm_in_mempool: false,
     };
 
     pub fn any(&self) -> bool {
@@ -58,6 +60,10 @@ impl PlantedBugs {
     pub(crate) fn never_prune(&self) -> bool {
         self.never_prune
     }
+    /// A transaction the backend's mempool holds counts as Confirmed.
+    pub(crate) fn confirm_in_mempool(&self) -> bool {
+        self.confirm_in_mempool
+    }
 }
 
 #[cfg(feature = "planted-bugs")]
@@ -80,5 +86,8 @@ impl PlantedBugs {
     }
     pub fn never_pruning() -> Self {
         PlantedBugs { never_prune: true, ..Self::NONE }
+    }
+    pub fn confirming_in_mempool() -> Self {
+        PlantedBugs { confirm_in_mempool: true, ..Self::NONE }
     }
 }

@@ -3,7 +3,8 @@
 //! about the memory its work in flight needs.
 //!
 //! * A final transaction is held whole for `retain_final_ms` after it
-//!   became final (peers catching up are served from it, and its votes
+//!   became final (a signed one followed on chain: after it was
+//!   confirmed) (peers catching up are served from it, and its votes
 //!   meet for a gossip window), then only its id and outcome stay, in
 //!   `settled`: a late proposal, vote or signing request for it is
 //!   recognised and never revives it.
@@ -52,7 +53,14 @@ impl Node {
     }
 
     /// Replaces a final transaction's entry by its outcome alone.
+    /// A transaction followed on chain stays until it has been confirmed
+    /// for `retain_final_ms` (see [`Node::held_for_chain`]).
     pub(crate) fn settle(&mut self, tx: TxId) {
+        if let Some(until) = self.held_for_chain(tx) {
+            self.settling.insert((until, tx));
+            return;
+        }
+        self.unwatch_chain(tx);
         let Some(entry) = self.txs.remove(&tx) else { return };
         debug_assert!(entry.state.is_final(), "only final transactions settle");
         self.active.remove(&tx);

@@ -92,6 +92,12 @@ pub enum Record {
         tx: TxId,
         raw_tx: Vec<u8>,
     },
+    /// A signed transaction's life on chain beyond its state: the block
+    /// that confirms it, or why it is stalled (see [`crate::chain`]).
+    Chain {
+        tx: TxId,
+        status: crate::chain::ChainStatus,
+    },
 }
 
 impl Record {
@@ -115,6 +121,7 @@ impl Record {
             Record::PresigConsumed { .. } => "presig_consumed",
             Record::PresigDiscarded { .. } => "presig_discarded",
             Record::SignedTx { .. } => "signed_tx",
+            Record::Chain { .. } => "chain",
         }
     }
 }

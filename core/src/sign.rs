@@ -665,7 +665,9 @@ impl Node {
     /// recording it.
     pub(crate) fn on_tx_signed(&mut self, from: NodeId, tx: TxId, raw_tx: Vec<u8>, presigs: Vec<PresigId>) {
         let Some(entry) = self.txs.get(&tx) else { return };
-        if entry.state == TxState::Signed {
+        // Signed here already (and perhaps broadcast, confirmed, or beaten
+        // by a conflicting spend since).
+        if entry.signed_raw.is_some() {
             return;
         }
         let check = bitcoin::consensus::encode::deserialize::<bitcoin::Transaction>(&raw_tx)

@@ -105,6 +105,8 @@ impl ProposedTx {
             return Err(TxError::TooLarge);
         }
         let psbt = Psbt::deserialize(bytes).map_err(|e| TxError::Malformed(e.to_string()))?;
+        crate::psbt_layout::check_version_0(bytes, psbt.inputs.len(), psbt.outputs.len())
+            .map_err(TxError::Malformed)?;
         let unsigned = psbt.unsigned_tx.clone();
         if unsigned.input.is_empty() {
             return Err(TxError::NoInputs);
@@ -253,6 +255,43 @@ impl ProposedTx {
         verify_consensus(&tx, &self.prevouts)?;
         Ok(tx)
     }
+}
+
+/// The submitted PSBT, finalized with `signed`'s witnesses (BIP-174's
+/// finalizer role): each input gets `final_scriptwitness` and loses what
+/// only signers need (partial signatures, sighash type, scripts, key
+/// derivations); its UTXO and any unknown or proprietary fields stay, as
+/// do the global and output maps. A wallet can extract and broadcast the
+/// result, or check it with Bitcoin Core's `finalizepsbt` / `analyzepsbt`.
+/// `signed` must be the PSBT's transaction with witnesses added.
+pub fn signed_psbt(psbt_bytes: &[u8], signed: &Transaction) -> Result<Vec<u8>, TxError> {
+    let mut psbt = Psbt::deserialize(psbt_bytes).map_err(|e| TxError::Malformed(e.to_string()))?;
+    if psbt.unsigned_tx.compute_txid() != signed.compute_txid() || psbt.inputs.len() != signed.input.len() {
+        return Err(TxError::Malformed("the signed transaction is not this PSBT's".into()));
+    }
+    for (input, signed_input) in psbt.inputs.iter_mut().zip(&signed.input) {
+        if signed_input.witness.is_empty() {
+            return Err(TxError::Malformed("the signed transaction lacks a witness".into()));
+        }
+        input.final_script_witness = Some(signed_input.witness.clone());
+        input.final_script_sig = (!signed_input.script_sig.is_empty()).then(|| signed_input.script_sig.clone());
+        input.partial_sigs.clear();
+        input.sighash_type = None;
+        input.redeem_script = None;
+        input.witness_script = None;
+        input.bip32_derivation.clear();
+        input.tap_key_sig = None;
+        input.tap_script_sigs.clear();
+        input.tap_scripts.clear();
+        input.tap_key_origins.clear();
+        input.tap_internal_key = None;
+        input.tap_merkle_root = None;
+        input.ripemd160_preimages.clear();
+        input.sha256_preimages.clear();
+        input.hash160_preimages.clear();
+        input.hash256_preimages.clear();
+    }
+    Ok(psbt.serialize())
 }
 
 /// Runs every input of a signed transaction through Bitcoin Core's script

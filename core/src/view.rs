@@ -24,6 +24,9 @@ pub struct DurableView {
     pub own_presigs: Vec<(PresigId, String)>,
     pub pool: Vec<PoolView>,
     pub closed_sessions: Vec<SessionId>,
+    /// Signed transactions followed on chain, with their last persisted
+    /// chain status.
+    pub chain: Vec<(TxId, crate::chain::ChainStatus)>,
     /// What the node does first after starting: records, sends, jobs.
     pub startup: String,
 }
@@ -81,6 +84,7 @@ impl Node {
                 })
                 .collect(),
             settled: self.settled.iter().map(|(tx, s)| (*tx, s.clone())).collect(),
+            chain: self.chain_watch.iter().map(|(tx, w)| (*tx, w.status.clone())).collect(),
             approved_by_day: self.approved_by_day.iter().map(|(d, a)| (*d, *a)).collect(),
             own_presigs: self
                 .own_presigs

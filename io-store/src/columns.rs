@@ -165,6 +165,12 @@ pub(crate) fn audit_body(record: &Record) -> Vec<u8> {
                 .unwrap_or_default();
             json!({ "tx": tx.to_hex(), "txid": txid, "raw_tx_hex": hex::encode(raw_tx) })
         }
+        Record::Chain { tx, status } => json!({
+            "tx": tx.to_hex(),
+            "block_hash": status.block.as_ref().map(|b| b.hash.clone()),
+            "block_height": status.block.as_ref().map(|b| b.height),
+            "stalled": status.stalled,
+        }),
     };
     body.to_string().into_bytes()
 }

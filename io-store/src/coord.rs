@@ -47,6 +47,7 @@
 //! (`tonic::Code`), never by their text; retries after a failed round wait
 //! a jittered, growing pause ([`crate::backoff`]).
 
+use mpc_core::error_text::with_sources;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -490,22 +491,6 @@ fn lease_not_found(e: etcd_client::Error) -> etcd_client::Error {
         etcd_client::Error::LeaseKeepAliveError(m) => etcd_client::Error::GRpcStatus(tonic::Status::not_found(m)),
         other => other,
     }
-}
-
-/// `e` and its sources: tonic's transport errors say only "transport
-/// error" themselves and keep the cause (a certificate that does not parse)
-/// in their source.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.ends_with(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// What to check when etcd cannot be reached over TLS.

@@ -126,6 +126,8 @@ pub struct StoredTransaction {
     pub txid: Option<String>,
     /// This node's presignatures consumed for it, by input.
     pub consumed: Vec<ConsumedPresignature>,
+    /// What this node last recorded of it on chain (block, stall reason).
+    pub chain: Option<mpc_core::ChainStatus>,
 }
 
 /// One recorded vote.
@@ -182,7 +184,7 @@ impl Store {
         let key = tx.0.to_vec();
         let name = format!("transactions[{}]", tx.short());
         let Some(row) = sqlx::query(
-            "SELECT psbt, proposer, accepted_at, state, failure, signed_raw FROM transactions WHERE tx = $1",
+            "SELECT psbt, proposer, accepted_at, state, failure, signed_raw, chain FROM transactions WHERE tx = $1",
         )
         .bind(key.clone())
         .fetch_optional(&mut *conn)
@@ -204,6 +206,7 @@ impl Store {
             txid: signed_raw_tx.as_deref().map(|raw| txid(raw, &name)).transpose()?,
             signed_raw_tx,
             consumed: Vec::new(),
+            chain: row.try_get::<Option<Vec<u8>>, _>(6)?.map(|c| columns::decode(&c, &name)).transpose()?,
         };
         for row in
             sqlx::query("SELECT state, failure, at_ms, written FROM transaction_history WHERE tx = $1 ORDER BY written")

@@ -507,6 +507,16 @@ impl Store {
                     return Err(StoreError::UnknownTransaction { what: "a signed transaction", tx: *id });
                 }
             }
+            Record::Chain { tx: id, status } => {
+                let done = sqlx::query("UPDATE transactions SET chain = $1 WHERE tx = $2")
+                    .bind(columns::encode(status))
+                    .bind(id.0.to_vec())
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::UnknownTransaction { what: "a chain status", tx: *id });
+                }
+            }
             Record::PresigGenerating { id, signers } => {
                 let result = sqlx::query(
                     "INSERT INTO presignatures (origin, seq, signers, state, written) \
@@ -660,7 +670,7 @@ impl Store {
         }
 
         let txs = sqlx::query(
-            "SELECT tx, psbt, proposer, accepted_at, state, failure, signed_raw FROM transactions ORDER BY written",
+            "SELECT tx, psbt, proposer, accepted_at, state, failure, signed_raw, chain FROM transactions ORDER BY written",
         )
         .fetch_all(&mut *conn)
         .await?;
@@ -681,6 +691,9 @@ impl Store {
             }
             if let Some(raw_tx) = row.try_get::<Option<Vec<u8>>, _>(6)? {
                 signed.push(Record::SignedTx { tx, raw_tx });
+            }
+            if let Some(status) = row.try_get::<Option<Vec<u8>>, _>(7)? {
+                signed.push(Record::Chain { tx, status: columns::decode(&status, &name)? });
             }
         }
         for row in sqlx::query("SELECT body, own_at FROM votes ORDER BY written").fetch_all(&mut *conn).await? {

@@ -57,6 +57,7 @@ fn expected(records: &[Record], times: &[Millis]) -> BTreeMap<TxId, StoredTransa
                         signed_raw_tx: None,
                         txid: None,
                         consumed: Vec::new(),
+                        chain: None,
                     },
                 );
             }
@@ -82,6 +83,9 @@ fn expected(records: &[Record], times: &[Millis]) -> BTreeMap<TxId, StoredTransa
                 let parsed: bitcoin::Transaction = bitcoin::consensus::deserialize(raw_tx).unwrap();
                 entry.txid = Some(parsed.compute_txid().to_string());
                 entry.signed_raw_tx = Some(raw_tx.clone());
+            }
+            Record::Chain { tx, status } => {
+                txs.get_mut(tx).expect("a chain status of an accepted transaction").chain = Some(status.clone());
             }
             Record::PresigConsumed { id, tx, input, message, sigma } => {
                 epoch += 1;

@@ -10,24 +10,32 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// What the watch last saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendView {
+    pub check: Check,
+    /// The best block's height, when bitcoind answered.
+    pub tip: Option<u64>,
+}
+
 /// Starts the watch; it ends when `stop` turns true.
 pub fn spawn(
     rpc: BitcoinRpc,
     network: bitcoin::Network,
     poll: Duration,
     mut stop: watch::Receiver<bool>,
-) -> watch::Receiver<Check> {
-    let (tx, rx) = watch::channel(Check::failing("not asked yet"));
+) -> watch::Receiver<BackendView> {
+    let (tx, rx) = watch::channel(BackendView { check: Check::failing("not asked yet"), tip: None });
     tokio::spawn(async move {
         loop {
-            let check = backend_check(&rpc, network).await;
-            if *tx.borrow() != check {
-                match &check.reason {
+            let view = look(&rpc, network).await;
+            if tx.borrow().check != view.check {
+                match &view.check.reason {
                     None => info!(backend = %rpc.url(), "bitcoin backend ok"),
                     Some(reason) => warn!(backend = %rpc.url(), "bitcoin backend failing: {reason}"),
                 }
             }
-            tx.send_replace(check);
+            tx.send_replace(view);
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
                 _ = stop.wait_for(|s| *s) => return,
@@ -39,16 +47,26 @@ pub fn spawn(
 
 /// One look at the backend.
 pub async fn backend_check(rpc: &BitcoinRpc, network: bitcoin::Network) -> Check {
+    look(rpc, network).await.check
+}
+
+async fn look(rpc: &BitcoinRpc, network: bitcoin::Network) -> BackendView {
     match rpc.chain_info().await {
-        Err(e) => Check::failing(e.to_string()),
-        Ok(info) if !info.is_network(network) => Check::failing(format!(
+        Err(e) => BackendView { check: Check::failing(e.to_string()), tip: None },
+        Ok(info) => BackendView { tip: Some(info.blocks), check: judge(rpc, network, &info) },
+    }
+}
+
+fn judge(rpc: &BitcoinRpc, network: bitcoin::Network, info: &crate::bitcoin_rpc::ChainInfo) -> Check {
+    match info {
+        info if !info.is_network(network) => Check::failing(format!(
             "bitcoind at {} follows chain {:?}, the cluster is on {network}",
             rpc.url(),
             info.chain
         )),
-        Ok(info) if info.initial_block_download => {
+        info if info.initial_block_download => {
             Check::failing(format!("bitcoind at {} is still syncing (at block {})", rpc.url(), info.blocks))
         }
-        Ok(_) => Check::ok(),
+        _ => Check::ok(),
     }
 }

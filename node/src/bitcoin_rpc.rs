@@ -12,7 +12,8 @@
 //! Neither is ever logged: [`RpcAuth`]'s `Debug` shows the user only.
 
 use bitcoin::consensus::encode::serialize_hex;
-use bitcoin::{BlockHash, Transaction, Txid};
+use bitcoin::{BlockHash, OutPoint, Transaction, Txid};
+use mpc_core::error_text::with_sources;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -226,7 +227,7 @@ impl BitcoinRpc {
         let (user, password) = self.credentials()?;
         let sent =
             self.inner.http.post(self.inner.url.clone()).basic_auth(user, Some(password.as_str())).json(&body).send();
-        let response = sent.await.map_err(|e| RpcError::Unreachable { url: self.url(), reason: error_chain(&e) })?;
+        let response = sent.await.map_err(|e| RpcError::Unreachable { url: self.url(), reason: with_sources(&e) })?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             if retry_login && matches!(self.inner.auth, RpcAuth::CookieFile(_)) {
@@ -237,7 +238,7 @@ impl BitcoinRpc {
             return Err(RpcError::Unauthorized { url: self.url() });
         }
         let text =
-            response.text().await.map_err(|e| RpcError::Unreachable { url: self.url(), reason: error_chain(&e) })?;
+            response.text().await.map_err(|e| RpcError::Unreachable { url: self.url(), reason: with_sources(&e) })?;
         let bad = |reason: String| RpcError::BadAnswer { method, status: status.as_u16(), reason };
         let parsed: Response = serde_json::from_str(&text).map_err(|e| {
             let head: String = text.chars().take(200).collect();
@@ -347,6 +348,49 @@ impl BitcoinRpc {
         .transpose()
     }
 
+    /// The mempool transaction spending `outpoint`, if any
+    /// (`gettxspendingprevout`, Bitcoin Core 24 and later).
+    pub async fn mempool_spender(&self, outpoint: OutPoint) -> Result<Option<Txid>, RpcError> {
+        #[derive(Deserialize)]
+        struct Spending {
+            #[serde(default)]
+            spendingtxid: Option<Txid>,
+        }
+        let query = json!([{ "txid": outpoint.txid, "vout": outpoint.vout }]);
+        let answers: Vec<Spending> = self.call("gettxspendingprevout", vec![query]).await?;
+        Ok(answers.into_iter().next().and_then(|s| s.spendingtxid))
+    }
+
+    /// The transactions of block `hash`, each with the outputs it spends
+    /// (`getblock` at verbosity 2; coinbase inputs left out).
+    pub async fn block_spends(&self, hash: BlockHash) -> Result<Vec<(Txid, Vec<OutPoint>)>, RpcError> {
+        #[derive(Deserialize)]
+        struct Block {
+            tx: Vec<BlockTx>,
+        }
+        #[derive(Deserialize)]
+        struct BlockTx {
+            txid: Txid,
+            vin: Vec<Input>,
+        }
+        #[derive(Deserialize)]
+        struct Input {
+            #[serde(default)]
+            txid: Option<Txid>,
+            #[serde(default)]
+            vout: Option<u32>,
+        }
+        let block: Block = self.call("getblock", vec![json!(hash), json!(2)]).await?;
+        Ok(block
+            .tx
+            .into_iter()
+            .map(|t| {
+                let spends = t.vin.iter().filter_map(|i| Some(OutPoint { txid: i.txid?, vout: i.vout? })).collect();
+                (t.txid, spends)
+            })
+            .collect())
+    }
+
     /// Whether bitcoind's mempool would take each of `txs` (nothing is
     /// broadcast).
     pub async fn test_mempool_accept(&self, txs: &[Transaction]) -> Result<Vec<MempoolAccept>, RpcError> {
@@ -375,19 +419,6 @@ fn redacted(url: &Url) -> String {
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
     shown.to_string()
-}
-
-/// An error with its sources, which is where reqwest says what failed
-/// (connection refused, timed out).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

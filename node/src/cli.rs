@@ -221,11 +221,19 @@ enum Tx {
     /// Submit a PSBT (binary or base64) from FILE, or stdin with `-`; prints the transaction id.
     Submit { file: PathBuf },
     /// A transaction's state, votes, history and signed transaction.
-    Status { id: String },
-    /// Poll until the transaction is signed (exit 0) or ends otherwise:
-    /// rejected, failed or expired (exit 6).
+    Status {
+        id: String,
+        /// Also write the signed PSBT (BIP-174 binary, as wallets load
+        /// `.psbt` files) to this file; exit 3 if it is not signed yet.
+        #[arg(long, value_name = "FILE")]
+        signed_psbt: Option<PathBuf>,
+    },
+    /// Poll until the transaction is signed, or as far as `--until` says
+    /// (exit 0), or ends otherwise: rejected, failed or expired (exit 6).
     Wait {
         id: String,
+        #[arg(long, value_enum, default_value_t = commands::WaitUntil::Signed)]
+        until: commands::WaitUntil,
         #[command(flatten)]
         poll: PollArgs,
     },
@@ -301,6 +309,21 @@ struct InitArgs {
     /// The operator named in the audit trail for this token.
     #[arg(long, default_value = "operator")]
     operator: String,
+    /// bitcoind's JSON-RPC (`http://host:port`): every node broadcasts
+    /// through it and follows its chain. Log in with a cookie file, or a
+    /// user and a password file.
+    #[arg(long, value_name = "URL")]
+    bitcoin_rpc_url: Option<String>,
+    #[arg(long, value_name = "FILE", requires = "bitcoin_rpc_url")]
+    bitcoin_cookie_file: Option<PathBuf>,
+    #[arg(long, value_name = "USER", requires = "bitcoin_rpc_url")]
+    bitcoin_rpc_user: Option<String>,
+    /// One line, owner-only; never the password itself on a command line.
+    #[arg(long, value_name = "FILE", requires = "bitcoin_rpc_user")]
+    bitcoin_rpc_password_file: Option<PathBuf>,
+    /// How often each node asks bitcoind how its transactions stand.
+    #[arg(long, value_name = "SECS", requires = "bitcoin_rpc_url")]
+    bitcoin_poll_secs: Option<u64>,
 }
 
 impl InitArgs {
@@ -326,11 +349,20 @@ impl InitArgs {
             parallel_sessions: self.pool_parallel,
         };
         spec.policy.allowed_destinations = self.allowed_destinations;
-        spec.safe_primes_file = self
-            .safe_primes
-            .map(|p| std::path::absolute(&p).map_err(|e| CliError::Local(format!("{}: {e}", p.display()))))
-            .transpose()?;
+        let absolute =
+            |p: PathBuf| std::path::absolute(&p).map_err(|e| CliError::Local(format!("{}: {e}", p.display())));
+        spec.safe_primes_file = self.safe_primes.map(absolute).transpose()?;
         spec.operator = self.operator;
+        if let Some(url) = self.bitcoin_rpc_url {
+            let mut section = mpc_node::config::BitcoinSection::new(url);
+            section.cookie_file = self.bitcoin_cookie_file.map(absolute).transpose()?;
+            section.rpc_user = self.bitcoin_rpc_user;
+            section.rpc_password_file = self.bitcoin_rpc_password_file.map(absolute).transpose()?;
+            if let Some(secs) = self.bitcoin_poll_secs {
+                section.poll_secs = secs;
+            }
+            spec.bitcoin = Some(section);
+        }
         Ok(spec)
     }
 }
@@ -368,8 +400,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let node = cluster(g)?.selected(g.node)?;
             match command {
                 Tx::Submit { file } => commands::tx_submit(&node, &file, &out),
-                Tx::Status { id } => commands::tx_status(&node, &id, &out),
-                Tx::Wait { id, poll } => commands::tx_wait(&node, &id, poll.polling(), &out),
+                Tx::Status { id, signed_psbt } => commands::tx_status(&node, &id, signed_psbt.as_deref(), &out),
+                Tx::Wait { id, until, poll } => commands::tx_wait(&node, &id, until, poll.polling(), &out),
                 Tx::List { state, offset, limit } => commands::tx_list(&node, state.as_deref(), offset, limit, &out),
             }
         }

@@ -18,7 +18,8 @@
 //! `peer_port_base + id` and `api_port_base + id`.
 
 use crate::config::{
-    ApiSection, ClusterSection, EtcdSection, FileConfig, MemberSection, NodeSection, OperatorSection, TransportSection,
+    ApiSection, BitcoinSection, ClusterSection, EtcdSection, FileConfig, MemberSection, NodeSection, OperatorSection,
+    TransportSection,
 };
 use mpc_core::{NodeId, PolicyConfig, PoolConfig, Timeouts};
 use rand_core::{OsRng, RngCore};
@@ -50,6 +51,9 @@ pub struct ClusterInit {
     /// Given to every node as `safe_primes_file` (e.g. primes made ahead).
     pub safe_primes_file: Option<PathBuf>,
     pub operator: String,
+    /// Every node's `[bitcoin]` section (one bitcoind for all, as on a
+    /// local cluster); `None` leaves it out.
+    pub bitcoin: Option<BitcoinSection>,
 }
 
 impl ClusterInit {
@@ -76,6 +80,7 @@ impl ClusterInit {
             },
             safe_primes_file: None,
             operator: "operator".into(),
+            bitcoin: None,
         }
     }
 }
@@ -188,7 +193,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
                 max_body_bytes: 2 << 20,
                 operators: vec![OperatorSection { name: spec.operator.clone(), token_sha256: token_sha256.clone() }],
             },
-            bitcoin: None,
+            bitcoin: spec.bitcoin.clone(),
         };
         let text = format!(
             "# mpc-node configuration for node {id} of cluster {:?}, written by `mpc-cli cluster init`.\n\

@@ -52,9 +52,71 @@ pub struct BitcoinSection {
     /// How long one RPC may take.
     #[serde(default = "default_rpc_timeout")]
     pub timeout_secs: u64,
-    /// How often the node asks bitcoind how things stand.
+    /// How often the node asks bitcoind how things stand: its own health,
+    /// and each signed transaction it follows.
     #[serde(default = "default_poll")]
     pub poll_secs: u64,
+    /// Blocks deep a transaction must be to count as Confirmed; default 1
+    /// on regtest, 6 elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u64>,
+    /// A signed transaction bitcoind has not held (mempool or chain) for
+    /// this long is marked stalled, with bitcoind's last answer as the
+    /// reason; it is still rebroadcast.
+    #[serde(default = "default_broadcast_timeout")]
+    pub broadcast_timeout_secs: u64,
+    /// The wait before the first rebroadcast, doubling up to
+    /// `rebroadcast_max_secs`.
+    #[serde(default = "default_rebroadcast")]
+    pub rebroadcast_secs: u64,
+    #[serde(default = "default_rebroadcast_max")]
+    pub rebroadcast_max_secs: u64,
+}
+
+fn default_broadcast_timeout() -> u64 {
+    600
+}
+
+fn default_rebroadcast() -> u64 {
+    10
+}
+
+fn default_rebroadcast_max() -> u64 {
+    300
+}
+
+impl BitcoinSection {
+    /// The core's chain settings from this section.
+    fn chain_config(&self, network: bitcoin::Network) -> mpc_core::ChainConfig {
+        let defaults = mpc_core::ChainConfig::for_network(network);
+        let ms = |secs: u64| secs.saturating_mul(1_000);
+        mpc_core::ChainConfig {
+            confirmations: self.confirmations.unwrap_or(defaults.confirmations),
+            check_ms: ms(self.poll_secs),
+            rebroadcast_ms: ms(self.rebroadcast_secs),
+            rebroadcast_max_ms: ms(self.rebroadcast_max_secs),
+            broadcast_timeout_ms: ms(self.broadcast_timeout_secs),
+        }
+    }
+}
+
+impl BitcoinSection {
+    /// A section for `rpc_url` with every other setting at its default;
+    /// set a login before use.
+    pub fn new(rpc_url: String) -> BitcoinSection {
+        BitcoinSection {
+            rpc_url,
+            cookie_file: None,
+            rpc_user: None,
+            rpc_password_file: None,
+            timeout_secs: default_rpc_timeout(),
+            poll_secs: default_poll(),
+            confirmations: None,
+            broadcast_timeout_secs: default_broadcast_timeout(),
+            rebroadcast_secs: default_rebroadcast(),
+            rebroadcast_max_secs: default_rebroadcast_max(),
+        }
+    }
 }
 
 fn default_rpc_timeout() -> u64 {
@@ -334,7 +396,11 @@ impl Config {
             pool: c.pool.clone(),
             timeouts: c.timeouts.clone(),
         };
-        let core = NodeConfig { cluster, policy: raw.policy.clone() };
+        let chain = raw.bitcoin.as_ref().map(|b| b.chain_config(c.network));
+        let core = NodeConfig { cluster, policy: raw.policy.clone(), chain };
+        // Before the core's checks, which cannot name the section's fields.
+        let bitcoin =
+            raw.bitcoin.as_ref().map(|b| bitcoin_backend(b, &resolve)).transpose().map_err(|(f, p)| err(f, p))?;
         core.validate(me).map_err(|e| err(config_error_field(&e), e.to_string()))?;
         if !c.id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
             return Err(err("cluster.id", format!("{:?} may hold only letters, digits, '-' and '_'", c.id)));
@@ -379,8 +445,6 @@ impl Config {
         if raw.api.max_body_bytes < 1024 {
             return Err(err("api.max_body_bytes", "must be at least 1024".into()));
         }
-        let bitcoin =
-            raw.bitcoin.as_ref().map(|b| bitcoin_backend(b, &resolve)).transpose().map_err(|(f, p)| err(f, p))?;
         let state_dir = resolve(&raw.node.state_dir);
         let database_url = match &raw.node.database_url {
             Some(url) => {
@@ -476,7 +540,18 @@ fn bitcoin_backend(
         }
         (None, None, None) => return Err(("bitcoin", "name cookie_file, or rpc_user with rpc_password_file".into())),
     };
-    for (field, secs) in [("bitcoin.timeout_secs", b.timeout_secs), ("bitcoin.poll_secs", b.poll_secs)] {
+    if b.confirmations == Some(0) {
+        return Err(("bitcoin.confirmations", "must be at least 1".into()));
+    }
+    if b.rebroadcast_max_secs < b.rebroadcast_secs {
+        return Err(("bitcoin.rebroadcast_max_secs", "must be at least rebroadcast_secs".into()));
+    }
+    for (field, secs) in [
+        ("bitcoin.timeout_secs", b.timeout_secs),
+        ("bitcoin.poll_secs", b.poll_secs),
+        ("bitcoin.broadcast_timeout_secs", b.broadcast_timeout_secs),
+        ("bitcoin.rebroadcast_secs", b.rebroadcast_secs),
+    ] {
         if secs == 0 {
             return Err((field, "must be at least 1 second".into()));
         }
@@ -655,6 +730,7 @@ fn config_error_field(e: &ConfigError) -> &'static str {
         ConfigError::TooManyByzantine { .. } => "cluster.byzantine_tolerance",
         ConfigError::BadPoolMarks { .. } | ConfigError::NoParallelSessions => "cluster.pool",
         ConfigError::ZeroTimeout(_) => "cluster.timeouts",
+        ConfigError::Chain(_) => "bitcoin",
         ConfigError::RetainShorterThanGossip { .. } => "cluster.timeouts.retain_final_ms",
         ConfigError::EmptyClusterId => "cluster.id",
         ConfigError::BadVoteKey(_) => "cluster.members",
@@ -911,8 +987,18 @@ token_sha256 = "{}"
         let cookie =
             with_bitcoin("rpc_url = \"http://127.0.0.1:18443\"\ncookie_file = \"/var/lib/bitcoind/.cookie\"\n");
         let c = Config::parse(&dir.join("node.toml"), &cookie).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.bitcoin.unwrap().login, BitcoinLogin::Cookie("/var/lib/bitcoind/.cookie".into()));
-        assert!(Config::parse(&dir.join("node.toml"), &example("")).unwrap().bitcoin.is_none(), "optional");
+        assert_eq!(c.bitcoin.clone().unwrap().login, BitcoinLogin::Cookie("/var/lib/bitcoind/.cookie".into()));
+        let plain = Config::parse(&dir.join("node.toml"), &example("")).unwrap();
+        assert!(plain.bitcoin.is_none() && plain.core.chain.is_none(), "optional: no chain is followed");
+        // The section is the core's chain settings: defaults by network,
+        // each one overridable.
+        let chain = c.core.chain.as_ref().expect("followed on chain");
+        let defaults = mpc_core::ChainConfig::for_network(c.core.cluster.network);
+        assert_eq!(chain.confirmations, defaults.confirmations);
+        assert_eq!((chain.check_ms, chain.broadcast_timeout_ms), (5_000, 600_000));
+        let tuned = cookie.clone() + "confirmations = 3\nbroadcast_timeout_secs = 60\nrebroadcast_secs = 2\n";
+        let chain = Config::parse(&dir.join("node.toml"), &tuned).unwrap_or_else(|e| panic!("{e}")).core.chain.unwrap();
+        assert_eq!((chain.confirmations, chain.broadcast_timeout_ms, chain.rebroadcast_ms), (3, 60_000, 2_000));
     }
 
     #[test]
@@ -935,6 +1021,17 @@ token_sha256 = "{}"
             ("rpc_url = \"ftp://127.0.0.1:1\"\ncookie_file = \"c\"\n".to_string(), "bitcoin.rpc_url", "http://"),
             ("rpc_url = \"not a url\"\ncookie_file = \"c\"\n".to_string(), "bitcoin.rpc_url", "not a url"),
             (format!("{url}cookie_file = \"c\"\npoll_secs = 0\n"), "bitcoin.poll_secs", "at least 1"),
+            (format!("{url}cookie_file = \"c\"\nconfirmations = 0\n"), "bitcoin.confirmations", "at least 1"),
+            (
+                format!("{url}cookie_file = \"c\"\nbroadcast_timeout_secs = 0\n"),
+                "bitcoin.broadcast_timeout_secs",
+                "at least 1",
+            ),
+            (
+                format!("{url}cookie_file = \"c\"\nrebroadcast_secs = 60\nrebroadcast_max_secs = 30\n"),
+                "bitcoin.rebroadcast_max_secs",
+                "at least rebroadcast_secs",
+            ),
         ] {
             let e = Config::parse(Path::new("/etc/mpc/node.toml"), &with_bitcoin(&section)).unwrap_err();
             assert_eq!(e.field, field, "{section}: {e}");

@@ -131,6 +131,8 @@ pub struct Health {
     /// it; broadcasting and following the chain do, so a failing one
     /// degrades the node without making it unready.
     pub bitcoin: Option<Check>,
+    /// The height of bitcoind's best block at its last look.
+    pub bitcoin_tip: Option<u64>,
 }
 
 impl Health {
@@ -147,6 +149,7 @@ impl Health {
             pool_ready: 0,
             pool_low_water: 0,
             bitcoin: None,
+            bitcoin_tip: None,
         }
     }
 

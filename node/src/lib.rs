@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend_watch;
 pub mod bitcoin_rpc;
+pub mod chain_backend;
 pub mod cluster_init;
 pub mod compute;
 pub mod config;

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// Input kinds `Node::handle` is timed by ([`input_kind`]); any other
 /// string handed to [`Metrics::handled`] is counted as `other`.
-pub const INPUT_KINDS: [&str; 9] = [
+pub const INPUT_KINDS: [&str; 10] = [
     "peer",
     "tick",
     "command",
@@ -41,6 +41,7 @@ pub const INPUT_KINDS: [&str; 9] = [
     "safe_primes",
     "transport_refused",
     "coordination",
+    "chain",
     "shut_down",
 ];
 
@@ -209,6 +210,9 @@ pub struct Metrics {
     transport_refusals: IntCounter,
     member_suspicions: IntCounter,
     signing_stalled: IntCounter,
+    transactions_confirmed: IntCounter,
+    broadcasts_stalled: IntCounter,
+    chain_problems: IntCounter,
     illegal_transitions: IntCounter,
     rejected_messages: IntCounter,
     rejected_proposals: IntCounter,
@@ -391,6 +395,24 @@ impl Metrics {
                 "mpc_signing_stalled_total",
                 "Inputs of approved transactions that found no signature in max_signing_attempts tries. \
                  They are still retried, less often, while the approval stands: check the signers' health.",
+            ),
+            transactions_confirmed: counter(
+                &r,
+                "mpc_transactions_confirmed_total",
+                "Signed transactions this node saw reach the configured confirmation depth on its Bitcoin \
+                 backend (again after a reorg counts again).",
+            ),
+            broadcasts_stalled: counter(
+                &r,
+                "mpc_broadcasts_stalled_total",
+                "Signed transactions the Bitcoin backend did not hold (mempool or chain) for the broadcast \
+                 timeout. They are still rebroadcast; the transaction's chain status says why.",
+            ),
+            chain_problems: counter(
+                &r,
+                "mpc_chain_problems_total",
+                "Failed broadcasts and lookups on the Bitcoin backend, counted once per new reason per \
+                 transaction: an unreachable backend, a refused broadcast, a conflicting spend in the mempool.",
             ),
             illegal_transitions: counter(
                 &r,
@@ -597,6 +619,7 @@ impl Metrics {
                             self.submit_to_signed.observe(d.as_secs_f64());
                         }
                     }
+                    TxState::Confirmed => self.transactions_confirmed.inc(),
                     other if other.is_final() => {
                         clocks.submitted.stop(tx, now);
                     }
@@ -638,6 +661,8 @@ impl Metrics {
                 Observation::TransportRefused { .. } => self.transport_refusals.inc(),
                 Observation::MemberSuspected { .. } => self.member_suspicions.inc(),
                 Observation::SigningStalled { .. } => self.signing_stalled.inc(),
+                Observation::BroadcastStalled { .. } => self.broadcasts_stalled.inc(),
+                Observation::ChainProblem { .. } => self.chain_problems.inc(),
                 Observation::IllegalTransition { .. } => self.illegal_transitions.inc(),
             }
         }
@@ -820,6 +845,9 @@ mod tests {
                 Observation::TransportRefused { peer: None, reason: "garbage".into() },
                 Observation::MemberSuspected { member: NodeId(4), strikes: 1 },
                 Observation::SigningStalled { tx: tx(9), input: 0, attempts: 12 },
+                Observation::BroadcastStalled { tx: tx(8), reason: "backend unreachable".into() },
+                Observation::ChainProblem { tx: tx(8), reason: "backend unreachable".into() },
+                changed(tx(8), TxState::Confirmed),
                 Observation::SigningProbeUnanswered {
                     tx: tx(9),
                     input: 1,
@@ -882,6 +910,9 @@ mod tests {
             "mpc_transport_refusals_total",
             "mpc_member_suspicions_total",
             "mpc_signing_stalled_total",
+            "mpc_broadcasts_stalled_total",
+            "mpc_chain_problems_total",
+            "mpc_transactions_confirmed_total",
             "mpc_illegal_transitions_total",
             "mpc_signing_retries_total",
             "mpc_dkg_failed_total",

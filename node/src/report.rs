@@ -26,6 +26,17 @@ pub struct Report {
     pub approvals: Vec<Approval>,
     pub presignatures: Vec<String>,
     pub verified_with: String,
+    /// The transaction's state at every node when the report was written:
+    /// `confirmed` once a block holds it at the configured depth.
+    pub state: String,
+    /// The block that holds it, when confirmed (check it with
+    /// `bitcoin-cli getrawtransaction <txid> true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u64>,
     pub timings_s: Timings,
 }
 
@@ -65,6 +76,9 @@ pub struct Timings {
     pub dkg: f64,
     pub pool: f64,
     pub signing: f64,
+    /// From signed to confirmed: broadcast, a block mined, the nodes seeing it.
+    #[serde(default)]
+    pub confirmation: f64,
     pub total: f64,
 }
 

@@ -219,15 +219,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
 
     let (primes, primes_since) = if status.primes_ready { (None, None) } else { start_primes(&config)? };
-    let bitcoin_health = match config.bitcoin_backend()? {
+    let (bitcoin_health, chain) = match config.bitcoin_backend()? {
         Some(rpc) => {
             let poll = config.bitcoin.as_ref().map_or(Duration::from_secs(5), |b| b.poll);
             info!(node = me.0, backend = %rpc.url(), "bitcoin backend configured");
-            Some(crate::backend_watch::spawn(rpc, config.core.cluster.network, poll, shutdown.clone()))
+            let health = crate::backend_watch::spawn(rpc.clone(), config.core.cluster.network, poll, shutdown.clone());
+            (Some(health), Some(crate::shell::ChainLink::new(rpc)))
         }
         None => {
             info!(node = me.0, "no [bitcoin] backend configured: signed transactions are not broadcast");
-            None
+            (None, None)
         }
     };
     let mut health = control.health();
@@ -260,6 +261,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         shutting_down: false,
         fencing_failed_at: None,
         told_reachable: None,
+        chain,
     };
     let anchoring = tokio::spawn(anchor_periodically(store.clone(), coord.clone()));
     shell.queue_coord_view();

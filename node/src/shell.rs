@@ -17,8 +17,8 @@ use crate::control::{Check, CommandRequest, Health, PrimesState};
 use crate::metrics::Metrics;
 use mpc_core::engine::{ComputeJob, SafePrimes};
 use mpc_core::{
-    Command, Core, Envelope, Input, Millis, Node, NodeId, Observation, Record, Reply, RequestId, Secret, Shell,
-    StatusReport, Step,
+    ChainReport, ChainRequest, ChainSight, Command, Core, Envelope, Input, Millis, Node, NodeId, Observation, Record,
+    Reply, RequestId, Secret, Shell, StatusReport, Step,
 };
 use mpc_io_quic::{Inbox, Transport};
 use mpc_io_store::coord::{CoordView, Coordinator, Health as CoordHealth};
@@ -99,7 +99,7 @@ pub struct NodeShell {
     pub health_tx: watch::Sender<Health>,
     pub health: Health,
     /// The Bitcoin backend's state, from [`crate::backend_watch`].
-    pub bitcoin_health: Option<watch::Receiver<Check>>,
+    pub bitcoin_health: Option<watch::Receiver<crate::backend_watch::BackendView>>,
     /// API requests waiting for the core's reply.
     pub waiting: BTreeMap<RequestId, oneshot::Sender<Reply>>,
     pub next_request: u64,
@@ -119,6 +119,35 @@ pub struct NodeShell {
     pub fencing_failed_at: Option<Instant>,
     /// What the core was last told about consuming (see `Input::Coordination`).
     pub told_reachable: Option<bool>,
+    /// The Bitcoin backend the core's chain requests go to; `None` without
+    /// a `[bitcoin]` section (the core then asks nothing).
+    pub chain: Option<ChainLink>,
+}
+
+/// The core's line to bitcoind: requests run as tasks, at most
+/// [`CHAIN_REQUESTS_IN_FLIGHT`] at once, and their answers queue here.
+pub struct ChainLink {
+    pub rpc: crate::bitcoin_rpc::BitcoinRpc,
+    pub answers_tx: mpsc::UnboundedSender<ChainReport>,
+    pub answers: mpsc::UnboundedReceiver<ChainReport>,
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Chain lookups and broadcasts running at once. A request beyond it is
+/// dropped: the core asks again at its next poll or backoff, so a slow
+/// backend costs time, not memory.
+pub const CHAIN_REQUESTS_IN_FLIGHT: usize = 8;
+
+impl ChainLink {
+    pub fn new(rpc: crate::bitcoin_rpc::BitcoinRpc) -> ChainLink {
+        let (answers_tx, answers) = mpsc::unbounded_channel();
+        ChainLink {
+            rpc,
+            answers_tx,
+            answers,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(CHAIN_REQUESTS_IN_FLIGHT)),
+        }
+    }
 }
 
 impl NodeShell {
@@ -150,8 +179,31 @@ impl NodeShell {
 
     fn publish_health(&mut self) {
         self.health.peers_connected = self.transport.connected_peers();
-        self.health.bitcoin = self.bitcoin_health.as_ref().map(|h| h.borrow().clone());
+        if let Some(watch) = self.bitcoin_health.as_mut() {
+            let fresh = watch.has_changed().unwrap_or(false);
+            let backend = watch.borrow_and_update().clone();
+            self.health.bitcoin = Some(backend.check);
+            if fresh || self.health.bitcoin_tip.is_none() {
+                self.health.bitcoin_tip = backend.tip;
+            }
+        }
         self.health_tx.send_replace(self.health.clone());
+    }
+
+    /// A transaction found in a block tells the tip too (its height plus
+    /// its depth): newer than the health poll's, so the API's depth of a
+    /// transaction just confirmed is known at once. A later poll (or
+    /// report) replaces it, also after a reorg lowered the tip.
+    fn note_chain_tip(&mut self, input: &Input) {
+        if let Input::Chain(ChainReport::Checked {
+            sight: Ok(ChainSight::InBlock { height, confirmations, .. }), ..
+        }) = input
+        {
+            // The health poll's latest first, so it cannot overwrite this.
+            self.publish_health();
+            self.health.bitcoin_tip = Some(height + confirmations.saturating_sub(1));
+            self.health_tx.send_replace(self.health.clone());
+        }
     }
 
     /// The shell's own status query, so gauges and health stay current.
@@ -220,6 +272,8 @@ impl NodeShell {
             | Observation::DkgFailed { .. }
             | Observation::ProtocolFailed { .. }
             | Observation::SigningStalled { .. }
+            | Observation::BroadcastStalled { .. }
+            | Observation::ChainProblem { .. }
             | Observation::IllegalTransition { .. } => warn!(node = self.me.0, event = ?o, "misbehaviour or failure"),
             Observation::RejectedMessage { .. }
             | Observation::ProposalRejected { .. }
@@ -271,11 +325,17 @@ impl Shell for NodeShell {
                     Event::Primes(primes.ok())
                 }
                 Some(inbound) = self.inbound.recv() => Event::Input(inbound.into_input()),
+                Some(report) = async { self.chain.as_mut().expect("guarded").answers.recv().await }, if self.chain.is_some() => {
+                    Event::Input(Input::Chain(report))
+                }
                 _ = tokio::time::sleep_until(status_due) => Event::Nothing,
                 _ = tokio::time::sleep(sleep) => Event::Timer,
             };
             let input = match event {
-                Event::Input(input) => input,
+                Event::Input(input) => {
+                    self.note_chain_tip(&input);
+                    input
+                }
                 Event::Shutdown(true) => {
                     self.shutting_down = true;
                     info!(node = self.me.0, "shutting down: abandoning sessions in flight");
@@ -369,6 +429,22 @@ impl Shell for NodeShell {
 
     fn compute(&mut self, jobs: Vec<ComputeJob>) {
         self.workers.submit(jobs);
+    }
+
+    fn chain(&mut self, requests: Vec<ChainRequest>) {
+        let Some(link) = &self.chain else { return };
+        for request in requests {
+            let Ok(permit) = link.in_flight.clone().try_acquire_owned() else {
+                debug!(node = self.me.0, tx = %request.tx().short(), "bitcoind busy: chain request dropped, asked again later");
+                continue;
+            };
+            let (rpc, answers) = (link.rpc.clone(), link.answers_tx.clone());
+            tokio::spawn(async move {
+                let report = crate::chain_backend::answer(&rpc, request).await;
+                drop(permit);
+                let _ = answers.send(report);
+            });
+        }
     }
 }
 

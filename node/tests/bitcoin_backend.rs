@@ -4,67 +4,16 @@
 //!
 //! Each test works in its own wallet, so the tests share one node.
 
-use bitcoin::consensus::encode::deserialize_hex;
-use bitcoin::{Network, Transaction, Txid};
+use bitcoin::{Network, Txid};
 use mpc_node::backend_watch::backend_check;
 use mpc_node::bitcoin_rpc::{codes, BitcoinRpc, Broadcast, RpcAuth, RpcError};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use url::Url;
 use zeroize::Zeroizing;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: start bitcoind with `eval \"$(scripts/bitcoind.sh start /tmp/mpc-btc)\"`")
-    })
-}
-
-fn url() -> Url {
-    Url::parse(&env("MPC_TEST_BITCOIND_URL")).expect("MPC_TEST_BITCOIND_URL is a URL")
-}
-
-fn login() -> RpcAuth {
-    RpcAuth::UserPassword {
-        user: env("MPC_TEST_BITCOIND_USER"),
-        password: Zeroizing::new(env("MPC_TEST_BITCOIND_PASSWORD")),
-    }
-}
-
-fn rpc() -> BitcoinRpc {
-    BitcoinRpc::new(url(), login(), Duration::from_secs(30)).unwrap()
-}
-
-/// A fresh wallet named for the test, with `blocks` mined to it (101
-/// makes one coinbase spendable).
-async fn funded_wallet(name: &str, blocks: u64) -> (BitcoinRpc, String) {
-    let node = rpc();
-    let name = format!("{name}-{}", std::process::id());
-    let _: Value = node.call("createwallet", vec![json!(name)]).await.expect("createwallet");
-    let wallet = node.wallet(&name);
-    let address: String = wallet.call("getnewaddress", vec![json!(""), json!("bech32")]).await.unwrap();
-    let _: Value = node.call("generatetoaddress", vec![json!(blocks), json!(address)]).await.unwrap();
-    (wallet, address)
-}
-
-/// A signed transaction from `wallet` paying `btc` to a new address of its
-/// own, spending `input` when given.
-async fn wallet_spend(wallet: &BitcoinRpc, input: Option<(Txid, u32)>, btc: f64) -> Transaction {
-    let to: String = wallet.call("getnewaddress", vec![json!(""), json!("bech32")]).await.unwrap();
-    let inputs = match input {
-        Some((txid, vout)) => json!([{ "txid": txid, "vout": vout }]),
-        None => json!([]),
-    };
-    let raw: String = wallet.call("createrawtransaction", vec![inputs, json!({ to: btc })]).await.unwrap();
-    let funded: Value =
-        wallet.call("fundrawtransaction", vec![json!(raw), json!({ "add_inputs": input.is_none() })]).await.unwrap();
-    let signed: Value = wallet.call("signrawtransactionwithwallet", vec![funded["hex"].clone()]).await.unwrap();
-    assert_eq!(signed["complete"], json!(true), "{signed}");
-    deserialize_hex(signed["hex"].as_str().unwrap()).unwrap()
-}
-
-async fn mine(rpc: &BitcoinRpc, address: &str, blocks: u64) {
-    let _: Value = rpc.call("generatetoaddress", vec![json!(blocks), json!(address)]).await.unwrap();
-}
+mod regtest;
+use regtest::*;
 
 #[tokio::test]
 async fn a_spend_is_accepted_confirmed_and_a_repeat_broadcast_is_success() {

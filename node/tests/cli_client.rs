@@ -135,6 +135,13 @@ fn tx_submit_status_and_list_through_the_cli() {
     let human = stdout(&out);
     assert!(human.contains(&format!("transaction {id}")) && human.contains("state:     voting"), "{human}");
     assert!(human.contains("VOTER") && human.contains("approve"), "{human}");
+    // Not signed yet: no signed PSBT to write, and no file written.
+    let target = s.file("signed.psbt", b"");
+    std::fs::remove_file(&target).unwrap();
+    let out = s.cli(&["tx", "status", &id, "--signed-psbt", path(&target)]);
+    expect_code(&out, 3, "tx status --signed-psbt before signing");
+    assert!(stderr(&out).contains("voting: no signed PSBT"), "{}", stderr(&out));
+    assert!(!target.exists(), "a file was written for an unsigned transaction");
 
     let out = s.cli(&["tx", "list", "--json"]);
     expect_code(&out, 0, "tx list --json");

@@ -313,7 +313,7 @@ impl Bench {
             *time += took;
             *calls += 1;
         }
-        let Step { persist, send, compute, replies, observations, wake_at } = step;
+        let Step { persist, send, compute, replies, observations, wake_at, chain: _ } = step;
         // Records: durable "first", then dropped (no restart in this run).
         drop(persist);
         for o in &observations {

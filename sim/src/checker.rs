@@ -23,6 +23,9 @@ pub fn check(cluster: &Cluster, byzantine: &BTreeSet<NodeId>) -> Vec<Violation> 
     one_key_for_all(cluster, byzantine, &mut v);
     // Invariant 5's durability half: a restart brings back what was known.
     v.extend(cluster.recovery_violations.iter().map(|r| Violation(format!("recovery: {r}"))));
+    // Checked as each confirmation or conflict is observed (see
+    // `Cluster::step`).
+    v.extend(cluster.chain_violations.iter().map(|r| Violation(format!("chain: {r}"))));
     v
 }
 

@@ -17,7 +17,7 @@ use crate::engine_thread::EngineThread;
 use crate::host::{self, Clock, Delivery, Host, LeaseState, Shared, Snapshot, EPOCH_MS};
 use mpc_core::{
     Command, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
-    Record, Reply, RequestId,
+    Record, Reply, RequestId, TxId, TxState,
 };
 use sha2::{Digest, Sha256};
 use std::cell::{Ref, RefCell, RefMut};
@@ -44,6 +44,8 @@ pub struct Cluster {
     pub replies: Vec<(NodeId, RequestId, Reply)>,
     /// Lease holder changes seen by the lease host: (old, new).
     pub lease_changes: Vec<(Option<NodeId>, Option<NodeId>)>,
+    /// Confirmations reported that the simulated chain did not hold.
+    pub chain_violations: Vec<String>,
     partitioned: BTreeSet<NodeId>,
 }
 
@@ -137,6 +139,7 @@ impl Cluster {
             trace: Sha256::new(),
             steps: 0,
             handle_timings: None,
+            chain: Default::default(),
         }));
         let lease_shared = shared.clone();
         sim.host(host::LEASE_HOST, move || host::lease_host(lease_shared.clone()));
@@ -157,6 +160,7 @@ impl Cluster {
             recovery_violations: Vec::new(),
             replies: Vec::new(),
             lease_changes: Vec::new(),
+            chain_violations: Vec::new(),
             partitioned: BTreeSet::new(),
         };
         // One step starts every host: each recovers its node from its records.
@@ -178,6 +182,16 @@ impl Cluster {
 
     pub fn hosts(&self) -> Ref<'_, BTreeMap<NodeId, Host>> {
         Ref::map(self.shared.borrow(), |s| &s.hosts)
+    }
+
+    /// The Bitcoin chain the nodes' backends see.
+    pub fn chain(&self) -> Ref<'_, crate::chain::SimChain> {
+        Ref::map(self.shared.borrow(), |s| &s.chain)
+    }
+
+    /// For tests and the sweep: mine, reorganise, schedule faults.
+    pub fn chain_mut(&mut self) -> RefMut<'_, crate::chain::SimChain> {
+        RefMut::map(self.shared.borrow_mut(), |s| &mut s.chain)
     }
 
     /// For tests that plant records to show the checker catches them.
@@ -360,10 +374,31 @@ impl Cluster {
             self.crash(id);
         }
         let mut shared = self.shared.borrow_mut();
+        let new = shared.observations.len();
         for (at, node, o, durable) in shared.observations.drain(..) {
             self.observations.push((at, node, o));
             self.observation_store_len.push(durable);
         }
+        // Before the chain moves on: a node reports Confirmed only for
+        // what the chain holds at the depth it is configured for, and a
+        // conflict only for a spend of an input held that deep.
+        let start = self.observations.len() - new;
+        for (_, node, o) in &self.observations[start..] {
+            let problem = match o {
+                Observation::TxStateChanged { tx, to: TxState::Confirmed, .. } => {
+                    chain_contradicts(&shared, *node, *tx, ChainClaim::Confirmed)
+                }
+                Observation::TxStateChanged { tx, to: TxState::Failed(reason), .. }
+                    if reason.starts_with("conflict:") =>
+                {
+                    chain_contradicts(&shared, *node, *tx, ChainClaim::Conflict)
+                }
+                _ => None,
+            };
+            self.chain_violations.extend(problem);
+        }
+        let now = self.sim.elapsed().as_millis() as u64;
+        shared.chain.tick(now);
         self.replies.append(&mut shared.replies);
         self.recovery_violations.append(&mut shared.recovery_violations);
         self.lease_changes.append(&mut shared.lease.changes);
@@ -395,6 +430,35 @@ impl Cluster {
     pub fn observed(&self, f: impl Fn(&Observation) -> bool) -> Vec<(NodeId, Observation)> {
         self.observations.iter().filter(|(_, _, o)| f(o)).map(|(_, n, o)| (*n, o.clone())).collect()
     }
+}
+
+/// What a node said of a transaction on chain.
+#[derive(Clone, Copy, Debug)]
+enum ChainClaim {
+    /// It is at the confirmation depth.
+    Confirmed,
+    /// A conflicting spend of one of its inputs is at that depth.
+    Conflict,
+}
+
+/// Why `node`'s claim about `tx` is wrong for the chain as it is, if it is.
+fn chain_contradicts(shared: &Shared, node: NodeId, tx: TxId, claim: ChainClaim) -> Option<String> {
+    let host = &shared.hosts[&node];
+    let depth = host.config.chain.as_ref().map_or(1, |c| c.confirmations);
+    let raw = host.store.iter().rev().find_map(|r| match r {
+        Record::SignedTx { tx: t, raw_tx } if *t == tx => Some(raw_tx),
+        _ => None,
+    });
+    let Some(raw) = raw else {
+        return Some(format!("{node} reported {} {claim:?} without a signed transaction", tx.short()));
+    };
+    let signed: bitcoin::Transaction = bitcoin::consensus::deserialize(raw).ok()?;
+    let held = match claim {
+        ChainClaim::Confirmed => shared.chain.confirmations(&signed.compute_txid()),
+        ChainClaim::Conflict => shared.chain.conflict_depth(&signed),
+    };
+    (held < depth)
+        .then(|| format!("{node} reported {} {claim:?} at depth {depth}; the chain holds it {held} deep", tx.short()))
 }
 
 impl Drop for Cluster {

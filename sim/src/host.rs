@@ -12,8 +12,8 @@ use crate::engine_thread::EngineThread;
 use bincode::Options;
 use mpc_core::engine::ComputeJob;
 use mpc_core::{
-    drive, Core, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage, PlantedBugs,
-    Record, RecoveredState, Reply, RequestId, Shell, Step, TxId, TxState,
+    drive, ChainRequest, Core, Envelope, Identity, Input, Millis, Node, NodeConfig, NodeId, Observation, PeerMessage,
+    PlantedBugs, Record, RecoveredState, Reply, RequestId, Shell, Step, TxId, TxState,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub trace: Sha256,
     pub steps: u64,
     pub handle_timings: Option<BTreeMap<&'static str, Vec<Duration>>>,
+    /// The Bitcoin chain every node's backend sees.
+    pub chain: crate::chain::SimChain,
 }
 
 /// The host that plays etcd's lease.
@@ -578,6 +580,21 @@ impl Shell for SimShell {
     fn compute(&mut self, jobs: Vec<ComputeJob>) {
         for job in jobs {
             let _ = self.jobs.send(job);
+        }
+    }
+
+    /// Answered at once from the simulated chain, and handed in before
+    /// anything else: the chain only changes between simulation steps, so
+    /// what the core decides from an answer holds for the chain as it is
+    /// when the decision is observed.
+    fn chain(&mut self, requests: Vec<ChainRequest>) {
+        let mut s = self.shared.borrow_mut();
+        let Shared { hosts, chain, trace, .. } = &mut *s;
+        let Some(inbox) = hosts.get(&self.id).and_then(|h| h.inbox.clone()) else { return };
+        for request in requests {
+            let report = chain.answer(self.id, &request);
+            trace.update(format!("{report:?}").as_bytes());
+            let _ = inbox.send(Input::Chain(report));
         }
     }
 }

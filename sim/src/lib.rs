@@ -6,6 +6,7 @@
 //! survives crashes. Tests, the demo, the benchmarks and the seeded sweep
 //! ([`sweep`]) all use it.
 
+pub mod chain;
 pub mod checker;
 pub mod cluster;
 pub mod dealer;

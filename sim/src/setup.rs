@@ -69,7 +69,7 @@ pub fn node_configs(cluster: &ClusterConfig) -> BTreeMap<NodeId, (NodeConfig, Id
         .members
         .keys()
         .map(|id| {
-            let config = NodeConfig { cluster: cluster.clone(), policy: test_policy() };
+            let config = NodeConfig { cluster: cluster.clone(), policy: test_policy(), chain: None };
             let identity = Identity { id: *id, vote_key: vote_key(&cluster.cluster_id, *id) };
             (*id, (config, identity))
         })

@@ -82,6 +82,7 @@ pub fn plan_strategy(shape: SeedShape) -> impl Strategy<Value = SeedPlan> {
                     clocks,
                     keygen_partition: None,
                     keygen_crash: None,
+                    chain_faults: Vec::new(),
                 };
                 plan.keep_byzantine_out_of_roles();
                 plan
@@ -94,6 +95,7 @@ pub fn fault_count(plan: &SeedPlan) -> usize {
     let skewed = plan.clocks.values().filter(|c| **c != Clock::default()).count();
     plan.partitions.len()
         + plan.crashes.len()
+        + plan.chain_faults.len()
         + usize::from(plan.crash_after_persist.is_some())
         + usize::from(plan.byzantine.is_some())
         + usize::from(plan.loss_permille > 0)

@@ -7,6 +7,7 @@
 //! message loss; every transaction must reach a final state at every honest
 //! node).
 
+use crate::chain::ChainEvent;
 use crate::checker;
 use crate::cluster::{Cluster, NetOptions};
 use crate::host::Clock;
@@ -173,6 +174,26 @@ pub struct SeedPlan {
     /// crash (at, node, down for) while key generation runs.
     pub keygen_partition: Option<(u64, u64, BTreeSet<NodeId>)>,
     pub keygen_crash: Option<(u64, NodeId, u64)>,
+    /// Faults of the simulated chain, at times in the safety phase: reorgs,
+    /// mempool evictions, a double spend, a node's backend down (and up
+    /// again). A block is mined every [`BLOCK_MS`] regardless.
+    pub chain_faults: Vec<(u64, ChainEvent)>,
+}
+
+/// How often the simulated chain mines a block.
+pub const BLOCK_MS: u64 = 5_000;
+
+/// How every node follows the simulated chain in a sweep: two blocks deep,
+/// looked up every 2 s, rebroadcast from 2 s doubling to 16 s, stalled
+/// after 20 s unseen.
+pub fn sweep_chain_config() -> mpc_core::ChainConfig {
+    mpc_core::ChainConfig {
+        confirmations: 2,
+        check_ms: 2_000,
+        rebroadcast_ms: 2_000,
+        rebroadcast_max_ms: 16_000,
+        broadcast_timeout_ms: 20_000,
+    }
 }
 
 impl SeedPlan {
@@ -265,7 +286,9 @@ impl SeedPlan {
             clocks,
             keygen_partition: None,
             keygen_crash: None,
+            chain_faults: Vec::new(),
         };
+        plan.plan_chain_faults();
         if shape == SeedShape::LiveKeygen {
             plan.after_keygen();
             plan.plan_keygen_faults();
@@ -298,6 +321,34 @@ impl SeedPlan {
         }
     }
 
+    /// Chain faults come from their own stream too, so adding them left
+    /// every other part of the plans as it was.
+    fn plan_chain_faults(&mut self) {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed ^ 0x6368_6169_6e00);
+        let mut pick = |n: u64| rng.next_u64() % n;
+        let node = |k: u64| NodeId(1 + (k % N as u64) as u16);
+        let mut faults = Vec::new();
+        // Reorgs come while the transactions confirm (submitted in the
+        // first 20 s, two blocks deep 10-15 s later), up to three blocks deep.
+        if pick(3) == 0 {
+            let depth = 1 + pick(3) as usize;
+            faults.push((10_000 + pick(35_000), ChainEvent::Reorg { depth, drop_txs: pick(2) == 0 }));
+        }
+        if pick(4) == 0 {
+            faults.push((pick(110_000), ChainEvent::EvictMempool));
+        }
+        if pick(6) == 0 {
+            faults.push((5_000 + pick(60_000), ChainEvent::DoubleSpendFirstInMempool));
+        }
+        if pick(3) == 0 {
+            let (at, down, who) = (pick(60_000), 5_000 + pick(40_000), node(pick(5)));
+            faults.push((at, ChainEvent::Outage { node: who, down: true }));
+            faults.push((at + down, ChainEvent::Outage { node: who, down: false }));
+        }
+        faults.sort_by_key(|(at, _)| *at);
+        self.chain_faults = faults;
+    }
+
     /// The same workload with every fault [`crate::shrink::fault_count`]
     /// counts removed (and none during keygen): no loss, duplication,
     /// partition, crash or Byzantine node, honest clocks. Delays and the
@@ -314,6 +365,7 @@ impl SeedPlan {
         self.clocks.values_mut().for_each(|c| *c = Clock::default());
         self.keygen_partition = None;
         self.keygen_crash = None;
+        self.chain_faults.clear();
         self
     }
 
@@ -397,6 +449,9 @@ impl std::fmt::Display for SeedPlan {
         for (i, t) in self.txs.iter().enumerate() {
             let to = if t.allowed { "allowlisted destination" } else { "unknown destination" };
             writeln!(f, "  tx {i} at {} to {}: {to}, {} input(s)", secs(t.at_ms), t.node, t.inputs)?;
+        }
+        for (at, event) in &self.chain_faults {
+            writeln!(f, "  chain at {}: {event:?}", secs(*at))?;
         }
         Ok(())
     }
@@ -493,6 +548,9 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         }
     }
     let mut nodes = setup::node_configs(&config);
+    for (node, _) in nodes.values_mut() {
+        node.chain = Some(sweep_chain_config());
+    }
     for strict in &plan.strict {
         if let Some((cfg, _)) = nodes.get_mut(strict) {
             cfg.policy.max_amount_sat = 100_000;
@@ -589,6 +647,14 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         .unwrap();
     let clocks_at_start = clock_errors(&mut cluster);
     let start = cluster.now();
+    {
+        let elapsed_at_start = start.0 - crate::EPOCH_MS;
+        let mut chain = cluster.chain_mut();
+        chain.mine_every_ms = Some(BLOCK_MS);
+        for (at, event) in &plan.chain_faults {
+            chain.schedule(elapsed_at_start + at, event.clone());
+        }
+    }
     let mut submitted: Vec<(usize, NodeId, mpc_core::RequestId)> = Vec::new();
     // Faults counted as they take effect, not as planned: a crash of a node
     // already down, or a partition that separates nobody, is no fault.
@@ -695,6 +761,14 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
         cluster.set_leader(Some(honest[0]));
     }
     cluster.set_lease_candidates(honest.iter().copied().collect());
+    {
+        let now = cluster.now().0 - crate::EPOCH_MS;
+        let ids = cluster.ids();
+        let mut chain = cluster.chain_mut();
+        for node in ids {
+            chain.apply(now, ChainEvent::Outage { node, down: false });
+        }
+    }
     let accepted: BTreeSet<TxId> = cluster
         .replies
         .iter()
@@ -837,7 +911,8 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     }
     for tx in &accepted {
         match scenario::state_at(&cluster, honest[0], *tx) {
-            Some(TxState::Signed) => outcome.signed += 1,
+            Some(TxState::Signed | TxState::Broadcast | TxState::Confirmed) => outcome.signed += 1,
+            Some(TxState::Failed(r)) if r.starts_with("conflict:") => outcome.signed += 1,
             Some(TxState::Rejected) => outcome.rejected += 1,
             _ => {}
         }
@@ -876,6 +951,26 @@ fn run(plan: &SeedPlan, trace: bool, bugs: mpc_core::PlantedBugs, keep_stores: b
     (outcome.presigs_made, outcome.presigs_wasted, outcome.presigs_served) =
         (presigs.made, presigs.wasted, presigs.served);
     outcome.waste_causes = checker::waste_causes(&cluster);
+    let confirmed_txs: BTreeSet<TxId> = cluster
+        .observed(|o| matches!(o, Observation::TxStateChanged { to: TxState::Confirmed, .. }))
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Observation::TxStateChanged { tx, .. } => Some(tx),
+            _ => None,
+        })
+        .collect();
+    cov("transaction confirmed", confirmed_txs.len());
+    cov(
+        "confirmation lost to a reorg",
+        cluster.observed(|o| matches!(o, Observation::TxStateChanged { from: TxState::Confirmed, .. })).len(),
+    );
+    cov(
+        "double spend ended a transaction",
+        cluster
+            .observed(|o| matches!(o, Observation::TxStateChanged { to: TxState::Failed(r), .. } if r.starts_with("conflict:")))
+            .len(),
+    );
+    cov("broadcast stalled", cluster.observed(|o| matches!(o, Observation::BroadcastStalled { .. })).len());
     cov("transaction signed", outcome.signed);
     cov("transaction rejected", outcome.rejected);
     outcome
@@ -936,9 +1031,12 @@ pub fn default_threads() -> usize {
 
 /// Where a transaction may rest at the end of a run: a final state, or
 /// Expired (no certificate by the vote deadline, as when honest nodes split
-/// 2-2 and the fifth vote is an equivocator's).
+/// 2-2 and the fifth vote is an equivocator's). A signed one must have got
+/// to the end of its life on chain: confirmed, or beaten by a conflicting
+/// spend (every backend answers in the liveness phase and blocks keep
+/// coming).
 fn settled(s: &TxState) -> bool {
-    s.is_final() || *s == TxState::Expired
+    (s.is_final() || *s == TxState::Expired) && !matches!(s, TxState::Signed | TxState::Broadcast)
 }
 
 /// The coordinators for which one of b's signing responses (withheld or

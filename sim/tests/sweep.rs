@@ -110,6 +110,10 @@ fn seeded_runs_keep_every_invariant_and_every_fault_kind_fires() {
         "foreign-session vote delivered",
         "lease lapsed (holder crashed or cut off)",
         "clock drifting over 0.1%",
+        "transaction confirmed",
+        "confirmation lost to a reorg",
+        "double spend ended a transaction",
+        "broadcast stalled",
     ] {
         assert!(coverage.get(kind).copied().unwrap_or(0) > 0, "fault kind never fired in this batch: {kind}");
     }

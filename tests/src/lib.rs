@@ -13,10 +13,13 @@
 //! these tests run.
 
 pub mod api;
+pub mod flow;
 pub mod process;
+pub mod regtest;
 
 pub use api::Api;
 pub use process::{LocalCluster, Options};
+pub use regtest::Regtest;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

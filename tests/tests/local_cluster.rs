@@ -12,92 +12,20 @@
 use base64::Engine;
 use mpc_core::tx::GroupKey;
 use mpc_core::{NodeId, PresigId, Record};
-use mpc_node::api::types::{DkgStageName, DkgStatus, PresignatureStatus, SubmitAccepted, TransactionView, TxStateName};
+use mpc_node::api::types::{DkgStatus, TransactionView, TxStateName};
 use mpc_sim::wallet::Spend;
-use mpc_tests::{wait_for, LocalCluster, Options};
-use serde_json::Value;
+use mpc_tests::flow::{dkg, parse, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
+use mpc_tests::{wait_for, LocalCluster, Options, Regtest};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-const MINUTES: Duration = Duration::from_secs(60);
 
 fn destination() -> bitcoin::Address {
     mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> T {
-    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("unexpected JSON {v}: {e}"))
-}
-
-/// Every node answers its health probe.
-fn wait_live(c: &LocalCluster, ids: &[u16]) {
-    for id in ids {
-        wait_for(&format!("node {id} to answer"), MINUTES, || {
-            let (_, body) = c.api(*id).get_public("/api/v1/health?probe=live")?;
-            let v: Value = serde_json::from_str(&body).ok()?;
-            (v["live"] == Value::Bool(true)).then_some(())
-        });
-    }
-}
-
-fn dkg(c: &LocalCluster) -> GroupKey {
-    let started = c.api(1).post_json("/api/v1/dkg/initiate", &Value::Null).expect("node 1 answers");
-    assert_eq!(started.status, 202, "{:?}", started.body);
-    let key = wait_for("every node to hold the same key", 15 * MINUTES, || {
-        let keys: BTreeSet<String> = c
-            .ids()
-            .iter()
-            .map(|id| {
-                let s: DkgStatus = parse(&c.api(*id).get("/api/v1/dkg/status")?.body);
-                (s.stage == DkgStageName::Done).then_some(s.public_key_hex?)
-            })
-            .collect::<Option<_>>()?;
-        (keys.len() == 1).then(|| keys.into_iter().next().unwrap())
-    });
-    // A second DKG is refused with the key.
-    let again = c.api(3).post_json("/api/v1/dkg/initiate", &Value::Null).unwrap();
-    assert_eq!(again.status, 409, "{:?}", again.body);
-    assert_eq!(again.body["error"]["public_key_hex"], Value::String(key.clone()));
-    GroupKey::from_compressed(hex::decode(key).unwrap().try_into().unwrap()).unwrap()
-}
-
-fn wait_pool(c: &LocalCluster, ready: u64) {
-    wait_for(&format!("{ready} presignatures ready"), 15 * MINUTES, || {
-        let s: PresignatureStatus = parse(&c.api(1).get("/api/v1/presignatures/status")?.body);
-        (s.ready >= ready).then_some(())
-    });
-}
-
 fn submit(c: &LocalCluster, node: u16, spend: &Spend, key: &GroupKey) -> String {
-    let answer = c.api(node).post_bytes("/api/v1/transactions", spend.psbt_bytes(key)).expect("node answers");
-    assert_eq!(answer.status, 202, "{:?}", answer.body);
-    parse::<SubmitAccepted>(&answer.body).tx_id
-}
-
-fn transaction(c: &LocalCluster, node: u16, tx: &str) -> Option<TransactionView> {
-    let a = c.api(node).get(&format!("/api/v1/transactions/{tx}"))?;
-    (a.status == 200).then(|| parse(&a.body))
-}
-
-fn wait_state(c: &LocalCluster, nodes: &[u16], tx: &str, state: TxStateName, limit: Duration) {
-    wait_states(c, nodes, tx, &[state], limit);
-}
-
-/// Waits until `tx` is in one of `states` at every node of `nodes`; a
-/// final state that is not one of them fails the test at once.
-fn wait_states(c: &LocalCluster, nodes: &[u16], tx: &str, states: &[TxStateName], limit: Duration) {
-    for node in nodes {
-        wait_for(&format!("{tx} {states:?} at node {node}"), limit, || {
-            let v = transaction(c, *node, tx)?;
-            assert!(
-                !v.state.is_final() || states.contains(&v.state),
-                "node {node}: {tx} ended {} ({:?})",
-                v.state,
-                v.failure_reason
-            );
-            states.contains(&v.state).then_some(())
-        });
-    }
+    submit_psbt(c, node, spend.psbt_bytes(key))
 }
 
 /// libbitcoinconsensus on every input, from the signed bytes and the
@@ -115,6 +43,12 @@ fn verify_signed(view: &TransactionView, spend: &Spend, key: &GroupKey) {
     bad.input[0].witness = bitcoin::Witness::from_slice(&items);
     let bad_raw = bitcoin::consensus::encode::serialize(&bad);
     assert!(key.script_pubkey().verify(0, spend.inputs[0].1, &bad_raw).is_err());
+    // The signed PSBT a wallet takes back extracts to the same transaction.
+    let psbt = base64::engine::general_purpose::STANDARD
+        .decode(view.signed_psbt_base64.as_ref().expect("a signed PSBT once signed"))
+        .unwrap();
+    let extracted = bitcoin::psbt::Psbt::deserialize(&psbt).unwrap().extract_tx().expect("finalized");
+    assert_eq!(bitcoin::consensus::encode::serialize(&extracted), raw);
 }
 
 /// Every node's records, read from its database as a restart reads them.
@@ -217,6 +151,11 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     c.edit_config(2, |t| t.replace(&fixture_line, &format!("safe_primes_file = \"{}\"\n", made.display())));
+    // Every node broadcasts through and follows the test's regtest bitcoind.
+    for id in c.ids() {
+        let section = Regtest::node_section(&c.node_dir(id), 1);
+        c.edit_config(id, |t| t + &section);
+    }
     c.start_all();
     wait_live(&c, &c.ids());
     let key = dkg(&c);
@@ -236,6 +175,23 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
         base64::engine::general_purpose::STANDARD.decode(&view.psbt_base64).unwrap(),
         first.psbt_bytes(&key),
         "the stored PSBT is the one submitted"
+    );
+    // `mpc-cli tx status --signed-psbt` writes it where a wallet loads it.
+    let psbt_file = c.node_dir(4).join("signed.psbt");
+    let cluster_file = c.node_dir(1).parent().unwrap().join("mpc-cli.toml");
+    let out = std::process::Command::new(mpc_tests::workspace_binary("mpc-cli"))
+        .arg("--cluster")
+        .arg(&cluster_file)
+        .args(["--node", "4", "tx", "status", &tx1, "--signed-psbt"])
+        .arg(&psbt_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written = std::fs::read(&psbt_file).unwrap();
+    assert_eq!(
+        Some(base64::engine::general_purpose::STANDARD.encode(&written)),
+        view.signed_psbt_base64,
+        "the file holds the API's signed PSBT, binary"
     );
 
     // `kill -9` of a signer while it signs. Node 3 is frozen (SIGSTOP) so
@@ -287,6 +243,51 @@ fn five_processes_sign_survive_a_killed_signer_and_restart() {
         }
     }
     assert!(asked_node_3, "no signer set with node 3 was ever asked: the kill proved nothing");
+
+    // On a real chain (the plan's ORCH-006): a regtest wallet funds the
+    // cluster address; the cluster signs a spend of that output, every
+    // node's shell broadcasts it (the repeats are success) and follows it:
+    // Broadcast once bitcoind's mempool has it, Confirmed one block later,
+    // with the block and its depth in the API.
+    let chain = Regtest::connect();
+    let (wallet, mine_to) = chain.funded_wallet("local-cluster");
+    let address = key.address(bitcoin::Network::Regtest).to_string();
+    let funding: bitcoin::Txid = parse(&wallet.call("sendtoaddress", vec![json!(address), json!(0.5)]));
+    chain.mine(1, &mine_to);
+    let funding_tx = chain.call("getrawtransaction", vec![json!(funding), json!(true)]);
+    let vout = funding_tx["vout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|o| o["scriptPubKey"]["address"] == json!(address))
+        .expect("the cluster's output") as u32;
+    let real = Spend {
+        inputs: vec![(bitcoin::OutPoint { txid: funding, vout }, bitcoin::Amount::from_sat(50_000_000))],
+        outputs: vec![(destination().script_pubkey(), bitcoin::Amount::from_sat(20_000_000))],
+        change: Some(bitcoin::Amount::from_sat(29_990_000)),
+    };
+    let on_chain = submit(&c, 5, &real, &key);
+    wait_states(&c, &c.ids(), &on_chain, &[TxStateName::Broadcast], 5 * MINUTES);
+    let txid: bitcoin::Txid = transaction(&c, 5, &on_chain).unwrap().txid.unwrap().parse().unwrap();
+    let in_mempool = chain.call("getmempoolentry", vec![json!(txid)]);
+    assert!(in_mempool["vsize"].as_u64().is_some(), "bitcoind's mempool holds it: {in_mempool}");
+    let block = chain.mine(1, &mine_to).remove(0);
+    wait_state(&c, &c.ids(), &on_chain, TxStateName::Confirmed, 2 * MINUTES);
+    for id in c.ids() {
+        let view = wait_for("the API's confirmation depth", MINUTES, || {
+            transaction(&c, id, &on_chain).filter(|v| v.confirmations.is_some())
+        });
+        assert_eq!(view.block_hash.as_deref(), Some(block.as_str()), "node {id}");
+        assert_eq!(view.confirmations, Some(1), "node {id}");
+        assert_eq!(view.broadcast_stalled, None, "node {id}");
+        let (_, metrics) = c.api(id).get_public("/metrics").unwrap();
+        assert!(metrics.lines().any(|l| l == "mpc_transactions_confirmed_total 1"), "node {id}: {metrics}");
+    }
+    let confirmed = chain.call("getrawtransaction", vec![json!(txid), json!(true)]);
+    assert_eq!(confirmed["blockhash"], json!(block));
+    // The made-up prevouts of the earlier spends are named, not mistaken
+    // for a conflict: those stay Signed.
+    assert_eq!(transaction(&c, 2, &tx1).unwrap().state, TxStateName::Signed);
 
     // promtool accepts a live node's metrics; the mission's gauge is there.
     let (status, metrics) = c.api(2).get_public("/metrics").unwrap();

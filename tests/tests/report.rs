@@ -173,6 +173,10 @@ fn sign_and_report(cluster: &mut Cluster, key: &GroupKey, seed: u64) -> anyhow::
         approvals,
         presignatures,
         verified_with: "libbitcoinconsensus (Bitcoin Core's script interpreter, via rust-bitcoin), every input".into(),
+        state: "signed".into(),
+        block_hash: None,
+        block_height: None,
+        confirmations: None,
         timings_s: Timings { signing: signing_s, ..Timings::default() },
     };
     verify(&report)?;

@@ -162,7 +162,7 @@ fn with_key_confirmations(records: Vec<Record>) -> Vec<Record> {
     out
 }
 
-pub const ALL_KINDS: [&str; 18] = [
+pub const ALL_KINDS: [&str; 19] = [
     "safe_primes",
     "sequence",
     "dkg_joined",
@@ -181,13 +181,21 @@ pub const ALL_KINDS: [&str; 18] = [
     "presig_consumed",
     "presig_discarded",
     "signed_tx",
+    "chain",
 ];
 
 /// The fixture cluster's node configs and identities, as the runs used.
 pub fn node_setup(node: NodeId) -> (NodeConfig, Identity) {
     static NODES: OnceLock<BTreeMap<NodeId, (NodeConfig, Identity)>> = OnceLock::new();
     NODES
-        .get_or_init(|| setup::node_configs(&setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, 5, 3)))
+        .get_or_init(|| {
+            // As the sweep runs them: following the simulated chain.
+            let mut nodes = setup::node_configs(&setup::cluster_config(fixtures::FIXTURE_CLUSTER_ID, 5, 3));
+            for (config, _) in nodes.values_mut() {
+                config.chain = Some(mpc_sim::sweep::sweep_chain_config());
+            }
+            nodes
+        })
         .get(&node)
         .cloned()
         .expect("fixture member")

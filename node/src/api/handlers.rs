@@ -265,7 +265,7 @@ pub(super) async fn get_transaction(
     let tx = parse_tx_id(&id)?;
     let store = inner.store()?;
     match store.transaction(tx).await {
-        Ok(Some(found)) => Ok(Json(transaction_view(found))),
+        Ok(Some(found)) => Ok(Json(transaction_view(found, inner.state.control.health().bitcoin_tip))),
         Ok(None) => Err(ApiError::not_found(format!("no transaction {id} at this node"))),
         Err(e) => {
             tracing::error!(tx_id = %tx.short(), error = %e, "reading a transaction failed");
@@ -444,8 +444,22 @@ fn vote_view(vote: &SignedVote, own_at: Option<u64>) -> VoteView {
     }
 }
 
-fn transaction_view(t: StoredTransaction) -> TransactionView {
+fn transaction_view(t: StoredTransaction, tip: Option<u64>) -> TransactionView {
     let (state, failure_reason) = state_name(&t.state);
+    let confirmed = t.state == mpc_core::TxState::Confirmed;
+    let chain = t.chain.as_ref();
+    let block = chain.and_then(|c| c.block.as_ref());
+    let signed_psbt = t.signed_raw_tx.as_ref().and_then(|raw| {
+        let signed: bitcoin::Transaction = bitcoin::consensus::deserialize(raw).ok()?;
+        match mpc_core::tx::signed_psbt(&t.psbt, &signed) {
+            Ok(psbt) => Some(psbt),
+            Err(e) => {
+                // The core checked both before storing them: say so loudly.
+                tracing::error!(tx = %t.tx.to_hex(), "the stored signed transaction does not finalize its PSBT: {e}");
+                None
+            }
+        }
+    });
     TransactionView {
         tx_id: t.tx.to_hex(),
         state,
@@ -483,8 +497,11 @@ fn transaction_view(t: StoredTransaction) -> TransactionView {
             .collect(),
         signed_tx_hex: t.signed_raw_tx.as_ref().map(hex::encode),
         txid: t.txid,
-        signed_psbt_base64: None,
-        confirmations: None,
+        signed_psbt_base64: signed_psbt.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        confirmations: block.filter(|_| confirmed).and_then(|b| tip?.checked_sub(b.height).map(|d| d + 1)),
+        block_hash: block.filter(|_| confirmed).map(|b| b.hash.clone()),
+        block_height: block.filter(|_| confirmed).map(|b| b.height),
+        broadcast_stalled: chain.and_then(|c| c.stalled.clone()),
     }
 }
 

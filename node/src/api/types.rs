@@ -269,11 +269,19 @@ pub struct TransactionView {
     pub signed_tx_hex: Option<String>,
     /// Its Bitcoin txid.
     pub txid: Option<String>,
-    /// The signed PSBT (base64): filled once broadcasting exists; null now.
+    /// The submitted PSBT finalized with the signatures (BIP-174, a
+    /// `final_scriptwitness` on every input), base64: what a wallet takes
+    /// back to extract and broadcast. Null until signed.
     pub signed_psbt_base64: Option<String>,
-    /// Confirmations on the Bitcoin network: filled once broadcasting
-    /// exists; null now.
+    /// How deep the block that confirms it is, by this node's bitcoind's
+    /// latest tip; null unless Confirmed (or without a `[bitcoin]` backend).
     pub confirmations: Option<u64>,
+    /// The block that confirms it, while Confirmed.
+    pub block_hash: Option<String>,
+    pub block_height: Option<u64>,
+    /// Why the broadcast is stalled: bitcoind has not held it (mempool or
+    /// chain) for the broadcast timeout. It is still rebroadcast.
+    pub broadcast_stalled: Option<String>,
 }
 
 /// One line of `GET /api/v1/transactions`.

@@ -1,5 +1,6 @@
 //! Talking to one node's API, and what can go wrong, as exit codes.
 
+use mpc_core::error_text::with_sources;
 use mpc_node::api::types::{ErrorBody, HealthView};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
@@ -97,9 +98,9 @@ impl NodeClient {
     fn send(&self, request: RequestBuilder) -> Result<Response, CliError> {
         request.send().map_err(|e| {
             if e.is_connect() || e.is_timeout() {
-                CliError::Unavailable(format!("node {} at {} is unavailable: {}", self.id, self.base, error_chain(&e)))
+                CliError::Unavailable(format!("node {} at {} is unavailable: {}", self.id, self.base, with_sources(&e)))
             } else {
-                CliError::Failed(format!("talking to node {} at {}: {}", self.id, self.base, error_chain(&e)))
+                CliError::Failed(format!("talking to node {} at {}: {}", self.id, self.base, with_sources(&e)))
             }
         })
     }
@@ -109,7 +110,7 @@ impl NodeClient {
         let status = response.status();
         let text = response
             .text()
-            .map_err(|e| CliError::Failed(format!("reading node {}'s answer: {}", self.id, error_chain(&e))))?;
+            .map_err(|e| CliError::Failed(format!("reading node {}'s answer: {}", self.id, with_sources(&e))))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| {
                 CliError::Failed(format!("node {} gave an unexpected answer ({status}): {e}: {}", self.id, clip(&text)))
@@ -166,7 +167,7 @@ impl NodeClient {
         let status = response.status();
         let text = response
             .text()
-            .map_err(|e| CliError::Failed(format!("reading node {}'s health: {}", self.id, error_chain(&e))))?;
+            .map_err(|e| CliError::Failed(format!("reading node {}'s health: {}", self.id, with_sources(&e))))?;
         if status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE {
             if let Ok(health) = serde_json::from_str::<HealthView>(&text) {
                 return Ok(health);
@@ -174,22 +175,6 @@ impl NodeClient {
         }
         Err(self.refusal(status, &text))
     }
-}
-
-/// An error with its causes: reqwest's own message alone rarely says
-/// "connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn clip(text: &str) -> String {

@@ -372,28 +372,54 @@ fn tx_human(t: &TransactionView) -> String {
     text
 }
 
-pub fn tx_status(node: &NodeClient, id: &str, out: &Out) -> Result<(), CliError> {
+pub fn tx_status(node: &NodeClient, id: &str, signed_psbt: Option<&Path>, out: &Out) -> Result<(), CliError> {
     check_tx_id(id)?;
     let t: TransactionView = node.get(&format!("/api/v1/transactions/{id}"))?;
-    out.print(&t, || tx_human(&t))
-}
-
-/// Where `tx wait` stops: signed (or beyond) is success; rejected, failed
-/// and expired end the wait with exit code 6.
-pub fn wait_verdict(state: TxStateName) -> Option<Result<(), ()>> {
-    match state {
-        TxStateName::Signed | TxStateName::Broadcast | TxStateName::Confirmed => Some(Ok(())),
-        TxStateName::Rejected | TxStateName::Failed | TxStateName::Expired => Some(Err(())),
-        TxStateName::Received | TxStateName::Voting | TxStateName::Approved | TxStateName::Signing => None,
+    out.print(&t, || tx_human(&t))?;
+    if let Some(path) = signed_psbt {
+        let Some(psbt) = &t.signed_psbt_base64 else {
+            let state = state_text(t.state, t.failure_reason.as_deref());
+            return Err(CliError::NotFound(format!("transaction {id} is {state}: no signed PSBT to write")));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(psbt)
+            .map_err(|e| CliError::Failed(format!("node {}: signed_psbt_base64 is not base64: {e}", node.id)))?;
+        std::fs::write(path, bytes).map_err(|e| CliError::Local(format!("{}: {e}", path.display())))?;
     }
+    Ok(())
 }
 
-pub fn tx_wait(node: &NodeClient, id: &str, polling: Polling, out: &Out) -> Result<(), CliError> {
+/// How far along `tx wait` waits for a transaction to get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum WaitUntil {
+    Signed,
+    /// Held by bitcoind (mempool or chain).
+    Broadcast,
+    /// At the configured depth.
+    Confirmed,
+}
+
+/// Where `tx wait` stops: `until` reached (or passed) is success; rejected,
+/// failed and expired end the wait with exit code 6. A confirmed
+/// transaction a reorg took back is Broadcast again, so waiting for
+/// Confirmed goes on.
+pub fn wait_verdict(state: TxStateName, until: WaitUntil) -> Option<Result<(), ()>> {
+    let reached = match state {
+        TxStateName::Signed => WaitUntil::Signed,
+        TxStateName::Broadcast => WaitUntil::Broadcast,
+        TxStateName::Confirmed => WaitUntil::Confirmed,
+        TxStateName::Rejected | TxStateName::Failed | TxStateName::Expired => return Some(Err(())),
+        TxStateName::Received | TxStateName::Voting | TxStateName::Approved | TxStateName::Signing => return None,
+    };
+    (reached >= until).then_some(Ok(()))
+}
+
+pub fn tx_wait(node: &NodeClient, id: &str, until: WaitUntil, polling: Polling, out: &Out) -> Result<(), CliError> {
     check_tx_id(id)?;
     let started = Instant::now();
     loop {
         let t: TransactionView = node.get(&format!("/api/v1/transactions/{id}"))?;
-        if let Some(verdict) = wait_verdict(t.state) {
+        if let Some(verdict) = wait_verdict(t.state, until) {
             out.print(&t, || format!("{}\n", state_text(t.state, t.failure_reason.as_deref())))?;
             return verdict.map_err(|()| {
                 CliError::WaitEnded(format!(
@@ -538,13 +564,20 @@ mod tests {
     fn tx_wait_stops_at_final_states_and_expiry() {
         use TxStateName::*;
         for s in [Signed, Broadcast, Confirmed] {
-            assert_eq!(wait_verdict(s), Some(Ok(())), "{s}");
+            assert_eq!(wait_verdict(s, WaitUntil::Signed), Some(Ok(())), "{s}");
         }
-        for s in [Rejected, Failed, Expired] {
-            assert_eq!(wait_verdict(s), Some(Err(())), "{s}");
-        }
-        for s in [Received, Voting, Approved, Signing] {
-            assert_eq!(wait_verdict(s), None, "{s}");
+        assert_eq!(wait_verdict(Signed, WaitUntil::Broadcast), None);
+        assert_eq!(wait_verdict(Confirmed, WaitUntil::Broadcast), Some(Ok(())));
+        // A reorg takes Confirmed back to Broadcast: keep waiting.
+        assert_eq!(wait_verdict(Broadcast, WaitUntil::Confirmed), None);
+        assert_eq!(wait_verdict(Confirmed, WaitUntil::Confirmed), Some(Ok(())));
+        for until in [WaitUntil::Signed, WaitUntil::Broadcast, WaitUntil::Confirmed] {
+            for s in [Rejected, Failed, Expired] {
+                assert_eq!(wait_verdict(s, until), Some(Err(())), "{s}");
+            }
+            for s in [Received, Voting, Approved, Signing] {
+                assert_eq!(wait_verdict(s, until), None, "{s}");
+            }
         }
     }
 }

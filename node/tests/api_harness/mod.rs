@@ -94,6 +94,7 @@ pub fn node_config(vote_ms: Option<u64>) -> NodeConfig {
             max_fee_rate_sat_vb: 1_000,
             daily_cap_sat: 1_000_000_000,
         },
+        chain: None,
     }
 }
 
@@ -235,6 +236,9 @@ impl Shell for LoneShell {
     fn send(&mut self, _envelopes: Vec<Envelope>) {}
 
     fn compute(&mut self, _jobs: Vec<ComputeJob>) {}
+
+    /// A lone node has no Bitcoin backend (its config has no chain).
+    fn chain(&mut self, _requests: Vec<mpc_core::ChainRequest>) {}
 }
 
 /// The node, with each `handle` timed into the metrics as a node shell does.
@@ -342,6 +346,7 @@ impl TestNode {
             pool_ready: status.pool_ready,
             pool_low_water: status.pool_low_water,
             bitcoin: None,
+            bitcoin_tip: None,
         });
         let (stop_driver, stop) = oneshot::channel();
         let mut shell = LoneShell {

@@ -23,13 +23,37 @@ pub fn fixture_cluster(seed: u64) -> (Cluster, GroupKey) {
 
 /// [`fixture_cluster`] with the cluster config adjusted first.
 pub fn fixture_cluster_with(seed: u64, configure: impl FnOnce(&mut mpc_core::ClusterConfig)) -> (Cluster, GroupKey) {
+    fixture_cluster_built(seed, configure, None, mpc_core::PlantedBugs::NONE)
+}
+
+/// [`fixture_cluster_with`] whose nodes follow the simulated chain with
+/// `chain`, with `bugs` planted in every node.
+pub fn fixture_cluster_on_chain(
+    seed: u64,
+    configure: impl FnOnce(&mut mpc_core::ClusterConfig),
+    chain: mpc_core::ChainConfig,
+    bugs: mpc_core::PlantedBugs,
+) -> (Cluster, GroupKey) {
+    fixture_cluster_built(seed, configure, Some(chain), bugs)
+}
+
+fn fixture_cluster_built(
+    seed: u64,
+    configure: impl FnOnce(&mut mpc_core::ClusterConfig),
+    chain: Option<mpc_core::ChainConfig>,
+    bugs: mpc_core::PlantedBugs,
+) -> (Cluster, GroupKey) {
     let mut config = setup::cluster_config(mpc_sim::fixtures::FIXTURE_CLUSTER_ID, N, T);
     config.pool.low_water = 0;
     config.pool.target = 0;
     config.pool.max = 40;
     configure(&mut config);
     let records = mpc_sim::fixtures::load_cluster(N).expect("fixture cluster (see sim/src/fixtures.rs)");
-    let mut cluster = Cluster::new(seed, setup::node_configs(&config), records).unwrap();
+    let mut nodes = setup::node_configs(&config);
+    for (node, _) in nodes.values_mut() {
+        node.chain = chain.clone();
+    }
+    let mut cluster = Cluster::with_bugs(seed, nodes, records, bugs).unwrap();
     cluster.run_for(2_000);
     let key = cluster.node(NodeId(1)).group_key().expect("fixture key").clone();
     (cluster, key)

@@ -1,37 +1,25 @@
-//! `mpc-demo`: the README main command's helpers (DEMO ONLY). `psbt` writes
-//! a PSBT paying from the cluster address, funded by made-up outputs of it
-//! (there is no blockchain yet); `report` gathers, through the nodes' APIs,
-//! everything an outsider needs to check the signed transaction: the raw
-//! transaction, each input's prevout (from the PSBT), the signed approve
-//! votes with the voters' keys, and the presignatures used.
+//! `mpc-demo`: the README main command's report (DEMO ONLY). `report`
+//! gathers, through the nodes' APIs, everything an outsider needs to check
+//! the signed transaction: the raw transaction, each input's prevout, the
+//! signed approve votes with the voters' keys, the presignatures used, and
+//! the block that confirmed it. With `--chain` it first checks the report
+//! against the regtest bitcoind the demo runs (`MPC_TEST_BITCOIND_*`): each
+//! prevout is an output of a transaction in its chain with that script and
+//! amount, and the transaction is in the named block at the named depth.
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use base64::Engine;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use mpc_node::api::types::{DecisionName, TransactionView, TxStateName};
 use mpc_node::report::{Approval, ClusterSummary, Output, Prevout, Report, Timings};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// DEMO ONLY: writes the verifiable report of a signed transaction.
 #[derive(Parser)]
-#[command(name = "mpc-demo", about = "DEMO ONLY: the main command's PSBT and report")]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Writes a PSBT spending two made-up outputs of the cluster address to
-    /// the test destination, with change back.
-    Psbt {
-        /// The group public key, compressed, hex (`mpc-cli --json dkg status`).
-        #[arg(long)]
-        public_key: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Writes the verifiable report of a signed transaction.
+#[command(name = "mpc-demo", about = "DEMO ONLY: the main command's report")]
+enum Cli {
     Report {
         /// The cluster's mpc-cli.toml (its directory holds node-<id>/node.toml).
         #[arg(long)]
@@ -41,36 +29,55 @@ enum Cmd {
         tx: String,
         #[arg(long)]
         out: PathBuf,
-        /// Phase durations in seconds, `name=secs,...` (dkg, pool, signing).
+        /// Phase durations in seconds, `name=secs,...` (dkg, pool, signing, confirmation).
         #[arg(long)]
         timings: Option<String>,
+        /// Check prevouts and block against the regtest bitcoind of
+        /// `MPC_TEST_BITCOIND_*` (`scripts/bitcoind.sh start`).
+        #[arg(long)]
+        chain: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Cmd::Psbt { public_key, out } => {
-            let bytes: [u8; 33] = hex::decode(&public_key)
-                .context("public key is not hex")?
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("a compressed public key is 33 bytes"))?;
-            let key = mpc_core::tx::GroupKey::from_compressed(bytes)?;
-            let to = mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>()?.assume_checked();
-            let spend = mpc_sim::wallet::Spend::simple("mpc-demo", &[150_000, 75_000], &to, 180_000, 2_500);
-            std::fs::write(&out, spend.psbt_bytes(&key)).with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "PSBT: {} (2 inputs of {}, 180000 sat to {to})",
-                out.display(),
-                key.address(bitcoin::Network::Regtest)
-            );
-        }
-        Cmd::Report { cluster, tx, out, timings } => {
-            let report = report(&cluster, &tx, timings.as_deref())?;
-            let summary = mpc_node::report::verify(&report)?;
-            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-            println!("report: {} ({summary})", out.display());
-        }
+    let Cli::Report { cluster, tx, out, timings, chain } = Cli::parse();
+    let report = report(&cluster, &tx, timings.as_deref())?;
+    let summary = mpc_node::report::verify(&report)?;
+    if chain {
+        check_against_chain(&report)?;
     }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("report: {} ({summary})", out.display());
+    Ok(())
+}
+
+/// The report agrees with bitcoind: its prevouts are real outputs, and the
+/// transaction is where the cluster says it is.
+fn check_against_chain(report: &Report) -> anyhow::Result<()> {
+    let chain = mpc_tests::Regtest::connect();
+    for (i, p) in report.prevouts.iter().enumerate() {
+        let funding = chain.call("getrawtransaction", vec![json!(p.txid), json!(true)]);
+        let output = &funding["vout"][p.vout as usize];
+        ensure!(
+            output["scriptPubKey"]["hex"] == json!(p.script_pubkey_hex),
+            "input {i}: bitcoind's output {}:{} has another script: {output}",
+            p.txid,
+            p.vout
+        );
+        let sat = (output["value"].as_f64().context("an amount")? * 1e8).round() as u64;
+        ensure!(sat == p.value_sat, "input {i}: bitcoind's output holds {sat} sat, the report {}", p.value_sat);
+    }
+    let block = report.block_hash.as_ref().context("the transaction is not confirmed: no block to check")?;
+    let held = chain.call("getrawtransaction", vec![json!(report.txid), json!(true)]);
+    ensure!(held["blockhash"] == json!(block), "bitcoind has {} in another block: {held}", report.txid);
+    let depth = held["confirmations"].as_u64().unwrap_or(0);
+    ensure!(
+        Some(depth) >= report.confirmations,
+        "bitcoind counts {depth} confirmations, the report {:?}",
+        report.confirmations
+    );
+    ensure!(held["hex"] == Value::String(report.signed_tx_hex.clone()), "bitcoind holds other bytes");
+    println!("chain: every prevout is a real output; the transaction is in the reported block");
     Ok(())
 }
 
@@ -97,8 +104,11 @@ fn report(cli_file: &Path, tx: &str, timings: Option<&str>) -> anyhow::Result<Re
         views.insert(id.parse::<u16>()?, view);
     }
     let (first, view) = views.iter().next().context("no nodes in the cluster file")?;
-    if view.state != TxStateName::Signed {
+    if !matches!(view.state, TxStateName::Signed | TxStateName::Broadcast | TxStateName::Confirmed) {
         bail!("transaction {tx} is {} at node {first}, not signed", view.state);
+    }
+    if let Some((other, v)) = views.iter().find(|(_, v)| v.state != view.state) {
+        bail!("transaction {tx} is {} at node {first} but {} at node {other}", view.state, v.state);
     }
     let config = mpc_node::config::Config::load(&dir.join(format!("node-{first}/node.toml")))?;
     let cluster = &config.core.cluster;
@@ -147,6 +157,7 @@ fn report(cli_file: &Path, tx: &str, timings: Option<&str>) -> anyhow::Result<Re
             "dkg" => t.dkg = secs,
             "pool" => t.pool = secs,
             "signing" => t.signing = secs,
+            "confirmation" => t.confirmation = secs,
             other => bail!("unknown timing {other}"),
         }
         t.total += secs;
@@ -179,6 +190,10 @@ fn report(cli_file: &Path, tx: &str, timings: Option<&str>) -> anyhow::Result<Re
         approvals,
         presignatures: presignatures.into_iter().collect(),
         verified_with: "libbitcoinconsensus (Bitcoin Core's script interpreter, via rust-bitcoin), every input".into(),
+        state: view.state.to_string(),
+        block_hash: view.block_hash.clone(),
+        block_height: view.block_height,
+        confirmations: view.confirmations,
         timings_s: t,
     })
 }
