@@ -80,6 +80,14 @@ pub fn node_id_of(cert_der: &[u8]) -> Result<NodeId, CertError> {
     Ok(id)
 }
 
+/// A certificate's (DER) validity period as Unix seconds: not before, not
+/// after. Preflight warns about a certificate close to its end.
+pub fn validity_of(cert_der: &[u8]) -> Result<(i64, i64), CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| CertError::Parse(e.to_string()))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 pub fn ca_cert_path(dir: &Path) -> PathBuf {
     dir.join("ca.pem")
 }

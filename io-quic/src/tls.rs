@@ -78,6 +78,17 @@ pub fn load(dir: &Path, node: NodeId) -> Result<NodeTls, TlsError> {
     build(roots, chain, key)
 }
 
+/// The validity period (Unix seconds) of `node`'s own certificate in `dir`.
+pub fn own_validity(dir: &Path, node: NodeId) -> Result<(i64, i64), TlsError> {
+    let path = certs::node_cert_path(dir, node);
+    let leaf = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| pem_err(&path, e))?
+        .next()
+        .ok_or_else(|| pem_err(&path, "no certificate in the file"))?
+        .map_err(|e| pem_err(&path, e))?;
+    Ok(certs::validity_of(&leaf)?)
+}
+
 /// Our own certificate must chain to the cluster CA and be valid now: a
 /// rotation to a certificate of another CA, or to an expired one, is
 /// refused here rather than discovered by every peer at its handshake.

@@ -13,6 +13,7 @@ pub mod compute;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod preflight;
 pub mod primes;
 pub mod report;
 pub mod run;

@@ -1,11 +1,12 @@
 //! `mpc-node`: one cluster member (`mpc-node run --config FILE`), and the
-//! operator's tools that work on a node's files: `verify-report`,
-//! `db-check`, `audit-verify`.
+//! operator's tools that work on a node's files: `preflight`,
+//! `verify-report`, `db-check`, `audit-verify`.
 //!
 //! Exit codes of `run`: 0 after a graceful shutdown (SIGTERM, SIGINT); 2
 //! when the configuration or a file it names is wrong (the message names
 //! the file, the field and the problem); 1 when the environment fails
-//! (database or etcd unreachable).
+//! (database or etcd unreachable). `preflight` exits 0 when the node can
+//! start (warnings allowed), 1 when a check failed.
 
 use mpc_io_store::coord::CoordConfig;
 use mpc_node::{report, storage};
@@ -27,6 +28,17 @@ enum Cmd {
         /// The node's TOML configuration.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Check, before starting this node, everything start-up needs: the
+    /// configuration, vote key, certificates, master key, database, etcd,
+    /// Bitcoin backend, ports and clock. Exit 1 when a check fails.
+    Preflight {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a cluster report's signed transaction from the report alone.
     VerifyReport {
@@ -105,6 +117,16 @@ fn main() -> anyhow::Result<()> {
                 },
             };
             std::process::exit(code);
+        }
+        Cmd::Preflight { config, json } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let found = rt.block_on(mpc_node::preflight::preflight(&config));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&found)?);
+            } else {
+                println!("{found}");
+            }
+            std::process::exit(if found.passed { 0 } else { 1 });
         }
         Cmd::VerifyReport { report } => {
             let summary = report::verify_file(&report)?;

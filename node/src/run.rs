@@ -68,10 +68,24 @@ pub fn master_key(config: &Config) -> Result<MasterKey, ConfigFileError> {
     MasterKey::from_file(&config.master_key_file).map_err(|e| config.file_error("node.master_key_file", e))
 }
 
-/// This node's identity from its vote key file.
+/// This node's identity from its vote key file, which must be the key
+/// the member list names for it.
 pub fn identity(config: &Config) -> Result<Identity, ConfigFileError> {
     let secret = read_key_file(&config.vote_key_file).map_err(|e| config.file_error("node.vote_key_file", e))?;
-    Ok(Identity { id: config.me, vote_key: ed25519_dalek::SigningKey::from_bytes(&secret) })
+    let vote_key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let listed = config.core.cluster.members.get(&config.me).map(|m| m.vote_key);
+    if listed != Some(vote_key.verifying_key().to_bytes()) {
+        return Err(config.file_error(
+            "node.vote_key_file",
+            format!(
+                "{}: this key's public half is not the one cluster.members lists for node {}: peers would refuse \
+                 every vote this node signs (give the node its own key file, or the member list its public key)",
+                config.vote_key_file.display(),
+                config.me.0
+            ),
+        ));
+    }
+    Ok(Identity { id: config.me, vote_key })
 }
 
 /// Opens the node's database as start-up does. Errors that the operator
