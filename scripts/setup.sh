@@ -7,6 +7,7 @@
 #                     (google/protobuf/descriptor.proto): only a Recommends
 #                     of protobuf-compiler, so not pulled in below
 #   g++, make         libbitcoinconsensus and GMP builds
+#   systemd           systemd-analyze, which checks deploy/mpc-node.service
 #
 # Optional: `scripts/setup.sh --promtool` (or MPC_REQUIRE_PROMTOOL=1) also
 # installs promtool (Debian `prometheus`), which mpc-node's metrics test runs
@@ -25,6 +26,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 promtool_missing=""
 if [ -n "$want_promtool" ] && ! command -v promtool >/dev/null 2>&1; then promtool_missing=1; fi
 
