@@ -511,9 +511,11 @@ fn net_001_quic_mtls_connectivity_among_the_five_processes() {
 
 /// `systemd-analyze ARGS FILE`: exit code and everything it printed.
 fn systemd_analyze(args: &[&str], unit: &std::path::Path) -> (i32, String) {
-    let out = Command::new("systemd-analyze").args(args).arg(unit).output().expect(
-        "systemd-analyze (Debian's systemd; scripts/setup.sh installs it)",
-    );
+    let out = Command::new("systemd-analyze")
+        .args(args)
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd; scripts/setup.sh installs it)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }

@@ -1,11 +1,12 @@
-//! A transaction's life on a real chain, through five real `mpc-node`
+//! The transaction_lifecycle suite: a transaction's life on a real chain, through five real `mpc-node`
 //! processes and a regtest bitcoind of this test's own (so stopping it
 //! does not disturb the other suites): a PSBT made by a watch-only wallet
 //! of the cluster address, with two inputs and the wallet's BIP-32 origins,
 //! signed while bitcoind is down; the broadcast timeout (the plan's
 //! ORCH-011) marks it stalled with the reason and degrades health;
 //! `testmempoolaccept` takes the signed transaction; bitcoind back, the
-//! nodes rebroadcast and it confirms; `invalidateblock` takes the block away
+//! nodes rebroadcast and it confirms (ORCH-006, broadcasting
+//! confirmation); `invalidateblock` takes the block away
 //! and it goes back to Broadcast, then confirms in the new block; and a
 //! double spend of a cluster output ends the losing transaction Failed with
 //! the winner's txid. One cluster serves every phase (a DKG costs a minute
@@ -68,12 +69,12 @@ impl Fixture {
 const DESTINATION: &str = mpc_sim::setup::TEST_DESTINATION;
 
 #[test]
-fn a_wallet_psbt_through_a_backend_outage_a_reorg_and_a_double_spend() {
+fn orch_006_orch_011_a_wallet_psbt_through_a_broadcast_timeout_confirmation_a_reorg_and_a_double_spend() {
     let mut fx = setup();
     let tx = a_wallet_psbt_with_two_inputs_is_signed_while_bitcoind_is_down(&mut fx);
-    broadcast_times_out_with_bitcoind_stopped(&fx, &tx);
+    orch_011_broadcast_times_out_with_bitcoind_stopped(&fx, &tx);
     testmempoolaccept_takes_the_signed_transaction(&mut fx, &tx);
-    let block = bitcoind_recovered_the_nodes_rebroadcast_and_it_confirms(&mut fx, &tx);
+    let block = orch_006_bitcoind_recovered_the_nodes_rebroadcast_and_it_confirms(&mut fx, &tx);
     a_reorg_takes_it_back_to_broadcast_and_it_confirms_again(&fx, &tx, &block);
     a_double_spend_ends_the_loser_failed_with_the_winners_txid(&fx);
 }
@@ -127,7 +128,7 @@ fn a_wallet_psbt_with_two_inputs_is_signed_while_bitcoind_is_down(fx: &mut Fixtu
     tx
 }
 
-fn broadcast_times_out_with_bitcoind_stopped(fx: &Fixture, tx: &str) {
+fn orch_011_broadcast_times_out_with_bitcoind_stopped(fx: &Fixture, tx: &str) {
     let c = &fx.cluster;
     for id in c.ids() {
         let view = wait_for(&format!("node {id}: {tx} marked stalled"), MINUTES, || {
@@ -160,7 +161,7 @@ fn testmempoolaccept_takes_the_signed_transaction(fx: &mut Fixture, tx: &str) {
     fx.bitcoind.stop();
 }
 
-fn bitcoind_recovered_the_nodes_rebroadcast_and_it_confirms(fx: &mut Fixture, tx: &str) -> String {
+fn orch_006_bitcoind_recovered_the_nodes_rebroadcast_and_it_confirms(fx: &mut Fixture, tx: &str) -> String {
     let chain = fx.bitcoind.run_on(fx.bitcoind.port());
     let c = &fx.cluster;
     wait_state(c, &c.ids(), tx, TxStateName::Broadcast, 2 * MINUTES);
