@@ -57,7 +57,9 @@ async fn look(rpc: &BitcoinRpc, network: bitcoin::Network) -> BackendView {
     }
 }
 
-fn judge(rpc: &BitcoinRpc, network: bitcoin::Network, info: &crate::bitcoin_rpc::ChainInfo) -> Check {
+/// What bitcoind's chain info says of the backend: the wrong chain, or
+/// still syncing, fails.
+pub fn judge(rpc: &BitcoinRpc, network: bitcoin::Network, info: &crate::bitcoin_rpc::ChainInfo) -> Check {
     match info {
         info if !info.is_network(network) => Check::failing(format!(
             "bitcoind at {} follows chain {:?}, the cluster is on {network}",

@@ -10,7 +10,7 @@
 //! binding and the master key proven); etcd (reachable with the configured
 //! TLS and login, no other process live under this node's id); the Bitcoin
 //! backend (the right chain, synced); the QUIC and API ports free; and the
-//! clock (synchronised, inside the certificate's validity).
+//! clock (synchronised).
 //!
 //! A check that cannot run because one it depends on failed is reported
 //! as skipped with the reason, so one mistake gives one failure, not nine.
@@ -197,9 +197,7 @@ fn describe(config: &Config) -> String {
 
 async fn run_checks(config: &Config, found: &mut Findings) {
     found.add(Check::VoteKey, vote_key(config));
-    let certificates = certificates(config);
-    let not_after = certificates.as_ref().ok().map(|(_, _, end)| *end);
-    found.add(Check::Certificates, certificates.map(|(v, d, _)| (v, d)));
+    found.add(Check::Certificates, certificates(config));
     if found.add(Check::MasterKey, master_key(config)) {
         found.add(Check::Database, database(config).await);
     } else {
@@ -208,7 +206,7 @@ async fn run_checks(config: &Config, found: &mut Findings) {
     found.add(Check::Etcd, etcd(config).await);
     found.add(Check::Bitcoin, bitcoin(config).await);
     found.add(Check::Ports, ports(config));
-    found.add(Check::Clock, clock(not_after));
+    found.add(Check::Clock, clock());
 }
 
 fn vote_key(config: &Config) -> Result<(Verdict, String), String> {
@@ -216,36 +214,22 @@ fn vote_key(config: &Config) -> Result<(Verdict, String), String> {
     ok(format!("{} matches member {}'s public key", config.vote_key_file.display(), config.me.0))
 }
 
-/// The verdict, its detail, and the certificate's end (Unix seconds).
-fn certificates(config: &Config) -> Result<(Verdict, String, i64), String> {
+fn certificates(config: &Config) -> Result<(Verdict, String), String> {
     let dir = &config.cert_dir;
     tls::load(dir, config.me).map_err(|e| format!("{e} (certificates are read from {})", dir.display()))?;
+    if let Some(warning) = crate::run::ca_key_on_host(config) {
+        return warn(warning);
+    }
     let (_, not_after) = tls::own_validity(dir, config.me).map_err(|e| e.to_string())?;
     let days_left = (not_after - unix_now()) / 86_400;
     let cert = certs::node_cert_path(dir, config.me);
-    if certs::ca_key_path(dir).exists() {
-        return Ok((
-            Verdict::Warn,
-            format!(
-                "{} holds the cluster CA's private key: a node never needs it, and whoever reads it can mint a \
-                 certificate for any member; move it offline",
-                dir.display()
-            ),
-            not_after,
-        ));
-    }
     if days_left < 30 {
-        return Ok((
-            Verdict::Warn,
-            format!("{} expires in {days_left} day(s): issue a new one (`mpc-cli certs issue`)", cert.display()),
-            not_after,
+        return warn(format!(
+            "{} expires in {days_left} day(s): issue a new one (`mpc-cli certs issue`)",
+            cert.display()
         ));
     }
-    Ok((
-        Verdict::Ok,
-        format!("{} is node {}'s, signed by the cluster CA, valid {days_left} more days", cert.display(), config.me.0),
-        not_after,
-    ))
+    ok(format!("{} is node {}'s, signed by the cluster CA, valid {days_left} more days", cert.display(), config.me.0))
 }
 
 fn master_key(config: &Config) -> Result<(Verdict, String), String> {
@@ -306,16 +290,16 @@ async fn bitcoin(config: &Config) -> Result<(Verdict, String), String> {
     };
     let network = config.core.cluster.network;
     let info = rpc.chain_info().await.map_err(|e| e.to_string())?;
-    if !info.is_network(network) {
-        return Err(format!("bitcoind at {} follows chain {:?}, the cluster is on {network}", rpc.url(), info.chain));
-    }
-    if info.initial_block_download {
+    if info.is_network(network) && info.initial_block_download {
         // The node starts and runs degraded until bitcoind has caught up.
         return warn(format!(
             "bitcoind at {} is still syncing (at block {}): broadcasts wait until it has caught up",
             rpc.url(),
             info.blocks
         ));
+    }
+    if let Some(reason) = crate::backend_watch::judge(&rpc, network, &info).reason {
+        return Err(reason);
     }
     ok(format!("bitcoind at {} follows {network} and is synced (block {})", rpc.url(), info.blocks))
 }
@@ -345,14 +329,10 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// The clock: inside the certificate's validity (checked above, with the
-/// same clock), and synchronised, since expiry deadlines are compared
-/// between nodes and certificates are checked against it.
-fn clock(not_after: Option<i64>) -> Result<(Verdict, String), String> {
-    let now = unix_now();
-    if not_after.is_some_and(|end| now > end) {
-        return Err("the clock is past this node's certificate end: check the date".into());
-    }
+/// The clock: synchronised, since expiry deadlines are compared between
+/// nodes and certificates are judged against it (the certificates check
+/// has already judged this node's own against this clock).
+fn clock() -> Result<(Verdict, String), String> {
     match kernel_clock_sync() {
         Some((true, max_error_ms)) => ok(format!("synchronised (estimated error at most {max_error_ms} ms)")),
         Some((false, _)) => warn(

@@ -68,6 +68,18 @@ pub fn master_key(config: &Config) -> Result<MasterKey, ConfigFileError> {
     MasterKey::from_file(&config.master_key_file).map_err(|e| config.file_error("node.master_key_file", e))
 }
 
+/// A warning when the cluster CA's private key sits in the node's
+/// certificate directory (start-up logs it, preflight reports it).
+pub fn ca_key_on_host(config: &Config) -> Option<String> {
+    mpc_io_quic::certs::ca_key_path(&config.cert_dir).exists().then(|| {
+        format!(
+            "{} holds the cluster CA's private key: a node never needs it, and whoever reads it can mint a \
+             certificate for any member; move it offline",
+            config.cert_dir.display()
+        )
+    })
+}
+
 /// This node's identity from its vote key file, which must be the key
 /// the member list names for it.
 pub fn identity(config: &Config) -> Result<Identity, ConfigFileError> {
@@ -188,13 +200,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let node = build_node(&store, &config, identity.clone()).await?;
     let status = node.status();
 
-    if mpc_io_quic::certs::ca_key_path(&config.cert_dir).exists() {
-        warn!(
-            node = me.0,
-            dir = %config.cert_dir.display(),
-            "the cluster CA's private key is in this node's certificate directory: a node never needs it, \
-             and whoever reads it can mint a certificate for any member; move it offline"
-        );
+    if let Some(warning) = ca_key_on_host(&config) {
+        warn!(node = me.0, "{warning}");
     }
     let mut transport_cfg = TransportConfig::new(me, config.raw.transport.listen, config.cert_dir.clone());
     transport_cfg.peers = config.peers.clone();
