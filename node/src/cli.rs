@@ -271,6 +271,28 @@ struct InitArgs {
     /// etcd client URLs, every node uses them (repeat or comma-separate).
     #[arg(long, value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    /// PEM: the CA that signed etcd's server certificates (needed with
+    /// https:// endpoints). In this and the other --etcd-* paths and the
+    /// user, `{id}` becomes each node's id; the paths are where the files
+    /// will be on the node's machine.
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<String>,
+    /// PEM: the node's client certificate, for etcd's --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires = "etcd_client_key")]
+    etcd_client_cert: Option<String>,
+    /// PEM: its private key, owner-only.
+    #[arg(long, value_name = "FILE", requires = "etcd_client_cert")]
+    etcd_client_key: Option<String>,
+    /// The name etcd's certificate carries, when not the endpoints' host.
+    #[arg(long, value_name = "NAME")]
+    etcd_server_name: Option<String>,
+    /// The etcd user the node logs in as (etcd's `auth enable`).
+    #[arg(long, value_name = "USER", requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// The file holding that user's password (one line, owner-only); never
+    /// the password itself on a command line.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    etcd_password_file: Option<String>,
     /// Binds votes, execution ids and etcd keys to this cluster.
     #[arg(long, default_value = "local")]
     cluster_id: String,
@@ -329,6 +351,14 @@ struct InitArgs {
 impl InitArgs {
     fn spec(self) -> Result<mpc_node::cluster_init::ClusterInit, CliError> {
         let mut spec = mpc_node::cluster_init::ClusterInit::local(self.out, self.nodes, self.etcd);
+        spec.etcd_access = mpc_node::cluster_init::EtcdAccess {
+            ca_file: self.etcd_ca,
+            cert_file: self.etcd_client_cert,
+            key_file: self.etcd_client_key,
+            server_name: self.etcd_server_name,
+            user: self.etcd_user,
+            password_file: self.etcd_password_file,
+        };
         spec.cluster_id = self.cluster_id;
         spec.network = self.network;
         spec.threshold = self.threshold;

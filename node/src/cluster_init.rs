@@ -43,6 +43,8 @@ pub struct ClusterInit {
     pub peer_port_base: u16,
     pub api_port_base: u16,
     pub etcd_endpoints: Vec<String>,
+    /// TLS and login for etcd, the same for every node but for `{id}`.
+    pub etcd_access: EtcdAccess,
     /// Per node id; a node without one uses SQLite in its directory.
     pub database_urls: BTreeMap<u16, String>,
     pub pool: PoolConfig,
@@ -69,6 +71,7 @@ impl ClusterInit {
             peer_port_base: 7100,
             api_port_base: 8100,
             etcd_endpoints: etcd,
+            etcd_access: EtcdAccess::default(),
             database_urls: BTreeMap::new(),
             pool: PoolConfig::default(),
             timeouts: Timeouts::default(),
@@ -81,6 +84,40 @@ impl ClusterInit {
             safe_primes_file: None,
             operator: "operator".into(),
             bitcoin: None,
+        }
+    }
+}
+
+/// How the nodes reach a secured etcd (DESIGN §4): the CA that signed
+/// etcd's certificates, a client certificate and a login per node. A path
+/// or user name may hold `{id}`, replaced by each node's id, so that every
+/// node gets its own certificate and etcd user (an etcd role per cluster
+/// limits them to `/mpc/<cluster>/`). The paths are where the files will be
+/// on each node's machine: `cluster init` writes them into the configs and
+/// `mpc-node preflight` checks them there.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdAccess {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// The name etcd's certificate carries, when not the endpoints' host.
+    pub server_name: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
+}
+
+impl EtcdAccess {
+    /// Node `id`'s `[etcd]` section.
+    pub fn section(&self, endpoints: &[String], id: u16) -> EtcdSection {
+        let fill = |t: &Option<String>| t.as_ref().map(|t| t.replace("{id}", &id.to_string()));
+        EtcdSection {
+            ca_file: fill(&self.ca_file).map(PathBuf::from),
+            cert_file: fill(&self.cert_file).map(PathBuf::from),
+            key_file: fill(&self.key_file).map(PathBuf::from),
+            server_name: self.server_name.clone(),
+            user: fill(&self.user),
+            password_file: fill(&self.password_file).map(PathBuf::from),
+            ..EtcdSection::new(endpoints.to_vec())
         }
     }
 }
@@ -187,7 +224,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
                 listen: SocketAddr::new(host(id), spec.peer_port_base + id),
                 cert_dir: "../certs".into(),
             },
-            etcd: EtcdSection::new(spec.etcd_endpoints.clone()),
+            etcd: spec.etcd_access.section(&spec.etcd_endpoints, id),
             api: ApiSection {
                 listen: api,
                 max_body_bytes: 2 << 20,

@@ -202,11 +202,11 @@ pub struct Metrics {
     presig_discarded: IntCounterVec,
     presigning_duration: Histogram,
     votes: IntCounterVec,
-    equivocations: IntCounter,
-    forged_votes: IntCounter,
-    forged_certificates: IntCounter,
-    foreign_votes: IntCounter,
-    bad_partial_signatures: IntCounter,
+    equivocations: IntCounterVec,
+    forged_votes: IntCounterVec,
+    forged_certificates: IntCounterVec,
+    foreign_votes: IntCounterVec,
+    bad_partial_signatures: IntCounterVec,
     transport_refusals: IntCounter,
     member_suspicions: IntCounter,
     signing_stalled: IntCounter,
@@ -214,7 +214,7 @@ pub struct Metrics {
     broadcasts_stalled: IntCounter,
     chain_problems: IntCounter,
     illegal_transitions: IntCounter,
-    rejected_messages: IntCounter,
+    rejected_messages: IntCounterVec,
     rejected_proposals: IntCounter,
     signing_refusals: IntCounter,
     signing_retries: IntCounter,
@@ -237,6 +237,7 @@ pub struct Metrics {
     is_leader: IntGauge,
     coordination_reachable: IntGauge,
     peers_connected: IntGauge,
+    certificate_rotations: IntCounterVec,
     node: NodeId,
     clocks: Mutex<Clocks>,
 }
@@ -265,6 +266,11 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str, values:
         c.with_label_values(&[*v]);
     }
     c
+}
+
+/// One more on `member`'s series of a counter labelled by member.
+fn blame(counter: &IntCounterVec, member: NodeId) {
+    counter.with_label_values(&[&member.0.to_string()]).inc();
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -352,31 +358,41 @@ impl Metrics {
                 "decision",
                 &["approve", "reject"],
             ),
-            equivocations: counter(
+            equivocations: counter_vec(
                 &r,
                 "mpc_equivocations_total",
                 "Members caught signing two different votes for one transaction (Byzantine). Alert on any.",
+                "member",
+                &[],
             ),
-            forged_votes: counter(
+            forged_votes: counter_vec(
                 &r,
                 "mpc_forged_votes_total",
                 "Votes received whose Ed25519 signature does not verify (Byzantine or corrupted). Alert on any.",
+                "member",
+                &[],
             ),
-            forged_certificates: counter(
+            forged_certificates: counter_vec(
                 &r,
                 "mpc_forged_certificates_total",
                 "Signing requests carrying a certificate for another transaction (Byzantine). Alert on any.",
+                "member",
+                &[],
             ),
-            foreign_votes: counter(
+            foreign_votes: counter_vec(
                 &r,
                 "mpc_foreign_votes_total",
                 "Votes from nodes that are not members of this cluster. Alert on any.",
+                "member",
+                &[],
             ),
-            bad_partial_signatures: counter(
+            bad_partial_signatures: counter_vec(
                 &r,
                 "mpc_bad_partial_signatures_total",
                 "Partial signatures that failed the check against their presignature's commitments: the \
                  signer cheated. Alert on any.",
+                "member",
+                &[],
             ),
             transport_refusals: counter(
                 &r,
@@ -420,10 +436,12 @@ impl Metrics {
                 "Transaction state changes the lifecycle refused (the state did not change). Never \
                  happens in a correct node: report it as a bug.",
             ),
-            rejected_messages: counter(
+            rejected_messages: counter_vec(
                 &r,
                 "mpc_rejected_messages_total",
                 "Peer messages whose content the core could not accept.",
+                "member",
+                &[],
             ),
             rejected_proposals: counter(
                 &r,
@@ -555,6 +573,14 @@ impl Metrics {
                 "mpc_peers_connected",
                 "Peers with a live QUIC connection. Alert when fewer than the threshold minus one.",
             ),
+            certificate_rotations: counter_vec(
+                &r,
+                "mpc_certificate_rotations_total",
+                "Certificate files the transport picked up without a restart (applied), or refused and kept \
+                 the old one for (refused: another CA, expired, unreadable). Alert on refused.",
+                "outcome",
+                &["applied", "refused"],
+            ),
             node,
             clocks: Mutex::new(Clocks {
                 presigning: Timers::new(MAX_PRESIG_TIMERS, PRESIG_TIMER_MAX_AGE),
@@ -625,11 +651,14 @@ impl Metrics {
                     }
                     _ => {}
                 },
-                Observation::Equivocation { .. } => self.equivocations.inc(),
-                Observation::ForgedVote { .. } => self.forged_votes.inc(),
-                Observation::ForgedCertificate { .. } => self.forged_certificates.inc(),
-                Observation::ForeignVote { .. } => self.foreign_votes.inc(),
-                Observation::RejectedMessage { .. } => self.rejected_messages.inc(),
+                // The Byzantine counters name the member to blame: the
+                // signer of two votes, or the authenticated sender (never a
+                // member a forged message only claims to come from).
+                Observation::Equivocation { voter, .. } => blame(&self.equivocations, *voter),
+                Observation::ForgedVote { from, .. } => blame(&self.forged_votes, *from),
+                Observation::ForgedCertificate { from, .. } => blame(&self.forged_certificates, *from),
+                Observation::ForeignVote { from, .. } => blame(&self.foreign_votes, *from),
+                Observation::RejectedMessage { from, .. } => blame(&self.rejected_messages, *from),
                 Observation::ProposalRejected { .. } => self.rejected_proposals.inc(),
                 Observation::PresigReady { id } => {
                     self.presig_generated.inc();
@@ -644,7 +673,7 @@ impl Metrics {
                 }
                 Observation::PartialSignatureReleased { .. } => self.partial_signatures_released.inc(),
                 Observation::SigningRefused { .. } => self.signing_refusals.inc(),
-                Observation::BadPartialSignature { .. } => self.bad_partial_signatures.inc(),
+                Observation::BadPartialSignature { signer, .. } => blame(&self.bad_partial_signatures, *signer),
                 Observation::SigningRetried { .. } => self.signing_retries.inc(),
                 Observation::TxSigned { .. } => self.transactions_signed.inc(),
                 Observation::ProtocolFailed { blamed, .. } => {
@@ -710,6 +739,46 @@ impl Metrics {
 
     pub fn peers_connected(&self, n: usize) {
         self.peers_connected.set(gauge_value(n));
+    }
+
+    /// Every Byzantine act counted against a member: (member, kind, count),
+    /// ordered by member then kind, for the health view.
+    pub fn misbehaviour(&self) -> Vec<(u16, &'static str, u64)> {
+        let families = [
+            ("equivocation", &self.equivocations),
+            ("forged_vote", &self.forged_votes),
+            ("forged_certificate", &self.forged_certificates),
+            ("foreign_vote", &self.foreign_votes),
+            ("bad_partial_signature", &self.bad_partial_signatures),
+            ("rejected_message", &self.rejected_messages),
+            ("protocol_blame", &self.protocol_blame),
+        ];
+        let mut out = Vec::new();
+        for (kind, counter) in families {
+            for family in prometheus::core::Collector::collect(counter) {
+                for m in family.get_metric() {
+                    let member =
+                        m.get_label().iter().find(|l| l.name() == "member").and_then(|l| l.value().parse().ok());
+                    let count = m.get_counter().get_value() as u64;
+                    if let Some(member) = member.filter(|_| count > 0) {
+                        out.push((member, kind, count));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Brings the rotation counters up to the transport's own counts
+    /// (`applied`, `refused`; the transport only ever raises them).
+    pub fn certificate_rotations(&self, applied: u64, refused: u64) {
+        for (outcome, total) in [("applied", applied), ("refused", refused)] {
+            let counter = self.certificate_rotations.with_label_values(&[outcome]);
+            if let Some(more) = total.checked_sub(counter.get()).filter(|m| *m > 0) {
+                counter.inc_by(more);
+            }
+        }
     }
 
     /// Presignatures that became ready at this node over the last
@@ -903,10 +972,14 @@ mod tests {
             assert_eq!(sample(&text, &series), 1.0, "each silent member is named");
         }
         assert_eq!(sample(&text, "mpc_votes_total{decision=\"reject\"}"), 2.0, "reasons do not become labels");
+        // The Byzantine counters name who to blame: the equivocator, the
+        // sender of a forged vote (not the member it claims to be), the
+        // signer of a bad partial signature.
+        assert_eq!(sample(&text, "mpc_equivocations_total{member=\"4\"}"), 1.0);
+        assert_eq!(sample(&text, "mpc_forged_votes_total{member=\"5\"}"), 1.0);
+        assert!(!text.contains("mpc_forged_votes_total{member=\"3\"}"), "the claimed voter was blamed");
+        assert_eq!(sample(&text, "mpc_bad_partial_signatures_total{member=\"5\"}"), 1.0);
         for family in [
-            "mpc_equivocations_total",
-            "mpc_forged_votes_total",
-            "mpc_bad_partial_signatures_total",
             "mpc_transport_refusals_total",
             "mpc_member_suspicions_total",
             "mpc_signing_stalled_total",

@@ -174,6 +174,13 @@ fn shutdown_signal() -> std::io::Result<watch::Receiver<bool>> {
 
 /// Runs the node until it is told to stop.
 pub async fn run(config: Config) -> Result<(), RunError> {
+    run_with(config, None).await
+}
+
+/// [`run`], with every outgoing message passed through `outbound` first.
+/// Only the TEST-ONLY rogue member of the byzantine_scenarios suite hands
+/// one in (see [`crate::shell::Outbound`]); mpc-node calls [`run`].
+pub async fn run_with(config: Config, outbound: Option<crate::shell::Outbound>) -> Result<(), RunError> {
     let me = config.me;
     info!(node = me.0, config = %config.file.display(), cluster = %config.core.cluster.cluster_id, "starting");
     let identity = identity(&config)?;
@@ -283,6 +290,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         fencing_failed_at: None,
         told_reachable: None,
         chain,
+        outbound,
     };
     let anchoring = tokio::spawn(anchor_periodically(store.clone(), coord.clone()));
     shell.queue_coord_view();

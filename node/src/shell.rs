@@ -83,6 +83,12 @@ impl Core for TimedNode {
 }
 
 /// Everything outside the core that one node talks to.
+/// A function every outgoing message passes through before the transport
+/// (see [`crate::run::run_with`]): it may change, multiply or drop it.
+/// mpc-node never installs one; the TEST-ONLY rogue member of the
+/// byzantine_scenarios suite (`tests/src/bin/mpc-rogue.rs`) does, to cheat.
+pub type Outbound = Box<dyn FnMut(Envelope) -> Vec<Envelope> + Send>;
+
 pub struct NodeShell {
     pub me: NodeId,
     pub clock: Clock,
@@ -122,6 +128,8 @@ pub struct NodeShell {
     /// The Bitcoin backend the core's chain requests go to; `None` without
     /// a `[bitcoin]` section (the core then asks nothing).
     pub chain: Option<ChainLink>,
+    /// `None` in mpc-node: see [`Outbound`].
+    pub outbound: Option<Outbound>,
 }
 
 /// The core's line to bitcoind: requests run as tasks, at most
@@ -216,6 +224,11 @@ impl NodeShell {
     fn on_status(&mut self, report: &StatusReport) {
         self.metrics.status(report);
         self.metrics.peers_connected(self.transport.connected_peers());
+        let stats = &self.transport.stats;
+        self.metrics.certificate_rotations(
+            stats.rotations.load(std::sync::atomic::Ordering::Relaxed),
+            stats.rotations_refused.load(std::sync::atomic::Ordering::Relaxed),
+        );
         self.health.key_present = report.public_key_hex.is_some();
         self.health.pool_ready = report.pool_ready;
         self.health.pool_low_water = report.pool_low_water;
@@ -419,6 +432,10 @@ impl Shell for NodeShell {
     }
 
     fn send(&mut self, envelopes: Vec<Envelope>) {
+        let envelopes = match &mut self.outbound {
+            Some(through) => envelopes.into_iter().flat_map(|e| through(e)).collect(),
+            None => envelopes,
+        };
         for Envelope { to, msg } in envelopes {
             let kind = msg.kind();
             if let Err(e) = self.transport.send(to, msg) {

@@ -13,9 +13,12 @@
 //! these tests run.
 
 pub mod api;
+pub mod audit;
+pub mod fault_proxy;
 pub mod flow;
 pub mod process;
 pub mod regtest;
+pub mod secure_etcd;
 
 pub use api::Api;
 pub use process::{LocalCluster, Options};

@@ -1,5 +1,6 @@
 //! Real `mpc-node` processes on loopback, one directory per cluster.
 
+use crate::fault_proxy::FaultProxy;
 use mpc_core::{PoolConfig, Timeouts};
 use mpc_node::cluster_init::{self, ClusterInit};
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ pub struct Options {
     pub allowed_destinations: Vec<String>,
     /// `RUST_LOG` for the nodes.
     pub log_filter: String,
+    /// Put a [`FaultProxy`] in front of every node's QUIC port, so the
+    /// test can cut links (`LocalCluster::proxy`).
+    pub fault_proxy: bool,
 }
 
 impl Default for Options {
@@ -35,6 +39,7 @@ impl Default for Options {
             database_urls: BTreeMap::new(),
             allowed_destinations: vec![mpc_sim::setup::TEST_DESTINATION.to_string()],
             log_filter: "info".into(),
+            fault_proxy: false,
         }
     }
 }
@@ -47,6 +52,8 @@ pub struct LocalCluster {
     pub api_addrs: BTreeMap<u16, String>,
     pub token: String,
     pub options: Options,
+    /// With `Options::fault_proxy`: the links between the nodes.
+    pub proxy: Option<FaultProxy>,
     children: BTreeMap<u16, Child>,
     binary: PathBuf,
 }
@@ -58,14 +65,21 @@ fn free(port: u16) -> bool {
     std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Two port bases with `n` free ports after each: peers and API.
-fn free_port_bases(n: u16) -> (u16, u16) {
+/// Where node `id` really listens when a fault proxy holds its advertised
+/// port `peer_base + id`.
+fn proxied_listen_port(peer_base: u16, id: u16) -> u16 {
+    peer_base + 10 + id
+}
+
+/// Two port bases with `n` free ports after each: peers and API (and the
+/// proxied nodes' real ports, see [`proxied_listen_port`]).
+pub fn free_port_bases(n: u16) -> (u16, u16) {
     let salt = (std::process::id() % 97) as u16;
     loop {
         let block = NEXT_BLOCK.fetch_add(1, Ordering::SeqCst);
         let base = 20_000 + ((salt * 37 + block) % 400) * 50;
         let (peer, api) = (base, base + 20);
-        if (1..=n).all(|i| free(peer + i) && free(api + i)) {
+        if (1..=n).all(|i| free(peer + i) && free(api + i) && free(proxied_listen_port(peer, i))) {
             return (peer, api);
         }
     }
@@ -91,9 +105,25 @@ impl LocalCluster {
         }
         let written = cluster_init::init(&spec).unwrap_or_else(|e| panic!("cluster init in {}: {e:#}", dir.display()));
         let token = std::fs::read_to_string(&written.token_file).expect("token file");
-        let configs = written.configs.into_iter().map(|(id, p)| (id.0, p)).collect();
+        let configs: BTreeMap<u16, PathBuf> = written.configs.into_iter().map(|(id, p)| (id.0, p)).collect();
         let api_addrs = (1..=options.nodes).map(|i| (i, format!("http://127.0.0.1:{}", api_base + i))).collect();
+        let proxy = options.fault_proxy.then(|| {
+            let mut links = BTreeMap::new();
+            for (id, path) in &configs {
+                let id: u16 = *id;
+                let (public, real) = (peer_base + id, proxied_listen_port(peer_base, id));
+                let text = std::fs::read_to_string(path).expect("config");
+                let from = format!("[transport]\nlisten = \"127.0.0.1:{public}\"");
+                assert!(text.contains(&from), "node {id}'s config has no {from:?}");
+                std::fs::write(path, text.replace(&from, &format!("[transport]\nlisten = \"127.0.0.1:{real}\"")))
+                    .expect("config");
+                let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+                links.insert(id, (addr(public), addr(real)));
+            }
+            FaultProxy::start(&links)
+        });
         LocalCluster {
+            proxy,
             dir,
             name: spec.cluster_id,
             configs,
@@ -115,21 +145,37 @@ impl LocalCluster {
 
     /// Starts node `id` (its log goes to `node-<id>/node.log`, appended).
     pub fn start(&mut self, id: u16) {
+        let binary = self.binary.clone();
+        self.start_program(id, &binary, &[]);
+    }
+
+    /// Starts node `id` as the TEST-ONLY rogue member (`mpc-rogue`, a real
+    /// member whose outgoing messages cheat by `act`).
+    pub fn start_rogue(&mut self, id: u16, act: &str) {
+        self.start_program(id, &crate::workspace_binary("mpc-rogue"), &["--act", act]);
+    }
+
+    fn start_program(&mut self, id: u16, program: &Path, extra: &[&str]) {
         assert!(!self.children.contains_key(&id), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.node_dir(id).join("node.log"))
             .expect("log file");
-        let child = Command::new(&self.binary)
-            .args(["run", "--config"])
+        let mut command = Command::new(program);
+        if program == self.binary {
+            command.arg("run");
+        }
+        let child = command
+            .arg("--config")
             .arg(&self.configs[&id])
+            .args(extra)
             .env("RUST_LOG", &self.options.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .expect("spawn mpc-node");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         self.children.insert(id, child);
     }
 

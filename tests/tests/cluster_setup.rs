@@ -151,9 +151,15 @@ fn infra_001_two_starts_from_one_database_draw_different_seeds() {
 
 /// `mpc-node preflight --config FILE --json` on node `id`: exit code and findings.
 fn preflight(cluster: &LocalCluster, id: u16) -> (i32, Value, String) {
+    preflight_at(cluster.config_path(id))
+}
+
+/// `mpc-node preflight` on a config file, with `--json` and without: the
+/// exit code, the JSON findings and the text report.
+fn preflight_at(config: &std::path::Path) -> (i32, Value, String) {
     let run = |json: bool| {
         let mut cmd = Command::new(mpc_tests::workspace_binary("mpc-node"));
-        cmd.args(["preflight", "--config"]).arg(cluster.config_path(id));
+        cmd.args(["preflight", "--config"]).arg(config);
         if json {
             cmd.arg("--json");
         }
@@ -564,4 +570,96 @@ fn deploy_the_systemd_unit_verifies_and_is_hardened() {
     let (code, text) = systemd_analyze(&["security", "--offline=true", "--threshold=20"], &weak);
     assert_ne!(code, 0, "an unhardened unit passed the review: {text}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A process killed when the guard goes (also when the test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Item 7 of the deployment: `mpc-cli cluster init` writes each node's
+/// `[etcd]` for an etcd secured as in production (TLS of its own CA, client
+/// certificates required, auth with a user per node limited to the
+/// cluster's prefix), and `mpc-node preflight` passes on every config it
+/// wrote; a wrong password and the wrong CA each fail the etcd check, and a
+/// node started on such a config leads through that etcd.
+#[test]
+fn infra_001_preflight_passes_on_every_config_cluster_init_writes_for_a_tls_etcd_with_client_certificates_and_auth() {
+    let cluster = format!("secure-{}", std::process::id());
+    let root = std::env::temp_dir().join(format!("mpc-tests/{cluster}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let etcd = mpc_tests::secure_etcd::SecureEtcd::start(&root.join("etcd"), &cluster, 5);
+    let (peer_base, api_base) = mpc_tests::process::free_port_bases(5);
+    let out = root.join("cluster");
+    let init = Command::new(mpc_tests::workspace_binary("mpc-cli"))
+        .args(["cluster", "init", "--nodes", "5", "--out"])
+        .arg(&out)
+        .args(["--cluster-id", &cluster, "--etcd", &etcd.endpoint, "--etcd-ca"])
+        .arg(etcd.ca_file())
+        .args(["--etcd-client-cert", &etcd.template(".pem"), "--etcd-client-key", &etcd.template(".key")])
+        .args(["--etcd-user", "mpc-node-{id}", "--etcd-password-file", &etcd.template(".password")])
+        .args(["--peer-port-base", &peer_base.to_string(), "--api-port-base", &api_base.to_string()])
+        .arg("--safe-primes")
+        .arg(mpc_tests::fixture_primes())
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "cluster init: {}", String::from_utf8_lossy(&init.stderr));
+    let config = |id: u16| out.join(format!("node-{id}/node.toml"));
+    for id in 1..=5u16 {
+        let text = std::fs::read_to_string(config(id)).unwrap();
+        for wanted in [format!("mpc-node-{id}.pem"), format!("mpc-node-{id}.key"), format!("user = \"mpc-node-{id}\"")]
+        {
+            assert!(text.contains(&wanted), "node {id}'s config lacks {wanted}:\n{text}");
+        }
+        let (code, found, report) = preflight_at(&config(id));
+        assert_eq!(code, 0, "node {id}: {report}");
+        let (verdict, detail) = finding(&found, "etcd");
+        assert_eq!(verdict, "ok", "node {id}: {detail}");
+        assert!(detail.contains(&etcd.endpoint), "{detail}");
+    }
+
+    // It bites. A password etcd does not know: the login is refused.
+    let password = etcd.dir.join("mpc-node-3.password");
+    std::fs::write(&password, "not-the-password\n").unwrap();
+    let (code, found, report) = preflight_at(&config(3));
+    assert_eq!(code, 1, "{report}");
+    let (verdict, detail) = finding(&found, "etcd");
+    assert_eq!(verdict, "fail", "{detail}");
+    eprintln!("wrong password: {detail}");
+    // The cluster's QUIC CA in place of etcd's: the server is not trusted.
+    let text = std::fs::read_to_string(config(4)).unwrap();
+    let ca = etcd.ca_file().display().to_string();
+    assert!(text.contains(&ca));
+    std::fs::write(config(4), text.replace(&ca, &out.join("certs/ca.pem").display().to_string())).unwrap();
+    let (code, found, report) = preflight_at(&config(4));
+    assert_eq!(code, 1, "{report}");
+    let (verdict, detail) = finding(&found, "etcd");
+    assert_eq!(verdict, "fail", "{detail}");
+    eprintln!("wrong CA: {detail}");
+
+    // A node started on such a config reaches etcd and leads.
+    let log = std::fs::File::create(root.join("node-1.log")).unwrap();
+    let _node = Killed(
+        Command::new(mpc_tests::workspace_binary("mpc-node"))
+            .args(["run", "--config"])
+            .arg(config(1))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let api = mpc_tests::Api::new(&format!("http://127.0.0.1:{}", api_base + 1), "unused");
+    let health = wait_for("node 1 to lead through the TLS etcd", MINUTES, || {
+        let (_, body) = api.get_public("/api/v1/health")?;
+        let h: mpc_node::api::types::HealthView = serde_json::from_str(&body).ok()?;
+        (h.etcd.ok && h.leader == Some(1)).then_some(h)
+    });
+    assert_eq!(health.node, 1);
+    drop(_node);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -357,6 +357,13 @@ pub(super) async fn health(State(inner): Shared, query: Result<Query<HealthQuery
         pool_low_water: count(h.pool_low_water),
         bitcoin: h.bitcoin.as_ref().map(|c| CheckView { ok: c.ok, reason: c.reason.clone() }),
         degraded: h.degraded_reasons(),
+        misbehaviour: inner
+            .state
+            .metrics
+            .misbehaviour()
+            .into_iter()
+            .map(|(member, kind, count)| MisbehaviourView { member, kind: kind.to_string(), count })
+            .collect(),
     };
     let passes = match probe.as_str() {
         "ready" => view.ready,

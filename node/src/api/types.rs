@@ -372,4 +372,18 @@ pub struct HealthView {
     /// What does not work while the node can still sign (a Bitcoin backend
     /// that does not answer): it does not fail the probe.
     pub degraded: Vec<String>,
+    /// Byzantine acts this node caught since it started, by the member to
+    /// blame (the counts of the `mpc_*_total{member}` counters). Empty in a
+    /// healthy cluster; anything here names a member to investigate.
+    pub misbehaviour: Vec<MisbehaviourView>,
+}
+
+/// One kind of Byzantine act by one member, as this node counted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MisbehaviourView {
+    pub member: u16,
+    /// `equivocation`, `forged_vote`, `forged_certificate`, `foreign_vote`,
+    /// `bad_partial_signature`, `rejected_message` or `protocol_blame`.
+    pub kind: String,
+    pub count: u64,
 }
