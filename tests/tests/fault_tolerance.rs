@@ -2,8 +2,9 @@
 //! what happens to a transaction when members stop, freeze or die under it.
 //!
 //! - ORCH-010, signing timeout: a signer frozen with SIGSTOP after it voted
-//!   is asked to sign and never answers; the coordinator gives that
-//!   presignature up (never used again) and another signer set signs.
+//!   is asked to sign and never answers; after the signing timeout the
+//!   coordinator gives that presignature up (never used again) and another
+//!   signer set signs.
 //! - ORCH-016, graceful shutdown: SIGTERM while the pool refills; the node
 //!   exits 0, its sessions in flight are recorded abandoned and its peers
 //!   told, the other four keep signing, and a restart resumes.
@@ -20,12 +21,12 @@
 
 use mpc_core::tx::GroupKey;
 use mpc_core::{NodeId, PoolConfig, PresigId, Record};
-use mpc_node::api::types::{HealthView, TxStateName};
+use mpc_node::api::types::{HealthView, PresignatureStatus, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{
     assert_no_share_signed_two_messages, consumed_for, discards, metric, parse_tx, records, signer_sets, verify_signed,
 };
-use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
+use mpc_tests::flow::{dkg, parse, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -118,37 +119,51 @@ fn signed_everywhere(c: &LocalCluster, key: &GroupKey, tx: &str, spend: &Spend) 
 fn orch_010_a_signer_frozen_mid_signing_costs_its_presignature_and_another_set_signs() {
     let (c, key) = cluster("orch010");
     let coordinator = leader(&c, 1);
-    let signer = if coordinator == 3 { 2 } else { 3 };
-    let others: Vec<u16> = c.ids().into_iter().filter(|n| *n != signer).collect();
-    // Which presignature the coordinator picks is a hash of the
-    // transaction; a set without the frozen node signs at once and proves
-    // nothing, so this repeats (each such round costs seconds) until one
-    // with it was asked. Without a frozen signer's set in 8 rounds (60%
-    // of the sets hold it) the test fails.
-    let mut proven = None;
-    for round in 0..8 {
-        wait_pool(&c, 4);
-        let retries_before = metric(&c, &[coordinator], "mpc_signing_retries_total");
-        let spent = spend(&format!("orch-010-{round}"));
-        let (tx, frozen) = submit_with_the_vote_held_open(&c, &key, coordinator, signer, &spent);
-        // The signer voted and was heard: the coordinator will ask it to
-        // sign without probing first. It freezes now, before that request.
-        freeze(&c, &[signer]);
-        thaw(&c, &frozen);
-        wait_state(&c, &others, &tx, TxStateName::Signed, 5 * MINUTES);
-        let retried = metric(&c, &[coordinator], "mpc_signing_retries_total") - retries_before;
-        thaw(&c, &[signer]);
-        // The frozen node, thawed, learns the outcome.
-        signed_everywhere(&c, &key, &tx, &spent);
-        eprintln!("round {round}: signing retried {retried} time(s) at the coordinator, node {coordinator}");
-        if retried > 0.0 {
-            proven = Some(tx);
-            break;
-        }
-    }
-    let tx = proven.unwrap_or_else(|| {
-        panic!("in 8 rounds no signer set with the frozen node {signer} was asked to sign: the freeze proved nothing")
+    // A ready presignature of the coordinator with two others: the signer
+    // to freeze and its partner.
+    let (signer, partner) = wait_for("a ready signer set with the coordinator", 5 * MINUTES, || {
+        let status: PresignatureStatus = parse(&c.api(coordinator).get("/api/v1/presignatures/status")?.body);
+        status.signer_sets.iter().filter(|s| s.ready > 0 && s.signers.contains(&coordinator)).find_map(|s| {
+            let others: Vec<u16> = s.signers.iter().copied().filter(|n| *n != coordinator).collect();
+            (others.len() == 2).then(|| (others[0], others[1]))
+        })
     });
+    let idle: Vec<u16> = c.ids().into_iter().filter(|n| ![coordinator, signer, partner].contains(n)).collect();
+    // The coordinator asks straight away (no probe) only signers it heard
+    // from lately whose votes it holds, and it picks among sets whose
+    // members it heard from within a signing timeout first: the other two
+    // members stay silent longer than that, so that set is the pick.
+    freeze(&c, &idle);
+    std::thread::sleep(Duration::from_millis(SIGNING_MS + 1_000));
+    let retries_before = metric(&c, &[coordinator], "mpc_signing_retries_total");
+    let spent = spend("orch-010");
+    // The vote held open by the partner: the signer votes and is heard,
+    // then freezes; the partner's vote approves and the requests go out.
+    freeze(&c, &[partner]);
+    let tx = submit_psbt(&c, coordinator, spent.psbt_bytes(&key));
+    let started = Instant::now();
+    while !transaction(&c, coordinator, &tx).is_some_and(|v| v.votes.iter().any(|x| x.voter == signer)) {
+        assert!(started.elapsed() < MINUTES, "node {signer}'s vote never reached node {coordinator}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    freeze(&c, &[signer]);
+    thaw(&c, &[partner]);
+    wait_for("the coordinator to give the frozen signer's presignature up", 2 * MINUTES, || {
+        (metric(&c, &[coordinator], "mpc_signing_retries_total") > retries_before).then_some(())
+    });
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(SIGNING_MS),
+        "a retry after {waited:?}, before the signing timeout: not the frozen signer's doing"
+    );
+    // The others back: a set without the frozen signer signs.
+    thaw(&c, &idle);
+    let others: Vec<u16> = c.ids().into_iter().filter(|n| *n != signer).collect();
+    wait_state(&c, &others, &tx, TxStateName::Signed, 5 * MINUTES);
+    // The frozen node, thawed, learns the outcome.
+    thaw(&c, &[signer]);
+    signed_everywhere(&c, &key, &tx, &spent);
+    eprintln!("node {signer} frozen mid-signing; the coordinator, node {coordinator}, retried after {waited:?}");
 
     // From the databases: the presignature the frozen signer held was
     // consumed by its live signers for this transaction (signing had
