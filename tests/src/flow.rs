@@ -47,7 +47,15 @@ pub fn dkg(c: &LocalCluster) -> GroupKey {
     GroupKey::from_compressed(hex::decode(key).unwrap().try_into().unwrap()).unwrap()
 }
 
+/// Waits until node 1 sees `ready` presignatures ready. More than the
+/// pool's low water may never come (refill starts below it), so that is
+/// refused at once.
 pub fn wait_pool(c: &LocalCluster, ready: u64) {
+    assert!(
+        ready <= c.options.pool.low_water as u64,
+        "waiting for {ready} ready with a low water of {}: refill may stop short of it",
+        c.options.pool.low_water
+    );
     wait_for(&format!("{ready} presignatures ready"), 15 * MINUTES, || {
         let s: PresignatureStatus = parse(&c.api(1).get("/api/v1/presignatures/status")?.body);
         (s.ready >= ready).then_some(())

@@ -33,7 +33,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             nodes: 5,
-            pool: PoolConfig { low_water: 2, target: 4, max: 6, parallel_sessions: 2 },
+            // Refill starts below low water: a suite that waits for four
+            // ready after signing needs a low water of at least four.
+            pool: PoolConfig { low_water: 4, target: 6, max: 8, parallel_sessions: 3 },
             timeouts: Timeouts::default(),
             fixture_primes: true,
             database_urls: BTreeMap::new(),

@@ -33,10 +33,6 @@ fn submit(c: &LocalCluster, node: u16, spend: &Spend, key: &GroupKey) -> String 
 #[test]
 fn five_processes_dkg_sign_confirm_on_a_real_chain_shut_down_and_resume() {
     let mut options = Options::default();
-    options.pool.low_water = 4;
-    options.pool.target = 6;
-    options.pool.max = 8;
-    options.pool.parallel_sessions = 3;
     options.database_urls.insert(4, mpc_tests::fresh_postgres_database("five"));
     let mut c = LocalCluster::new("five", options);
     // The real paths for safe primes: node 1 makes its own at first start,

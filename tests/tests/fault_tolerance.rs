@@ -20,7 +20,7 @@
 //! hangs.
 
 use mpc_core::tx::GroupKey;
-use mpc_core::{NodeId, PoolConfig, PresigId, Record};
+use mpc_core::{NodeId, PresigId, Record};
 use mpc_node::api::types::{HealthView, PresignatureStatus, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{
@@ -42,7 +42,6 @@ fn destination() -> bitcoin::Address {
 /// Five running nodes with a key and a pool of at least four.
 fn cluster(test: &str) -> (LocalCluster, GroupKey) {
     let mut options = Options::default();
-    options.pool = PoolConfig { low_water: 4, target: 6, max: 8, parallel_sessions: 3 };
     options.timeouts.signing_ms = SIGNING_MS;
     let mut c = LocalCluster::new(test, options);
     c.start_all();
