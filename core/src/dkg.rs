@@ -108,7 +108,8 @@ impl Node {
             run.waiting_for_primes = false;
         }
         let n = self.config.cluster.n();
-        let kind = SessionKind::AuxInfo { i: self.me.keygen_index(), n, primes };
+        let kind =
+            SessionKind::AuxInfo { i: self.me.keygen_index(), n, primes, multiexp_tables: self.config.multiexp_tables };
         self.start_session(SessionId::AuxInfo(dkg), self.members(), kind);
     }
 

@@ -148,6 +148,8 @@ pub enum SessionKind {
         i: u16,
         n: u16,
         primes: Secret<SafePrimes>,
+        /// See [`crate::NodeConfig::multiexp_tables`].
+        multiexp_tables: bool,
     },
     Keygen {
         i: u16,
@@ -389,11 +391,14 @@ impl Engine {
 fn start_session(execution_id: Vec<u8>, seed: [u8; 32], kind: SessionKind) -> Box<dyn RunningSession> {
     use cggmp24::round_based::state_machine::wrap_protocol;
     match kind {
-        SessionKind::AuxInfo { i, n, primes } => {
+        SessionKind::AuxInfo { i, n, primes, multiexp_tables } => {
             let machine = wrap_protocol(move |party| async move {
                 let mut rng = ChaCha20Rng::from_seed(seed);
                 let eid = cggmp24::ExecutionId::new(&execution_id);
-                cggmp24::aux_info_gen::<Level>(eid, i, n, primes.into_inner()).start(&mut rng, party).await
+                cggmp24::aux_info_gen::<Level>(eid, i, n, primes.into_inner())
+                    .precompute_multiexp_tables(multiexp_tables)
+                    .start(&mut rng, party)
+                    .await
             });
             Box::new(Running { machine, next_msg_id: 0, convert: |a| ProtocolOutput::AuxInfo(Secret::new(a)) })
         }

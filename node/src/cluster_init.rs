@@ -207,6 +207,7 @@ pub fn init(spec: &ClusterInit) -> anyhow::Result<Written> {
                 database_url: spec.database_urls.get(&id).cloned(),
                 safe_primes_file: spec.safe_primes_file.clone(),
                 compute_workers: 0,
+                multiexp_tables: true,
             },
             cluster: ClusterSection {
                 id: spec.cluster_id.clone(),

@@ -166,6 +166,14 @@ pub struct NodeSection {
     /// Threads for protocol computations; 0 means one per core.
     #[serde(default)]
     pub compute_workers: usize,
+    /// cggmp24's multiexponentiation tables, built with this node's aux
+    /// info (see `mpc_core::NodeConfig::multiexp_tables`). Default true.
+    #[serde(default = "yes")]
+    pub multiexp_tables: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What every member must agree on.
@@ -397,7 +405,7 @@ impl Config {
             timeouts: c.timeouts.clone(),
         };
         let chain = raw.bitcoin.as_ref().map(|b| b.chain_config(c.network));
-        let core = NodeConfig { cluster, policy: raw.policy.clone(), chain };
+        let core = NodeConfig { cluster, policy: raw.policy.clone(), chain, multiexp_tables: raw.node.multiexp_tables };
         // Before the core's checks, which cannot name the section's fields.
         let bitcoin =
             raw.bitcoin.as_ref().map(|b| bitcoin_backend(b, &resolve)).transpose().map_err(|(f, p)| err(f, p))?;

@@ -69,7 +69,10 @@ pub fn node_configs(cluster: &ClusterConfig) -> BTreeMap<NodeId, (NodeConfig, Id
         .members
         .keys()
         .map(|id| {
-            let config = NodeConfig { cluster: cluster.clone(), policy: test_policy(), chain: None };
+            // Without multiexp tables: live aux info stays cheap for the
+            // sweeps; they change only how fast a node presigns.
+            let config =
+                NodeConfig { cluster: cluster.clone(), policy: test_policy(), chain: None, multiexp_tables: false };
             let identity = Identity { id: *id, vote_key: vote_key(&cluster.cluster_id, *id) };
             (*id, (config, identity))
         })

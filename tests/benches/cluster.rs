@@ -7,9 +7,13 @@
 //!   raw cggmp24 presigning on the same key shares with every core busy
 //!   (target >= 0.9x); and each node's presignature state with the pool
 //!   full (target <= 1 MB), with its resident memory.
-//! - cggmp24 0.7.0-alpha.3's own speed-ups on the same shares: CRT
-//!   precomputation of the Paillier secret key and multiexponentiation
-//!   tables of the Pedersen parameters, alone and together, against plain.
+//! - cggmp24 0.7.0-alpha.3's multiexponentiation tables of the members'
+//!   ring-Pedersen parameters: raw presigning with and without them on the
+//!   same shares, the CPU they take to build and the share's size. (Its
+//!   CRT precomputation is already on each member's own parameters, as
+//!   cggmp24's aux info generation leaves it; the bench checks.) The
+//!   cluster runs with them (`MPC_BENCH_MULTIEXP=0`: without), as a node
+//!   does by default (`[node] multiexp_tables`).
 //! - PERF-002: submit-to-approved and submit-to-signed p50 / p99, while the
 //!   pool refills at full speed and idle (no session running), and the
 //!   ratio of the two (target: refill costs signing at most 2x at p99).
@@ -167,24 +171,39 @@ fn raw_presign_rate(shares: &[KeyShare], threads: usize, per_thread: usize, tag:
     (threads * per_thread) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The shares with cggmp24's optional precomputations applied.
-fn precomputed(shares: &[KeyShare], crt: bool, multiexp: bool) -> (Vec<KeyShare>, f64) {
+/// The shares without multiexponentiation tables, as cggmp24 makes them
+/// by default.
+fn without_tables(shares: &[KeyShare]) -> Vec<KeyShare> {
+    shares
+        .iter()
+        .map(|s| {
+            let mut dirty = s.clone().into_inner();
+            dirty.aux.pedersen_params.iter_mut().for_each(|p| p.multiexp = None);
+            cggmp24::key_share::Validate::validate(dirty).map_err(|e| e.into_error()).expect("still a valid share")
+        })
+        .collect()
+}
+
+/// The shares with cggmp24's multiexponentiation tables built, and the
+/// CPU seconds that took per share.
+fn with_tables(shares: &[KeyShare]) -> (Vec<KeyShare>, f64) {
     let started = Instant::now();
     let out = shares
         .iter()
         .map(|s| {
             let mut dirty = s.clone().into_inner();
-            if crt {
-                let i = dirty.core.i;
-                dirty.aux.precompute_crt(i).expect("CRT precomputation");
-            }
-            if multiexp {
-                dirty.aux.precompute_multiexp_tables().expect("multiexp tables");
-            }
+            dirty.aux.precompute_multiexp_tables().expect("multiexp tables");
             cggmp24::key_share::Validate::validate(dirty).map_err(|e| e.into_error()).expect("still a valid share")
         })
         .collect();
     (out, started.elapsed().as_secs_f64() / shares.len() as f64)
+}
+
+/// Whether a share carries CRT data on its own parameters (cggmp24's aux
+/// info generation leaves it there) and multiexponentiation tables.
+fn precomputations(share: &KeyShare) -> (bool, bool) {
+    let own = usize::from(share.core.i);
+    (share.aux.pedersen_params[own].crt.is_some(), share.aux.pedersen_params.iter().all(|p| p.multiexp.is_some()))
 }
 
 /// The in-process core: five `Node`s of the simulator's cluster from the
@@ -230,7 +249,9 @@ fn main() {
         "five mpc-node processes on loopback, {cores} cores; pool {pool}, {txs} concurrent, {samples} latency samples"
     );
 
+    let multiexp = env_usize("MPC_BENCH_MULTIEXP", 1) == 1;
     let mut options = Options::default();
+    options.multiexp_tables = multiexp;
     options.pool = PoolConfig { low_water: pool, target: pool, max: pool, parallel_sessions: 5 };
     options.log_filter = "warn".into();
     let mut c = LocalCluster::new("bench", options);
@@ -329,23 +350,27 @@ fn main() {
     for id in c.ids() {
         c.terminate(id, MINUTES);
     }
+    let (own_crt, cluster_tables) = precomputations(&shares[0]);
+    assert_eq!(cluster_tables, multiexp, "the cluster's shares and multiexp_tables = {multiexp} disagree");
     let per_thread = env_usize("MPC_BENCH_RAW", 3);
-    let raw_plain = raw_presign_rate(&shares, cores, per_thread, "plain");
-    let (crt_shares, crt_cost) = precomputed(&shares, true, false);
-    let raw_crt = raw_presign_rate(&crt_shares, cores, per_thread, "crt");
-    let (multiexp_shares, multiexp_cost) = precomputed(&shares, false, true);
-    let raw_multiexp = raw_presign_rate(&multiexp_shares, cores, per_thread, "multiexp");
-    let (both_shares, both_cost) = precomputed(&shares, true, true);
-    let raw_both = raw_presign_rate(&both_shares, cores, per_thread, "both");
+    let plain = without_tables(&shares);
+    let (tables, tables_cost) = with_tables(&plain);
+    let share_bytes = |s: &KeyShare| bincode::serialize(s).map_or(0, |b| b.len());
+    let (plain_bytes, tables_bytes) = (share_bytes(&plain[0]), share_bytes(&tables[0]));
+    let raw_plain = raw_presign_rate(&plain, cores, per_thread, "plain");
+    let raw_tables = raw_presign_rate(&tables, cores, per_thread, "tables");
+    // The raw rate of the configuration the cluster ran.
+    let raw_same = if multiexp { raw_tables } else { raw_plain };
     let (in_process_tps, in_process_n) = in_process_rate(txs);
 
     println!();
-    println!("Pool fill ({made} presignatures, {} parallel sessions):", 5);
+    let setting = if multiexp { "with multiexp tables" } else { "without multiexp tables" };
+    println!("Pool fill ({made} presignatures, {} parallel sessions, {setting}):", 5);
     println!(
-        "  cluster {cluster_rate:.3}/s (first 100 in {:.1} s, {pool} full in {:.1} s) | raw cggmp24 on {cores} threads {raw_plain:.3}/s | cluster/raw {:.2}x (target >= 0.90)",
+        "  cluster {cluster_rate:.3}/s (first 100 in {:.1} s, {pool} full in {:.1} s) | raw cggmp24 {setting} on {cores} threads {raw_same:.3}/s | cluster/raw {:.2}x (target >= 0.90)",
         filled_100.map_or(f64::NAN, |d| d.as_secs_f64()),
         fill.as_secs_f64(),
-        cluster_rate / raw_plain
+        cluster_rate / raw_same
     );
     println!("  memory with {pool} ready (target <= 1 MB of presignature state):");
     for (id, shares, publics, bytes, rss) in &memory {
@@ -355,13 +380,17 @@ fn main() {
             *rss as f64 / 1024.0
         );
     }
-    println!("cggmp24 speed-ups, raw presigning on the same shares (plain {raw_plain:.3}/s is the baseline):");
-    println!("  CRT          {raw_crt:.3}/s ({:.2}x), {crt_cost:.3} s to precompute per share", raw_crt / raw_plain);
+    println!("cggmp24 speed-ups, raw presigning on the cluster's shares (without tables is the baseline):");
+    println!("  without tables {raw_plain:.3}/s; share {:.1} KiB", plain_bytes as f64 / 1024.0);
     println!(
-        "  multiexp     {raw_multiexp:.3}/s ({:.2}x), {multiexp_cost:.3} s to precompute per share",
-        raw_multiexp / raw_plain
+        "  with tables    {raw_tables:.3}/s ({:.2}x); {tables_cost:.1} s of CPU to build per share; share {:.1} KiB",
+        raw_tables / raw_plain,
+        tables_bytes as f64 / 1024.0
     );
-    println!("  both         {raw_both:.3}/s ({:.2}x), {both_cost:.3} s to precompute per share", raw_both / raw_plain);
+    println!(
+        "  CRT on the own parameters: {} (cggmp24's aux info generation leaves it there)",
+        if own_crt { "present" } else { "MISSING" }
+    );
     let [ra50, ra99, rs50, rs99] = summary(&refill);
     let [ia50, ia99, is50, is99] = summary(&idle);
     println!("PERF-002 latency, ms (idle is the baseline):");

@@ -27,6 +27,11 @@ pub struct Options {
     /// Put a [`FaultProxy`] in front of every node's QUIC port, so the
     /// test can cut links (`LocalCluster::proxy`).
     pub fault_proxy: bool,
+    /// cggmp24's multiexponentiation tables, as in production (`[node]
+    /// multiexp_tables`, default true): some 20 s of CPU per node at DKG
+    /// for faster presigning. Off by default here, where a cluster makes a
+    /// handful of presignatures; the e2e suite and the bench turn them on.
+    pub multiexp_tables: bool,
 }
 
 impl Default for Options {
@@ -42,6 +47,7 @@ impl Default for Options {
             allowed_destinations: vec![mpc_sim::setup::TEST_DESTINATION.to_string()],
             log_filter: "info".into(),
             fault_proxy: false,
+            multiexp_tables: false,
         }
     }
 }
@@ -108,6 +114,14 @@ impl LocalCluster {
         let written = cluster_init::init(&spec).unwrap_or_else(|e| panic!("cluster init in {}: {e:#}", dir.display()));
         let token = std::fs::read_to_string(&written.token_file).expect("token file");
         let configs: BTreeMap<u16, PathBuf> = written.configs.into_iter().map(|(id, p)| (id.0, p)).collect();
+        if !options.multiexp_tables {
+            for path in configs.values() {
+                let text = std::fs::read_to_string(path).expect("config");
+                assert!(text.contains("multiexp_tables = true\n"), "cluster init wrote no multiexp_tables line");
+                std::fs::write(path, text.replace("multiexp_tables = true\n", "multiexp_tables = false\n"))
+                    .expect("config");
+            }
+        }
         let api_addrs = (1..=options.nodes).map(|i| (i, format!("http://127.0.0.1:{}", api_base + i))).collect();
         let proxy = options.fault_proxy.then(|| {
             let mut links = BTreeMap::new();

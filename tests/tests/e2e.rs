@@ -33,6 +33,8 @@ fn submit(c: &LocalCluster, node: u16, spend: &Spend, key: &GroupKey) -> String 
 #[test]
 fn five_processes_dkg_sign_confirm_on_a_real_chain_shut_down_and_resume() {
     let mut options = Options::default();
+    // The production default: multiexp tables built with the aux info.
+    options.multiexp_tables = true;
     options.database_urls.insert(4, mpc_tests::fresh_postgres_database("five"));
     let mut c = LocalCluster::new("five", options);
     // The real paths for safe primes: node 1 makes its own at first start,

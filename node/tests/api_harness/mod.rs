@@ -95,6 +95,7 @@ pub fn node_config(vote_ms: Option<u64>) -> NodeConfig {
             daily_cap_sat: 1_000_000_000,
         },
         chain: None,
+        multiexp_tables: false,
     }
 }
 
