@@ -16,6 +16,7 @@
 use bitcoin::psbt::Psbt;
 use mpc_core::tx::GroupKey;
 use mpc_node::api::types::{TransactionView, TxStateName};
+use mpc_tests::audit::{assert_no_share_signed_two_messages, records};
 use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
 use mpc_tests::regtest::{free_tcp_port, OwnBitcoind};
 use mpc_tests::{wait_for, LocalCluster, Options, Regtest};
@@ -77,6 +78,8 @@ fn orch_006_orch_011_a_wallet_psbt_through_a_broadcast_timeout_confirmation_a_re
     let block = orch_006_bitcoind_recovered_the_nodes_rebroadcast_and_it_confirms(&mut fx, &tx);
     a_reorg_takes_it_back_to_broadcast_and_it_confirms_again(&fx, &tx, &block);
     a_double_spend_ends_the_loser_failed_with_the_winners_txid(&fx);
+    let consumed = assert_no_share_signed_two_messages(&records(&fx.cluster));
+    assert!(consumed >= 4 * 3, "four inputs signed (two and one and one), yet {consumed} consumptions recorded");
 }
 
 fn setup() -> Fixture {
