@@ -38,7 +38,7 @@ fn main() {
         let kinds = primes
             .into_values()
             .enumerate()
-            .map(|(i, p)| SessionKind::AuxInfo { i: i as u16, n: N, primes: Secret::new(p) })
+            .map(|(i, p)| SessionKind::AuxInfo { i: i as u16, n: N, primes: Secret::new(p), multiexp_tables: false })
             .collect();
         let started = Instant::now();
         let (sent, _) = sessions::run(SessionId::AuxInfo(DkgId { origin: NodeId(1), seq: 1 }), kinds);

@@ -433,7 +433,7 @@ impl Shell for NodeShell {
 
     fn send(&mut self, envelopes: Vec<Envelope>) {
         let envelopes = match &mut self.outbound {
-            Some(through) => envelopes.into_iter().flat_map(|e| through(e)).collect(),
+            Some(through) => envelopes.into_iter().flat_map(through).collect(),
             None => envelopes,
         };
         for Envelope { to, msg } in envelopes {

@@ -37,7 +37,7 @@ use mpc_core::{Command, NodeId, PoolConfig, Record, Reply, TxState};
 use mpc_node::api::types::{PresignatureStatus, TransactionView, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::records;
-use mpc_tests::flow::{dkg, parse, submit_psbt, transaction, wait_live, MINUTES};
+use mpc_tests::flow::{destination, dkg, parse, submit_psbt, transaction, wait_live, MINUTES};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use rand_chacha::rand_core::SeedableRng;
 use std::collections::BTreeMap;
@@ -45,10 +45,6 @@ use std::time::{Duration, Instant};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
 }
 
 fn spend(label: &str) -> Spend {
@@ -250,10 +246,12 @@ fn main() {
     );
 
     let multiexp = env_usize("MPC_BENCH_MULTIEXP", 1) == 1;
-    let mut options = Options::default();
-    options.multiexp_tables = multiexp;
-    options.pool = PoolConfig { low_water: pool, target: pool, max: pool, parallel_sessions: 5 };
-    options.log_filter = "warn".into();
+    let options = Options {
+        multiexp_tables: multiexp,
+        pool: PoolConfig { low_water: pool, target: pool, max: pool, parallel_sessions: 5 },
+        log_filter: "warn".into(),
+        ..Options::default()
+    };
     let mut c = LocalCluster::new("bench", options);
     c.start_all();
     wait_live(&c, &c.ids());

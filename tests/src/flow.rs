@@ -98,3 +98,17 @@ pub fn wait_states(c: &LocalCluster, nodes: &[u16], tx: &str, states: &[TxStateN
         });
     }
 }
+
+/// The address every suite's policy allows paying to.
+pub fn destination() -> bitcoin::Address {
+    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
+}
+
+/// Waits until `tx` is Signed at each of `nodes`, and checks the signed
+/// transaction each reports against `spend` and the group key.
+pub fn signed_at(c: &LocalCluster, nodes: &[u16], key: &GroupKey, tx: &str, spend: &mpc_sim::wallet::Spend) {
+    wait_state(c, nodes, tx, TxStateName::Signed, 5 * MINUTES);
+    for id in nodes {
+        crate::audit::verify_signed(&transaction(c, *id, tx).unwrap(), spend, key);
+    }
+}

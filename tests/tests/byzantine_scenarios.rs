@@ -23,11 +23,10 @@
 //! honest node; and from the databases, no presignature share served two
 //! messages. Timeouts only guard against hangs.
 
-use mpc_core::tx::GroupKey;
-use mpc_node::api::types::{HealthView, TxStateName};
+use mpc_node::api::types::HealthView;
 use mpc_sim::wallet::Spend;
-use mpc_tests::audit::{assert_no_share_signed_two_messages, metric, records, verify_signed};
-use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
+use mpc_tests::audit::{assert_no_share_signed_two_messages, metric, records};
+use mpc_tests::flow::{destination, dkg, signed_at, submit_psbt, transaction, wait_live, wait_pool, MINUTES};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use std::collections::BTreeMap;
 
@@ -43,10 +42,6 @@ const BLAME: [&str; 7] = [
     "mpc_bad_partial_signatures_total",
     "mpc_rejected_messages_total",
 ];
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
 
 fn spend(label: &str) -> Spend {
     Spend::simple(label, &[65_000], &destination(), 55_000, 2_000)
@@ -103,13 +98,6 @@ fn become_rogue(c: &mut LocalCluster, act: &str) {
     assert!(c.log(ROGUE).contains("ROGUE MEMBER"), "{}", c.log_tail(ROGUE, 20));
 }
 
-fn signed_at_the_honest(c: &LocalCluster, key: &GroupKey, tx: &str, spend: &Spend) {
-    wait_state(c, &HONEST, tx, TxStateName::Signed, 5 * MINUTES);
-    for id in HONEST {
-        verify_signed(&transaction(c, id, tx).unwrap(), spend, key);
-    }
-}
-
 #[test]
 fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_named_each_time() {
     let mut options = Options::default();
@@ -125,7 +113,7 @@ fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_
     become_rogue(&mut c, "equivocate");
     let s = spend("byzantine-equivocate");
     let tx = submit_psbt(&c, 1, s.psbt_bytes(&key));
-    signed_at_the_honest(&c, &key, &tx, &s);
+    signed_at(&c, &HONEST, &key, &tx, &s);
     wait_for("an honest node to catch the equivocation", 2 * MINUTES, || {
         (metric(&c, &HONEST, "mpc_equivocations_total{member=\"4\"}") > 0.0).then_some(())
     });
@@ -139,7 +127,7 @@ fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_
     become_rogue(&mut c, "forge-votes");
     let s = spend("byzantine-forge");
     let tx = submit_psbt(&c, 2, s.psbt_bytes(&key));
-    signed_at_the_honest(&c, &key, &tx, &s);
+    signed_at(&c, &HONEST, &key, &tx, &s);
     wait_for("forged votes counted against node 4", 2 * MINUTES, || {
         (metric(&c, &HONEST, "mpc_forged_votes_total{member=\"4\"}") > 0.0).then_some(())
     });
@@ -158,7 +146,7 @@ fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_
         wait_pool(&c, 3);
         let s = spend(&format!("byzantine-partials-{round}"));
         let tx = submit_psbt(&c, 3, s.psbt_bytes(&key));
-        signed_at_the_honest(&c, &key, &tx, &s);
+        signed_at(&c, &HONEST, &key, &tx, &s);
         if metric(&c, &HONEST, "mpc_bad_partial_signatures_total{member=\"4\"}") > 0.0 {
             caught = true;
             eprintln!("bad-partials: caught in round {round}; another set signed");
@@ -173,7 +161,7 @@ fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_
     for k in 0..3 {
         let s = spend(&format!("byzantine-flood-{k}"));
         let tx = submit_psbt(&c, 5, s.psbt_bytes(&key));
-        signed_at_the_honest(&c, &key, &tx, &s);
+        signed_at(&c, &HONEST, &key, &tx, &s);
     }
     assert!(
         metric(&c, &HONEST, "mpc_rejected_messages_total{member=\"4\"}") > 0.0,
@@ -192,7 +180,7 @@ fn a_rogue_member_equivocates_forges_votes_sends_bad_partials_and_floods_and_is_
     wait_live(&c, &[ROGUE]);
     let s = spend("byzantine-after");
     let tx = submit_psbt(&c, 4, s.psbt_bytes(&key));
-    signed_at_the_honest(&c, &key, &tx, &s);
+    signed_at(&c, &HONEST, &key, &tx, &s);
     eprintln!("blame at the end: {:?}", blamed(&c));
     assert_no_share_signed_two_messages(&records(&c));
 }

@@ -13,15 +13,11 @@ use mpc_core::tx::GroupKey;
 use mpc_node::api::types::{HealthView, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{assert_no_share_signed_two_messages, metric, records, verify_signed};
-use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
+use mpc_tests::flow::{destination, dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
 
 fn cli(args: &[&str]) {
     let out = Command::new(mpc_tests::workspace_binary("mpc-cli")).args(args).output().unwrap();

@@ -16,18 +16,14 @@ use mpc_core::{PoolConfig, Record, TxId};
 use mpc_node::api::types::TxStateName;
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{assert_no_share_signed_two_messages, parse_tx, records, verify_signed};
-use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
+use mpc_tests::flow::{destination, dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
 use mpc_tests::{LocalCluster, Options};
 use std::collections::{BTreeMap, BTreeSet};
 
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
-
 #[test]
 fn twenty_clients_at_once_and_one_psbt_submitted_to_all_five() {
-    let mut options = Options::default();
-    options.pool = PoolConfig { low_water: 3, target: 5, max: 6, parallel_sessions: 3 };
+    let mut options =
+        Options { pool: PoolConfig { low_water: 3, target: 5, max: 6, parallel_sessions: 3 }, ..Options::default() };
     options.database_urls.insert(2, mpc_tests::fresh_postgres_database("concurrency"));
     let mut c = LocalCluster::new("concurrency", options);
     c.start_all();

@@ -18,13 +18,11 @@ use mpc_core::Record;
 use mpc_node::api::types::{DkgStatus, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{assert_no_share_signed_two_messages, check_with_promtool, records, verify_signed};
-use mpc_tests::flow::{dkg, parse, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
+use mpc_tests::flow::{
+    destination, dkg, parse, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES,
+};
 use mpc_tests::{wait_for, LocalCluster, Options, Regtest};
 use serde_json::{json, Value};
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
 
 fn submit(c: &LocalCluster, node: u16, spend: &Spend, key: &GroupKey) -> String {
     submit_psbt(c, node, spend.psbt_bytes(key))
@@ -32,9 +30,8 @@ fn submit(c: &LocalCluster, node: u16, spend: &Spend, key: &GroupKey) -> String 
 
 #[test]
 fn five_processes_dkg_sign_confirm_on_a_real_chain_shut_down_and_resume() {
-    let mut options = Options::default();
     // The production default: multiexp tables built with the aux info.
-    options.multiexp_tables = true;
+    let mut options = Options { multiexp_tables: true, ..Options::default() };
     options.database_urls.insert(4, mpc_tests::fresh_postgres_database("five"));
     let mut c = LocalCluster::new("five", options);
     // The real paths for safe primes: node 1 makes its own at first start,

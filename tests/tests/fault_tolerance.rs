@@ -24,9 +24,12 @@ use mpc_core::{NodeId, PresigId, Record};
 use mpc_node::api::types::{HealthView, PresignatureStatus, TxStateName};
 use mpc_sim::wallet::Spend;
 use mpc_tests::audit::{
-    assert_no_share_signed_two_messages, consumed_for, discards, metric, parse_tx, records, signer_sets, verify_signed,
+    assert_no_share_signed_two_messages, consumed_for, discards, metric, parse_tx, records, signer_sets,
 };
-use mpc_tests::flow::{dkg, parse, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states, MINUTES};
+use mpc_tests::flow::{
+    destination, dkg, parse, signed_at, submit_psbt, transaction, wait_live, wait_pool, wait_state, wait_states,
+    MINUTES,
+};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -34,10 +37,6 @@ use std::time::{Duration, Instant};
 /// Short enough that a frozen signer costs seconds, long enough that its
 /// probe window (a tenth) spans the test's freeze-and-thaw.
 const SIGNING_MS: u64 = 10_000;
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
 
 /// Five running nodes with a key and a pool of at least four.
 fn cluster(test: &str) -> (LocalCluster, GroupKey) {
@@ -106,14 +105,6 @@ fn submit_with_the_vote_held_open(
     }
 }
 
-/// Waits until `tx` is Signed at every node and its signature verifies.
-fn signed_everywhere(c: &LocalCluster, key: &GroupKey, tx: &str, spend: &Spend) {
-    wait_state(c, &c.ids(), tx, TxStateName::Signed, 5 * MINUTES);
-    for id in c.ids() {
-        verify_signed(&transaction(c, id, tx).unwrap(), spend, key);
-    }
-}
-
 #[test]
 fn orch_010_a_signer_frozen_mid_signing_costs_its_presignature_and_another_set_signs() {
     let (c, key) = cluster("orch010");
@@ -161,7 +152,7 @@ fn orch_010_a_signer_frozen_mid_signing_costs_its_presignature_and_another_set_s
     wait_state(&c, &others, &tx, TxStateName::Signed, 5 * MINUTES);
     // The frozen node, thawed, learns the outcome.
     thaw(&c, &[signer]);
-    signed_everywhere(&c, &key, &tx, &spent);
+    signed_at(&c, &c.ids(), &key, &tx, &spent);
     eprintln!("node {signer} frozen mid-signing; the coordinator, node {coordinator}, retried after {waited:?}");
 
     // From the databases: the presignature the frozen signer held was
@@ -182,7 +173,7 @@ fn orch_010_a_signer_frozen_mid_signing_costs_its_presignature_and_another_set_s
     for more in 0..2 {
         let spent = spend(&format!("orch-010-after-{more}"));
         let next = submit_psbt(&c, coordinator, spent.psbt_bytes(&key));
-        signed_everywhere(&c, &key, &next, &spent);
+        signed_at(&c, &c.ids(), &key, &next, &spent);
     }
     let all = records(&c);
     for (node, recs) in &all {
@@ -212,7 +203,7 @@ fn orch_016_sigterm_mid_work_exits_0_abandons_its_sessions_and_a_restart_resumes
     let (mut c, key) = cluster("orch016");
     let before = spend("orch-016-before");
     let before_tx = submit_psbt(&c, 2, before.psbt_bytes(&key));
-    signed_everywhere(&c, &key, &before_tx, &before);
+    signed_at(&c, &c.ids(), &key, &before_tx, &before);
     // SIGTERM node 2 while presignature sessions are running (the pool
     // refills towards its target): its last step persists, its sessions in
     // flight are recorded abandoned and its peers told. A session can
@@ -275,11 +266,11 @@ fn orch_016_sigterm_mid_work_exits_0_abandons_its_sessions_and_a_restart_resumes
     // Restarted, node 2 resumes: what it had, and what it missed.
     c.start(2);
     wait_live(&c, &[2]);
-    signed_everywhere(&c, &key, &before_tx, &before);
-    signed_everywhere(&c, &key, &during_tx, &during);
+    signed_at(&c, &c.ids(), &key, &before_tx, &before);
+    signed_at(&c, &c.ids(), &key, &during_tx, &during);
     let after = spend("orch-016-after");
     let after_tx = submit_psbt(&c, 2, after.psbt_bytes(&key));
-    signed_everywhere(&c, &key, &after_tx, &after);
+    signed_at(&c, &c.ids(), &key, &after_tx, &after);
     assert_no_share_signed_two_messages(&records(&c));
 }
 
@@ -302,7 +293,7 @@ fn orch_017_kill_9_at_each_point_of_a_transactions_life_and_every_node_finishes_
     thaw(&c, &rest);
     c.start(proposer);
     wait_live(&c, &[proposer]);
-    signed_everywhere(&c, &key, &tx1, &s1);
+    signed_at(&c, &c.ids(), &key, &tx1, &s1);
     eprintln!("point 1: proposer node {proposer} killed after accepting; signed everywhere");
 
     // 2. A voter with the vote open: its vote reached the proposer, then
@@ -317,7 +308,7 @@ fn orch_017_kill_9_at_each_point_of_a_transactions_life_and_every_node_finishes_
     wait_state(&c, &alive, &tx2, TxStateName::Signed, 5 * MINUTES);
     c.start(voter);
     wait_live(&c, &[voter]);
-    signed_everywhere(&c, &key, &tx2, &s2);
+    signed_at(&c, &c.ids(), &key, &tx2, &s2);
     eprintln!("point 2: voter node {voter} killed with the vote open; signed everywhere");
 
     // 3. A signer mid-signing: it voted, froze before the signing request
@@ -335,7 +326,7 @@ fn orch_017_kill_9_at_each_point_of_a_transactions_life_and_every_node_finishes_
     wait_state(&c, &alive, &tx3, TxStateName::Signed, 5 * MINUTES);
     c.start(signer);
     wait_live(&c, &[signer]);
-    signed_everywhere(&c, &key, &tx3, &s3);
+    signed_at(&c, &c.ids(), &key, &tx3, &s3);
     eprintln!("point 3: signer node {signer} killed mid-signing; signed everywhere");
 
     // 4. The coordinator mid-signing: a signer is frozen after its vote so
@@ -356,7 +347,7 @@ fn orch_017_kill_9_at_each_point_of_a_transactions_life_and_every_node_finishes_
     wait_state(&c, &alive, &tx4, TxStateName::Signed, 5 * MINUTES);
     c.start(coordinator);
     wait_live(&c, &[coordinator]);
-    signed_everywhere(&c, &key, &tx4, &s4);
+    signed_at(&c, &c.ids(), &key, &tx4, &s4);
     eprintln!("point 4: coordinator node {coordinator} killed in {state_at_kill:?}; signed everywhere");
 
     // 5. Every node at once, after signing (a power cut): restarted, each
@@ -367,12 +358,12 @@ fn orch_017_kill_9_at_each_point_of_a_transactions_life_and_every_node_finishes_
     c.start_all();
     wait_live(&c, &c.ids());
     for (tx, s) in [(&tx1, &s1), (&tx2, &s2), (&tx3, &s3), (&tx4, &s4)] {
-        signed_everywhere(&c, &key, tx, s);
+        signed_at(&c, &c.ids(), &key, tx, s);
     }
     wait_pool(&c, 1);
     let s5 = spend("orch-017-after-power-cut");
     let tx5 = submit_psbt(&c, 1, s5.psbt_bytes(&key));
-    signed_everywhere(&c, &key, &tx5, &s5);
+    signed_at(&c, &c.ids(), &key, &tx5, &s5);
     eprintln!("point 5: all five killed at once; every transaction served signed, and a new one signed");
     let all = records(&c);
     let consumed = assert_no_share_signed_two_messages(&all);

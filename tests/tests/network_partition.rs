@@ -17,17 +17,14 @@
 //! no presignature share used for two messages. Timeouts only guard
 //! against hangs.
 
-use mpc_core::tx::GroupKey;
 use mpc_node::api::types::{HealthView, TxStateName};
 use mpc_sim::wallet::Spend;
-use mpc_tests::audit::{assert_no_share_signed_two_messages, metric, records, verify_signed};
-use mpc_tests::flow::{dkg, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES};
+use mpc_tests::audit::{assert_no_share_signed_two_messages, metric, records};
+use mpc_tests::flow::{
+    destination, dkg, signed_at, submit_psbt, transaction, wait_live, wait_pool, wait_state, MINUTES,
+};
 use mpc_tests::{wait_for, LocalCluster, Options};
 use std::time::Duration;
-
-fn destination() -> bitcoin::Address {
-    mpc_sim::setup::TEST_DESTINATION.parse::<bitcoin::Address<_>>().unwrap().assume_checked()
-}
 
 fn spend(label: &str) -> Spend {
     Spend::simple(label, &[60_000], &destination(), 50_000, 2_000)
@@ -63,17 +60,9 @@ fn still_waiting(c: &LocalCluster, nodes: &[u16], tx: &str) {
     }
 }
 
-fn signed_everywhere(c: &LocalCluster, key: &GroupKey, tx: &str, spend: &Spend) {
-    wait_state(c, &c.ids(), tx, TxStateName::Signed, 5 * MINUTES);
-    for id in c.ids() {
-        verify_signed(&transaction(c, id, tx).unwrap(), spend, key);
-    }
-}
-
 #[test]
 fn one_node_cut_off_then_a_two_three_split_each_healed() {
-    let mut options = Options::default();
-    options.fault_proxy = true;
+    let mut options = Options { fault_proxy: true, ..Options::default() };
     options.timeouts.signing_ms = 10_000;
     let mut c = LocalCluster::new("partition", options);
     c.start_all();
@@ -96,8 +85,8 @@ fn one_node_cut_off_then_a_two_three_split_each_healed() {
     assert!(transaction(&c, 1, &alone_tx).is_none(), "node 1 heard of a proposal made behind the cut");
     proxy.heal();
     wait_peers(&c, &c.ids(), 4);
-    signed_everywhere(&c, &key, &by_four_tx, &by_four);
-    signed_everywhere(&c, &key, &alone_tx, &alone);
+    signed_at(&c, &c.ids(), &key, &by_four_tx, &by_four);
+    signed_at(&c, &c.ids(), &key, &alone_tx, &alone);
     eprintln!("cut off and healed: node 5 caught up and its own transaction was signed");
 
     // A 2/3 split.
@@ -113,8 +102,8 @@ fn one_node_cut_off_then_a_two_three_split_each_healed() {
     still_waiting(&c, &[1, 2], &two_tx);
     proxy.heal();
     wait_peers(&c, &c.ids(), 4);
-    signed_everywhere(&c, &key, &three_tx, &three);
-    signed_everywhere(&c, &key, &two_tx, &two);
+    signed_at(&c, &c.ids(), &key, &three_tx, &three);
+    signed_at(&c, &c.ids(), &key, &two_tx, &two);
     eprintln!("split 2/3 and healed: both sides' transactions signed, all five agree");
 
     let consumed = assert_no_share_signed_two_messages(&records(&c));

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     tracing::warn!(node = me.0, ?act, "ROGUE MEMBER (test only): cheating as told");
     let hook: mpc_node::shell::Outbound = Box::new(move |envelope: Envelope| -> Vec<Envelope> {
         match (act, envelope.msg) {
-            (Act::Equivocate, PeerMessage::Vote(vote)) if vote.body.voter == me && envelope.to.0 % 2 == 0 => {
+            (Act::Equivocate, PeerMessage::Vote(vote)) if vote.body.voter == me && envelope.to.0.is_multiple_of(2) => {
                 let mut body = vote.body.clone();
                 body.decision = match body.decision {
                     Decision::Approve => Decision::Reject("rogue: changed its mind".into()),
