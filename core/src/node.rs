@@ -893,7 +893,12 @@ impl Node {
                     e.used = true;
                 }
             }
-            Record::SignedTx { tx, raw_tx } => {
+            Record::SignedTx { tx, raw_tx, presigs } => {
+                for p in &presigs {
+                    if let Some(e) = self.pool.get_mut(p) {
+                        e.used = true;
+                    }
+                }
                 if let Some(entry) = self.txs.get_mut(&tx) {
                     entry.signed_raw = Some(raw_tx);
                 }

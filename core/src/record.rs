@@ -91,6 +91,10 @@ pub enum Record {
     SignedTx {
         tx: TxId,
         raw_tx: Vec<u8>,
+        /// The presignatures its signatures used, so that after a restart
+        /// this node still knows them spent: a coordinator that forgot
+        /// would offer them again, and their signers would refuse.
+        presigs: Vec<PresigId>,
     },
     /// A signed transaction's life on chain beyond its state: the block
     /// that confirms it, or why it is stalled (see [`crate::chain`]).

@@ -651,7 +651,7 @@ impl Node {
                 e.used = true;
             }
         }
-        self.persist(Record::SignedTx { tx, raw_tx: raw_tx.clone() });
+        self.persist(Record::SignedTx { tx, raw_tx: raw_tx.clone(), presigs: presigs.to_vec() });
         if let Some(entry) = self.txs.get_mut(&tx) {
             entry.signed_raw = Some(raw_tx);
         }

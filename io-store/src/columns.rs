@@ -159,11 +159,12 @@ pub(crate) fn audit_body(record: &Record) -> Vec<u8> {
             "message": hex::encode(message), "partial_signature": hex::encode(sigma),
         }),
         Record::PresigDiscarded { id, reason } => json!({ "presig": id.to_string(), "reason": reason }),
-        Record::SignedTx { tx, raw_tx } => {
+        Record::SignedTx { tx, raw_tx, presigs } => {
             let txid = bitcoin::consensus::deserialize::<bitcoin::Transaction>(raw_tx)
                 .map(|t| t.compute_txid().to_string())
                 .unwrap_or_default();
-            json!({ "tx": tx.to_hex(), "txid": txid, "raw_tx_hex": hex::encode(raw_tx) })
+            let presigs: Vec<String> = presigs.iter().map(|p| p.to_string()).collect();
+            json!({ "tx": tx.to_hex(), "txid": txid, "raw_tx_hex": hex::encode(raw_tx), "presignatures": presigs })
         }
         Record::Chain { tx, status } => json!({
             "tx": tx.to_hex(),

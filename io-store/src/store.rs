@@ -497,9 +497,10 @@ impl Store {
                 }
                 insert_history(tx, *id, state, written, at_ms).await?;
             }
-            Record::SignedTx { tx: id, raw_tx } => {
-                let done = sqlx::query("UPDATE transactions SET signed_raw = $1 WHERE tx = $2")
+            Record::SignedTx { tx: id, raw_tx, presigs } => {
+                let done = sqlx::query("UPDATE transactions SET signed_raw = $1, signed_presigs = $2 WHERE tx = $3")
                     .bind(raw_tx.clone())
+                    .bind(columns::encode(presigs))
                     .bind(id.0.to_vec())
                     .execute(&mut **tx)
                     .await?;
@@ -670,7 +671,7 @@ impl Store {
         }
 
         let txs = sqlx::query(
-            "SELECT tx, psbt, proposer, accepted_at, state, failure, signed_raw, chain FROM transactions ORDER BY written",
+            "SELECT tx, psbt, proposer, accepted_at, state, failure, signed_raw, chain, signed_presigs FROM transactions ORDER BY written",
         )
         .fetch_all(&mut *conn)
         .await?;
@@ -690,7 +691,12 @@ impl Store {
                 states.push(Record::TxState { tx, state });
             }
             if let Some(raw_tx) = row.try_get::<Option<Vec<u8>>, _>(6)? {
-                signed.push(Record::SignedTx { tx, raw_tx });
+                // NULL in rows signed before the column existed.
+                let presigs = match row.try_get::<Option<Vec<u8>>, _>(8)? {
+                    Some(bytes) => columns::decode(&bytes, &name)?,
+                    None => Vec::new(),
+                };
+                signed.push(Record::SignedTx { tx, raw_tx, presigs });
             }
             if let Some(status) = row.try_get::<Option<Vec<u8>>, _>(7)? {
                 signed.push(Record::Chain { tx, status: columns::decode(&status, &name)? });

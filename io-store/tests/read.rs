@@ -78,7 +78,7 @@ fn expected(records: &[Record], times: &[Millis]) -> BTreeMap<TxId, StoredTransa
                     list.push(e.clone());
                 }
             }
-            Record::SignedTx { tx, raw_tx } => {
+            Record::SignedTx { tx, raw_tx, .. } => {
                 let entry = txs.get_mut(tx).expect("a signed transaction that was accepted");
                 let parsed: bitcoin::Transaction = bitcoin::consensus::deserialize(raw_tx).unwrap();
                 entry.txid = Some(parsed.compute_txid().to_string());

@@ -307,7 +307,7 @@ fn signed_transactions_verify(cluster: &Cluster, v: &mut Vec<Violation>) {
             .collect();
         let key = adopted_key(&host.store).and_then(|b| mpc_core::tx::GroupKey::from_compressed(b).ok());
         for r in &host.store {
-            let Record::SignedTx { tx, raw_tx } = r else { continue };
+            let Record::SignedTx { tx, raw_tx, .. } = r else { continue };
             let (Some(psbt), Some(key)) = (proposals.get(tx), key.as_ref()) else {
                 v.push(Violation(format!("{id} recorded a signed tx {} it never accepted", tx.short())));
                 continue;

@@ -446,7 +446,7 @@ fn chain_contradicts(shared: &Shared, node: NodeId, tx: TxId, claim: ChainClaim)
     let host = &shared.hosts[&node];
     let depth = host.config.chain.as_ref().map_or(1, |c| c.confirmations);
     let raw = host.store.iter().rev().find_map(|r| match r {
-        Record::SignedTx { tx: t, raw_tx } if *t == tx => Some(raw_tx),
+        Record::SignedTx { tx: t, raw_tx, .. } if *t == tx => Some(raw_tx),
         _ => None,
     });
     let Some(raw) = raw else {

@@ -62,7 +62,7 @@ pub fn wait_final(cluster: &mut Cluster, tx: TxId, budget_ms: u64) -> bool {
 /// The signed transaction as the cluster reported it.
 pub fn signed_tx(cluster: &Cluster, tx: TxId) -> Option<bitcoin::Transaction> {
     cluster.hosts().values().flat_map(|h| h.store.iter()).find_map(|r| match r {
-        mpc_core::Record::SignedTx { tx: t, raw_tx } if *t == tx => deserialize(raw_tx).ok(),
+        mpc_core::Record::SignedTx { tx: t, raw_tx, .. } if *t == tx => deserialize(raw_tx).ok(),
         _ => None,
     })
 }

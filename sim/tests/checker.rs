@@ -60,7 +60,11 @@ fn planted_violations_are_each_caught() {
     assert!(violations(&cluster).iter().any(|v| v.contains("blamed honest")));
 
     // 5. A signed transaction that fails Bitcoin Core's check.
-    cluster.hosts_mut().get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx { tx: other, raw_tx: vec![0, 1, 2] });
+    cluster.hosts_mut().get_mut(&NodeId(5)).unwrap().store.push(Record::SignedTx {
+        tx: other,
+        raw_tx: vec![0, 1, 2],
+        presigs: Vec::new(),
+    });
     assert!(violations(&cluster).iter().any(|v| v.contains("never accepted") || v.contains("fails verification")));
 
     // 6. A transition the lifecycle refuses (a rejected transaction

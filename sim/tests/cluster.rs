@@ -423,3 +423,41 @@ fn transport_refusals_become_observations() {
     assert_eq!(seen.len(), 1);
     assert_invariants(&cluster, &[]);
 }
+
+/// Found by the cluster bench: a node restarted after signing offered the
+/// presignatures it had coordinated (or held no share of) as ready again,
+/// their signers refused them as used, and the refusals cost those honest
+/// signers a minute of suspicion. `SignedTx` now records the presignatures
+/// used, and replay marks them spent.
+#[test]
+fn a_restarted_node_still_knows_the_presignatures_signing_used_also_those_it_held_no_share_of() {
+    let (mut cluster, key) = fixture_cluster(41);
+    let spend = Spend::simple("spent-after-restart", &[70_000], &destination(), 60_000, 1_000);
+    let tx = scenario::submit(&mut cluster, NodeId(1), spend.psbt_bytes(&key)).unwrap();
+    assert!(scenario::wait_final(&mut cluster, tx, SIGN_BUDGET_MS));
+    let used: Vec<mpc_core::PresigId> = cluster.hosts()[&NodeId(1)]
+        .store
+        .iter()
+        .find_map(|r| match r {
+            Record::SignedTx { tx: t, presigs, .. } if *t == tx => Some(presigs.clone()),
+            _ => None,
+        })
+        .expect("node 1 recorded the signed transaction");
+    assert_eq!(used.len(), 1, "one input, one presignature: {used:?}");
+    let signers =
+        cluster.node(NodeId(1)).durable_view().pool.iter().find(|p| p.id == used[0]).map(|p| p.signers.clone());
+    let signers = signers.expect("node 1 knows the presignature's signers");
+    // Every node, restarted: the outsiders (no share of it) too.
+    for id in cluster.ids() {
+        cluster.crash(id);
+        cluster.restart(id).unwrap();
+        let view = cluster.node(id).durable_view();
+        let entry = view.pool.iter().find(|p| p.id == used[0]);
+        assert!(
+            entry.is_none_or(|p| p.used),
+            "restarted node {id} (a signer: {}) holds the used {} as unused: {entry:?}",
+            signers.contains(&id),
+            used[0]
+        );
+    }
+}

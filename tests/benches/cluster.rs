@@ -238,7 +238,7 @@ fn in_process_rate(n: usize) -> (f64, usize) {
 fn main() {
     let pool = env_usize("MPC_BENCH_POOL", 150);
     let txs = env_usize("MPC_BENCH_TXS", 40);
-    let samples = env_usize("MPC_BENCH_LATENCY", 20);
+    let samples = env_usize("MPC_BENCH_LATENCY", 50);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let idle_low_water = pool.saturating_sub(samples + txs + 10).max(1);
     println!(
@@ -249,7 +249,7 @@ fn main() {
     let options = Options {
         multiexp_tables: multiexp,
         pool: PoolConfig { low_water: pool, target: pool, max: pool, parallel_sessions: 5 },
-        log_filter: "warn".into(),
+        log_filter: std::env::var("MPC_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         ..Options::default()
     };
     let mut c = LocalCluster::new("bench", options);
@@ -306,6 +306,9 @@ fn main() {
     // The pool it filled, seen again after the restart (above the new low
     // water, so `wait_pool` would refuse to wait for it).
     wait_for("the full pool after the restart", 10 * MINUTES, || (ready(&c, 1) + 5 >= pool as u64).then_some(()));
+    // A few first, not counted: the restarted nodes' connections and lease
+    // settle on them.
+    sample_latencies(&c, &key, "warm-up", 3, || true);
     let idle = sample_latencies(&c, &key, "idle", samples, || true);
 
     // PERF-001: `txs` at once.
@@ -347,6 +350,14 @@ fn main() {
         .collect();
     for id in c.ids() {
         c.terminate(id, MINUTES);
+    }
+    // The nodes' logs, for a look at what the figures came from.
+    if let Some(keep) = std::env::var_os("MPC_BENCH_KEEP_LOGS") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).expect("the log directory");
+        for id in c.ids() {
+            std::fs::copy(c.node_dir(id).join("node.log"), keep.join(format!("node-{id}.log"))).expect("a node log");
+        }
     }
     let (own_crt, cluster_tables) = precomputations(&shares[0]);
     assert_eq!(cluster_tables, multiexp, "the cluster's shares and multiexp_tables = {multiexp} disagree");
