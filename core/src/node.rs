@@ -894,11 +894,7 @@ impl Node {
                 }
             }
             Record::SignedTx { tx, raw_tx, presigs } => {
-                for p in &presigs {
-                    if let Some(e) = self.pool.get_mut(p) {
-                        e.used = true;
-                    }
-                }
+                self.mark_used(&presigs);
                 if let Some(entry) = self.txs.get_mut(&tx) {
                     entry.signed_raw = Some(raw_tx);
                 }

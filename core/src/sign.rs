@@ -645,12 +645,18 @@ impl Node {
         }
     }
 
-    fn record_signed(&mut self, tx: TxId, raw_tx: Vec<u8>, presigs: &[PresigId], txid: String) {
+    /// Marks `presigs` spent in this node's view of the pool (live, or
+    /// replaying a signed transaction's record).
+    pub(crate) fn mark_used(&mut self, presigs: &[PresigId]) {
         for p in presigs {
             if let Some(e) = self.pool.get_mut(p) {
                 e.used = true;
             }
         }
+    }
+
+    fn record_signed(&mut self, tx: TxId, raw_tx: Vec<u8>, presigs: &[PresigId], txid: String) {
+        self.mark_used(presigs);
         self.persist(Record::SignedTx { tx, raw_tx: raw_tx.clone(), presigs: presigs.to_vec() });
         if let Some(entry) = self.txs.get_mut(&tx) {
             entry.signed_raw = Some(raw_tx);
