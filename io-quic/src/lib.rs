@@ -23,6 +23,6 @@ pub mod frame;
 pub mod tls;
 pub mod transport;
 
-pub use transport::{Inbound, Inbox, SendError, Transport, TransportConfig, TransportError};
+pub use transport::{Inbound, Inbox, ResetSecret, SendError, Transport, TransportConfig, TransportError};
 
 pub use mpc_core::PeerMessage;

@@ -79,8 +79,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// How long a connection replaced by a rotation may take to deliver what
 /// was already written to it.
 const DRAIN: Duration = Duration::from_secs(10);
-/// How often a dialled connection pings its idle peer.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How often a dialled connection pings its idle peer. Short, so that a
+/// peer that crashed and came back is found out within about this long
+/// even when this node has nothing to send it: the ping reaches the new
+/// process, which answers with a stateless reset (see
+/// [`TransportConfig::reset_secret`]).
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// A connection that breaks sooner than this is treated like a failed dial.
 const SHORT_LIVED: Duration = Duration::from_secs(1);
 
@@ -136,6 +140,47 @@ pub struct TransportConfig {
     pub backoff_max: Duration,
     /// How often the certificate files are checked for rotation.
     pub cert_poll: Duration,
+    /// The secret this node's QUIC stateless-reset key and connection-id
+    /// key are derived from. Give one that survives restarts (the node
+    /// derives it from its master key): a peer still holding a connection
+    /// to this node's previous process then has it reset by the first
+    /// packet it sends to the new one (RFC 9000 §10.3) and redials at
+    /// once. Without it (`None`, a random secret per start) the peer keeps
+    /// writing into the dead connection, and everything it sends there is
+    /// lost, until its idle timeout (30 s).
+    pub reset_secret: Option<ResetSecret>,
+}
+
+/// See [`TransportConfig::reset_secret`]. Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct ResetSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for ResetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetSecret(<redacted>)")
+    }
+}
+
+impl ResetSecret {
+    /// The endpoint configuration whose resets and connection ids a later
+    /// process with the same secret recognises: quinn drops a packet whose
+    /// connection id its generator did not make, so the generator's key
+    /// must be stable too, not only the reset key.
+    fn endpoint_config(&self) -> quinn::EndpointConfig {
+        use ring::digest::{digest, SHA256};
+        let derive = |label: &[u8]| {
+            let mut input = Vec::with_capacity(label.len() + 32);
+            input.extend_from_slice(label);
+            input.extend_from_slice(&self.0);
+            digest(&SHA256, &input)
+        };
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"mpc-custody/quic-reset-key/v1").as_ref());
+        let cid = derive(b"mpc-custody/quic-cid-key/v1");
+        let cid_key = u64::from_be_bytes(cid.as_ref()[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        config
+    }
 }
 
 impl TransportConfig {
@@ -153,6 +198,7 @@ impl TransportConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             cert_poll: Duration::from_secs(5),
+            reset_secret: None,
         }
     }
 }
@@ -221,6 +267,9 @@ pub struct Stats {
     pub connected: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     /// Connections closed because the same member authenticated a newer one.
     pub connections_replaced: AtomicU64,
+    /// Dialled connections a peer's stateless reset ended: the peer
+    /// restarted, and this node redialled it at once.
+    pub peer_resets: AtomicU64,
     /// Inbound accounting per configured peer.
     pub inbound: BTreeMap<NodeId, Arc<PeerInbound>>,
 }
@@ -520,6 +569,19 @@ async fn watch_certificates(
     }
 }
 
+/// The endpoint on `cfg.listen`, with a stable reset key when the config
+/// has a [`ResetSecret`].
+fn bind(cfg: &TransportConfig, server: quinn::ServerConfig) -> Result<quinn::Endpoint, TransportError> {
+    let Some(secret) = &cfg.reset_secret else {
+        return quinn::Endpoint::server(server, cfg.listen)
+            .map_err(|source| TransportError::Bind { addr: cfg.listen, source });
+    };
+    let bind_error = |source| TransportError::Bind { addr: cfg.listen, source };
+    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_error)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| bind_error(std::io::Error::other("no async runtime")))?;
+    quinn::Endpoint::new(secret.endpoint_config(), Some(server), socket, runtime).map_err(bind_error)
+}
+
 impl Transport {
     /// Binds, starts accepting, and starts one sender task per peer.
     /// Messages from peers arrive on the returned [`Inbox`].
@@ -540,8 +602,7 @@ impl Transport {
             generation: AtomicU64::new(0),
         };
         let node_tls = tls.load()?;
-        let endpoint = quinn::Endpoint::server(node_tls.server.clone(), cfg.listen)
-            .map_err(|source| TransportError::Bind { addr: cfg.listen, source })?;
+        let endpoint = bind(&cfg, node_tls.server.clone())?;
         *tls.current.write().unwrap_or_else(|p| p.into_inner()) = node_tls;
         let tls = Arc::new(tls);
         let inbound = cfg
@@ -721,6 +782,14 @@ impl PeerSender {
                 }
             }
             self.stats.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.peer);
+            if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
+                self.stats.peer_resets.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    node = self.me.0,
+                    peer = self.peer.0,
+                    "the peer's new process reset the connection to its previous one: redialling"
+                );
+            }
             if rotated {
                 continue;
             }

@@ -1,13 +1,13 @@
 //! The transport on real loopback sockets with real certificates: a full
 //! mesh of five nodes, a rogue CA, an expired certificate, a valid peer
 //! naming another sender, garbage and oversized frames, a peer that
-//! restarts, a dead peer, an outsider with a member certificate, and a
+//! restarts, a peer that crashes and restarts (its stateless reset), a dead peer, an outsider with a member certificate, and a
 //! flood of bad handshakes. Timeouts only guard against hangs; nothing asserts a duration.
 
 use mpc_core::{NodeId, PeerMessage, PresigId};
 use mpc_io_quic::certs::{self, ClusterCa};
 use mpc_io_quic::frame::{self, WireEnvelope};
-use mpc_io_quic::{tls, Inbound, Inbox, SendError, Transport, TransportConfig};
+use mpc_io_quic::{tls, Inbound, Inbox, ResetSecret, SendError, Transport, TransportConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -265,6 +265,82 @@ async fn a_peer_that_restarts_is_reconnected() {
         }
     }
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node on a runtime of its own, so the test can crash it: dropping the
+/// runtime's tasks unpolled ends its connections without a word to its
+/// peers (no CONNECTION_CLOSE), as a killed process would.
+struct Crashable {
+    runtime: tokio::runtime::Runtime,
+    transport: Transport,
+    inbox: Inbox,
+}
+
+impl Crashable {
+    /// Starts `cfg`, retrying while the address is still held by a crashed
+    /// predecessor whose socket is being released.
+    fn start(cfg: TransportConfig) -> Crashable {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let (transport, inbox) = runtime.block_on(async {
+                for _ in 0..200 {
+                    match Transport::start(cfg.clone()).await {
+                        Ok(started) => return started,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                panic!("the address never came free")
+            });
+            Crashable { runtime, transport, inbox }
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn crash(self) {
+        self.runtime.shutdown_background();
+        drop((self.transport, self.inbox));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_crashes_and_restarts_with_its_secret_resets_the_stale_connection() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = cert_dir("crash", 2);
+    let addrs = node_addrs(2);
+    let with_secret = |me: u16, byte: u8| {
+        let mut cfg = config(me, &addrs, &dir);
+        cfg.reset_secret = Some(ResetSecret([byte; 32]));
+        cfg
+    };
+    let (t1, _inbox1) = Transport::start(with_secret(1, 1)).await.unwrap();
+    let mut node2 = Crashable::start(with_secret(2, 2));
+    t1.send(NodeId(2), msg(1, 0)).unwrap();
+    assert!(matches!(next(&mut node2.inbox).await, Inbound::Message { from: NodeId(1), .. }));
+
+    // Crash and restart with the same secret: node 1's next packet to the
+    // new process (a message or a keep-alive) is answered with a stateless
+    // reset, so node 1 redials at once instead of writing into the dead
+    // connection until its idle timeout (30 s, inside the hang guard: the
+    // count of resets is what tells the two apart).
+    node2.crash();
+    let mut node2 = Crashable::start(with_secret(2, 2));
+    until("node 1 sees the reset", || t1.stats.peer_resets.load(Relaxed) == 1).await;
+    t1.send(NodeId(2), msg(1, 1)).unwrap();
+    match next(&mut node2.inbox).await {
+        Inbound::Message { from: NodeId(1), msg: m } => assert_eq!(m, msg(1, 1)),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // The control: a restart with another secret cannot reset anything.
+    // Node 1 goes on pinging the dead connection (a keep-alive a second)
+    // and counts no reset.
+    node2.crash();
+    let node2 = Crashable::start(with_secret(2, 3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(t1.stats.peer_resets.load(Relaxed), 1, "a reset under another secret was accepted");
+    node2.crash();
     let _ = std::fs::remove_dir_all(dir);
 }
 

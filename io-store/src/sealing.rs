@@ -26,6 +26,8 @@ const TAG_LEN: usize = 16;
 /// Domain of the associated data, so these ciphertexts mean nothing to any
 /// other use of the same key.
 const DOMAIN: &str = "mpc-custody/sealed/v1";
+/// Separates [`MasterKey::derive`] from every other use of the key.
+const DERIVE_DOMAIN: &str = "mpc-custody/derived-secret/v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
@@ -140,6 +142,20 @@ impl MasterKey {
         Zeroizing::new(hex::encode(&bytes[..]))
     }
 
+    /// A 32-byte secret for `purpose`, derived from this key: one secret
+    /// that survives restarts, without a second key file to keep. Knowing
+    /// a derived secret tells nothing of the key or of secrets derived for
+    /// other purposes (SHA-256 over a domain, the purpose and the key).
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [DERIVE_DOMAIN.as_bytes(), purpose.as_bytes(), &self.0[..]] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        Zeroizing::new(hash.finalize().into())
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&*self.0).into())
     }
@@ -208,6 +224,15 @@ mod tests {
     }
 
     const ROW: RowId<'static> = RowId { table: "presignatures", key: "presig-1-7" };
+
+    #[test]
+    fn derived_secrets_are_stable_per_key_and_purpose_and_differ_otherwise() {
+        let a = key(7).derive("quic-stateless-reset");
+        assert_eq!(a, key(7).derive("quic-stateless-reset"), "the same key and purpose: the same secret");
+        assert_ne!(a, key(8).derive("quic-stateless-reset"), "another key");
+        assert_ne!(a, key(7).derive("quic-stateless-reset2"), "another purpose");
+        assert_ne!(&a[..], &[7u8; 32][..], "never the key itself");
+    }
 
     #[test]
     fn a_key_file_others_can_read_is_refused() {

@@ -212,6 +212,10 @@ pub async fn run_with(config: Config, outbound: Option<crate::shell::Outbound>) 
     }
     let mut transport_cfg = TransportConfig::new(me, config.raw.transport.listen, config.cert_dir.clone());
     transport_cfg.peers = config.peers.clone();
+    // Stable across restarts, so peers holding connections to this node's
+    // previous process are reset by its first answer and redial at once
+    // (what they send meanwhile would otherwise be lost for 30 s).
+    transport_cfg.reset_secret = Some(mpc_io_quic::ResetSecret(*master_key(&config)?.derive("quic-stateless-reset")));
     let (transport, inbound) = Transport::start(transport_cfg).await.map_err(|e| config.file_error("transport", e))?;
     let transport = Arc::new(transport);
     info!(node = me.0, listen = %transport.local_addr(), "QUIC transport up");

@@ -62,6 +62,22 @@ pub fn wait_pool(c: &LocalCluster, ready: u64) {
     });
 }
 
+/// Waits until no presigning session is in flight as any of `nodes` sees
+/// it. A member killed then loses no session, so none times out later
+/// and strikes it for a crash the test staged.
+pub fn wait_pool_idle(c: &LocalCluster, nodes: &[u16]) {
+    wait_for("no presigning session in flight", 15 * MINUTES, || {
+        nodes
+            .iter()
+            .all(|n| {
+                c.api(*n)
+                    .get("/api/v1/presignatures/status")
+                    .is_some_and(|a| parse::<PresignatureStatus>(&a.body).generating == 0)
+            })
+            .then_some(())
+    });
+}
+
 /// Submits a PSBT to `node`; the transaction id it answers with.
 pub fn submit_psbt(c: &LocalCluster, node: u16, psbt: Vec<u8>) -> String {
     let answer = c.api(node).post_bytes("/api/v1/transactions", psbt).expect("node answers");
