@@ -25,26 +25,19 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
 /// The nice value of the worker threads (the rest of the node keeps its
-/// own, normally 0), which also run under `SCHED_BATCH` (no wakeup
-/// preemption of others: they are CPU-bound by nature). At equal priority
-/// a refilling pool made signing 4.1x slower at p99 (the cluster bench's
-/// PERF-002; 3.6x at nice 10). The workers still have every core to
-/// themselves whenever the rest of the node is idle, which is nearly
-/// always.
-pub const WORKER_NICENESS: i32 = 19;
+/// own, normally 0). At equal priority a refilling pool made signing
+/// several times slower at the tail (the cluster bench's PERF-002); ten
+/// steps give a waking driver thread about ten times a worker's share of a
+/// contended core, and the workers still have every core to themselves
+/// when the driver is idle.
+pub const WORKER_NICENESS: i32 = 10;
 
-/// Lowers the calling thread's priority: `SCHED_BATCH` at
-/// [`WORKER_NICENESS`].
+/// Lowers the calling thread's priority to [`WORKER_NICENESS`].
 fn lower_priority() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `param` outlives the call; pid 0 is the calling thread.
-        // On Linux, PRIO_PROCESS with a thread id sets that one thread's
-        // nice value.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // SAFETY: neither call takes a pointer. On Linux, PRIO_PROCESS
+        // with a thread id sets that one thread's nice value.
         let tid = unsafe { libc::gettid() };
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICENESS) } != 0 {
             return Err(std::io::Error::last_os_error());
@@ -184,20 +177,18 @@ mod tests {
         SessionId::Presign(PresigId { origin: NodeId(1), seq })
     }
 
-    /// The (nice value, scheduling policy) of this process's threads named
-    /// `prefix...`.
+    /// The nice values of this process's threads named `prefix...`.
     #[cfg(target_os = "linux")]
-    fn nice_of_threads(prefix: &str) -> Vec<(i32, i32)> {
+    fn nice_of_threads(prefix: &str) -> Vec<i32> {
         let mut out = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap() {
             let dir = task.unwrap().path();
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
             if comm.trim().starts_with(prefix) {
                 let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-                // After the parenthesised name: state is field 3, nice
-                // field 19, policy field 41.
-                let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-                out.push((fields[16].parse().unwrap(), fields[38].parse().unwrap()));
+                // After the parenthesised name: state is field 3, nice field 19.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                out.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
             }
         }
         out
@@ -205,14 +196,14 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn workers_run_batch_below_the_node_s_priority_and_the_node_keeps_its_own() {
+    fn workers_run_below_the_node_s_priority_and_the_node_keeps_its_own() {
         let thread_nice = || {
             let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
             stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse::<i32>().unwrap()
         };
         let mine = thread_nice();
         // A test run already niced past the workers' value cannot raise them.
-        let expected = (WORKER_NICENESS.max(mine), libc::SCHED_BATCH);
+        let expected = WORKER_NICENESS.max(mine);
         let before = nice_of_threads("mpc-compute-");
         let _w = Workers::start(2).unwrap();
         let mut nice = Vec::new();
