@@ -128,8 +128,8 @@ pub struct NodeConfig {
     pub chain: Option<crate::chain::ChainConfig>,
     /// Have cggmp24 build multiexponentiation tables of every member's
     /// ring-Pedersen parameters while this node makes its aux info: once
-    /// per DKG, some 17 s of CPU and 3 MB in its key share, for presigning
-    /// about 1.27x faster ever after (`cargo bench -p mpc-tests --bench
+    /// per DKG, some 18 s of CPU and 3 MB in its key share, for presigning
+    /// 1.2x to 1.4x faster ever after (`cargo bench -p mpc-tests --bench
     /// cluster`). Only this node's speed depends on it.
     #[serde(default = "yes")]
     pub multiexp_tables: bool,

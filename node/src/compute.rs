@@ -177,6 +177,14 @@ mod tests {
         SessionId::Presign(PresigId { origin: NodeId(1), seq })
     }
 
+    /// The nice value in a thread's `/proc/.../stat`: after the
+    /// parenthesised name, state is field 3 and nice field 19.
+    #[cfg(target_os = "linux")]
+    fn nice_in(stat: &std::path::Path) -> i32 {
+        let stat = std::fs::read_to_string(stat).unwrap();
+        stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
     /// The nice values of this process's threads named `prefix...`.
     #[cfg(target_os = "linux")]
     fn nice_of_threads(prefix: &str) -> Vec<i32> {
@@ -185,10 +193,7 @@ mod tests {
             let dir = task.unwrap().path();
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
             if comm.trim().starts_with(prefix) {
-                let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-                // After the parenthesised name: state is field 3, nice field 19.
-                let rest = &stat[stat.rfind(')').unwrap() + 2..];
-                out.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+                out.push(nice_in(&dir.join("stat")));
             }
         }
         out
@@ -197,10 +202,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn workers_run_below_the_node_s_priority_and_the_node_keeps_its_own() {
-        let thread_nice = || {
-            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-            stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse::<i32>().unwrap()
-        };
+        let thread_nice = || nice_in(std::path::Path::new("/proc/thread-self/stat"));
         let mine = thread_nice();
         // A test run already niced past the workers' value cannot raise them.
         let expected = WORKER_NICENESS.max(mine);
