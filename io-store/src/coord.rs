@@ -34,6 +34,15 @@
 //! leader at all as soon as a round of etcd requests fails, because it can no
 //! longer tell who leads.
 //!
+//! A node may also be told it is not fit to lead ([`LeadershipGate`]): the
+//! node process closes the gate while it reaches too few members to run a
+//! presigning session. A closed gate never claims the key and gives up a
+//! key it holds at once (deleting it, so a member that does reach enough
+//! peers claims it through its watch), like Raft's CheckQuorum: a lease
+//! holder on the small side of a partition that etcd does not split would
+//! otherwise keep the lease, and with it the refill of the pool, while the
+//! side that can sign runs out of presignatures for its members.
+//!
 //! What this cannot cover: a process frozen (e.g. a paused VM) between reading
 //! the view and acting on it. The core's own checks (signed votes, consumed
 //! presignatures persisted before release) are what keep such a node harmless.
@@ -60,7 +69,7 @@ use etcd_client::{
     LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use mpc_core::NodeId;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant};
 use tonic::Code;
@@ -848,6 +857,12 @@ impl Coordinator {
     /// unreachable) it revokes the old one (best effort), grants a new one,
     /// re-registers and campaigns again.
     pub fn start(&self) -> Result<CoordHandle, CoordError> {
+        self.start_gated(true)
+    }
+
+    /// [`Coordinator::start`] with the leadership gate (see
+    /// [`CoordHandle::gate`]) open or closed from the first round on.
+    pub fn start_gated(&self, fit_to_lead: bool) -> Result<CoordHandle, CoordError> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(CoordError::AlreadyStarted(self.cfg.node));
         }
@@ -861,6 +876,7 @@ impl Coordinator {
         let (tx, rx) = watch::channel(initial);
         let publisher = Arc::new(Publisher { node: self.cfg.node, tx, facts: Mutex::new(Facts::default()) });
         let freeze = Arc::new(AtomicBool::new(false));
+        let gate = LeadershipGate::new(fit_to_lead);
         let (stop_tx, stop_rx) = oneshot::channel();
         let ttl = Duration::from_secs(self.cfg.lease_ttl_secs as u64);
         let runner = Runner {
@@ -869,6 +885,7 @@ impl Coordinator {
             cfg: self.cfg.clone(),
             publisher,
             freeze: freeze.clone(),
+            gate: gate.clone(),
             lease: None,
             ttl,
             watch: None,
@@ -877,7 +894,39 @@ impl Coordinator {
             retry: None,
         };
         let task = tokio::spawn(runner.run(stop_rx));
-        Ok(CoordHandle { view: rx, stop: Some(stop_tx), task: Some(task), freeze })
+        Ok(CoordHandle { view: rx, stop: Some(stop_tx), task: Some(task), freeze, gate })
+    }
+}
+
+/// Whether this node may hold the leadership (see the module docs): open,
+/// it campaigns as usual; closed, it never claims the `leader` key and
+/// deletes the key if it holds it. Cheap to clone; every clone is the same
+/// gate. Changing it wakes the coordination task for a round at once.
+#[derive(Clone, Debug)]
+pub struct LeadershipGate {
+    inner: Arc<GateState>,
+}
+
+#[derive(Debug)]
+struct GateState {
+    open: AtomicBool,
+    changed: Notify,
+}
+
+impl LeadershipGate {
+    fn new(open: bool) -> Self {
+        LeadershipGate { inner: Arc::new(GateState { open: AtomicBool::new(open), changed: Notify::new() }) }
+    }
+
+    /// Opens or closes the gate; a change wakes the coordination task.
+    pub fn set(&self, open: bool) {
+        if self.inner.open.swap(open, Ordering::SeqCst) != open {
+            self.inner.changed.notify_one();
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.inner.open.load(Ordering::SeqCst)
     }
 }
 
@@ -892,9 +941,15 @@ pub struct CoordHandle {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     freeze: Arc<AtomicBool>,
+    gate: LeadershipGate,
 }
 
 impl CoordHandle {
+    /// The gate through which the node says whether it is fit to lead.
+    pub fn gate(&self) -> LeadershipGate {
+        self.gate.clone()
+    }
+
     /// A receiver of the view; it is marked changed whenever the view does.
     pub fn view(&self) -> watch::Receiver<CoordView> {
         self.view.clone()
@@ -1087,6 +1142,7 @@ struct Runner {
     cfg: CoordConfig,
     publisher: Arc<Publisher>,
     freeze: Arc<AtomicBool>,
+    gate: LeadershipGate,
     lease: Option<Lease>,
     /// The TTL etcd granted last (the configured one until then).
     ttl: Duration,
@@ -1135,6 +1191,8 @@ impl Runner {
                     continue 'outer;
                 }
                 _ = sleep_until(next_round) => {}
+                // Opened or closed: campaign or step down now.
+                _ = self.gate.inner.changed.notified() => {}
                 ev = next_watch_event(&mut self.watch) => match ev {
                     // The leader key changed: look (and campaign) now.
                     Ok(Some(resp)) if !resp.canceled() => {
@@ -1213,7 +1271,7 @@ impl Runner {
                 self.revoke_stale_leases().await;
             }
         }
-        let seen = self.campaign(frozen).await?;
+        let seen = if self.gate.is_open() { self.campaign(frozen).await? } else { self.step_down().await? };
         if self.watch.is_none() {
             // From the revision right after the one just read, so a change
             // in between is not missed.
@@ -1400,6 +1458,33 @@ impl Runner {
             f.observed_term = f.observed_term.max(term);
         });
         Ok(revision)
+    }
+
+    /// With the gate closed: deletes the `leader` key if it holds our id
+    /// under our current lease (one transaction, so another node's key is
+    /// never touched), and records who holds it otherwise. Returns the
+    /// store revision the answer reflects.
+    async fn step_down(&mut self) -> Result<i64, CoordError> {
+        let key = self.keys.leader();
+        let me = self.cfg.node;
+        if let Some(lease) = self.lease.as_ref().map(|l| l.id) {
+            let mine = [
+                Compare::value(key.clone(), CompareOp::Equal, me.0.to_string()),
+                Compare::lease(key.clone(), CompareOp::Equal, lease),
+            ];
+            let txn = Txn::new().when(mine).and_then([TxnOp::delete(key.clone(), None)]);
+            let mut c = self.client.clone();
+            let resp = self.req("stepping down", c.txn(txn)).await?;
+            if resp.succeeded() {
+                warn!(node = me.0, cluster = %self.cfg.cluster, "stepped down: too few members reachable to lead");
+                self.publisher.update(|f| {
+                    f.holds_leader = false;
+                    f.observed_leader = None;
+                });
+                return Ok(resp.header().map_or(0, |h| h.revision()));
+            }
+        }
+        self.campaign(true).await
     }
 
     /// Steps down first, then revokes the lease so that `nodes/<id>` and a

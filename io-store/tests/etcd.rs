@@ -236,6 +236,50 @@ async fn leader_fails_over_when_its_lease_expires() {
     assert_eq!(observer.live_nodes().await.unwrap(), Vec::<NodeId>::new());
 }
 
+/// The leadership gate: a closed gate never claims the key, and a holder
+/// whose gate closes deletes it at once (well within a lease TTL), so an
+/// open node takes over through its watch; reopened, the first can lead
+/// again once the key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_leadership_gate_steps_down_at_once_and_never_claims() {
+    let endpoint = etcd_endpoint();
+    let cluster = unique("gate");
+    let a = connect(&endpoint, &cluster, 1).await;
+    let b = connect(&endpoint, &cluster, 2).await;
+    let ha = a.start().unwrap();
+    eventually("node 1 leads", || async { ha.current().i_lead }).await;
+    let first_term = ha.current().term;
+    let hb = b.start_gated(false).unwrap();
+    assert!(!hb.gate().is_open());
+    eventually("node 2 sees node 1 lead", || async { hb.current().leader == Some(NodeId(1)) }).await;
+
+    // Node 2 closed and node 1 steps down: the key is free and stays free
+    // (node 1 would claim it again within a round if its gate opened).
+    let log_b = record(&hb);
+    let closed_at = Instant::now();
+    ha.gate().set(false);
+    eventually("node 1 steps down", || async { !ha.current().i_lead }).await;
+    let stepped_down = closed_at.elapsed();
+    // A lease TTL is 2 s here: expiry alone could not explain this.
+    assert!(stepped_down < Duration::from_millis(1_500), "stepping down took {stepped_down:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!ha.current().i_lead && !hb.current().i_lead, "a closed gate claimed the key");
+    assert_eq!(hb.current().leader, None, "{:?}", hb.current());
+    assert!(first_after(&log_b, closed_at, |v| v.i_lead).is_none(), "node 2 led with its gate closed");
+
+    // Node 2 opens: it claims the free key under a newer term.
+    hb.gate().set(true);
+    eventually("node 2 leads", || async { hb.current().i_lead }).await;
+    assert!(hb.current().term > first_term);
+    eventually("node 1 sees node 2 lead", || async { ha.current().leader == Some(NodeId(2)) }).await;
+    // Node 1 opens again: node 2 keeps the key.
+    ha.gate().set(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(hb.current().i_lead && !ha.current().i_lead);
+    ha.shutdown().await;
+    hb.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epochs_only_ever_rise() {
     let endpoint = etcd_endpoint();

@@ -12,6 +12,7 @@ pub mod cluster_init;
 pub mod compute;
 pub mod config;
 pub mod control;
+pub mod leadership;
 pub mod metrics;
 pub mod preflight;
 pub mod primes;

@@ -219,7 +219,9 @@ pub async fn run_with(config: Config, outbound: Option<crate::shell::Outbound>) 
     let (transport, inbound) = Transport::start(transport_cfg).await.map_err(|e| config.file_error("transport", e))?;
     let transport = Arc::new(transport);
     info!(node = me.0, listen = %transport.local_addr(), "QUIC transport up");
-    let coord_handle = coord.start().map_err(|e| runtime("etcd lease", e))?;
+    // Unfit to lead until the transport reaches enough peers (see
+    // `crate::leadership`).
+    let coord_handle = coord.start_gated(false).map_err(|e| runtime("etcd lease", e))?;
     let workers = Workers::start(config.compute_workers()).map_err(|e| runtime("compute workers", e))?;
     info!(node = me.0, workers = workers.count(), "compute workers up");
 
@@ -295,6 +297,8 @@ pub async fn run_with(config: Config, outbound: Option<crate::shell::Outbound>) 
         told_reachable: None,
         chain,
         outbound,
+        leadership: crate::leadership::LeadershipRule::new(config.core.cluster.threshold),
+        leadership_gate: coord_handle.gate(),
     };
     let anchoring = tokio::spawn(anchor_periodically(store.clone(), coord.clone()));
     shell.queue_coord_view();

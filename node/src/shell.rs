@@ -14,6 +14,7 @@
 
 use crate::compute::Workers;
 use crate::control::{Check, CommandRequest, Health, PrimesState};
+use crate::leadership::LeadershipRule;
 use crate::metrics::Metrics;
 use mpc_core::engine::{ComputeJob, SafePrimes};
 use mpc_core::{
@@ -21,7 +22,7 @@ use mpc_core::{
     Reply, RequestId, Secret, Shell, StatusReport, Step,
 };
 use mpc_io_quic::{Inbox, Transport};
-use mpc_io_store::coord::{CoordView, Coordinator, Health as CoordHealth};
+use mpc_io_store::coord::{CoordView, Coordinator, Health as CoordHealth, LeadershipGate};
 use mpc_io_store::{Store, StoreError};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -130,6 +131,10 @@ pub struct NodeShell {
     pub chain: Option<ChainLink>,
     /// `None` in mpc-node: see [`Outbound`].
     pub outbound: Option<Outbound>,
+    /// Whether this node reaches enough peers to lead (see
+    /// [`crate::leadership`]), and the gate that tells the etcd task.
+    pub leadership: LeadershipRule,
+    pub leadership_gate: LeadershipGate,
 }
 
 /// The core's line to bitcoind: requests run as tasks, at most
@@ -182,6 +187,25 @@ impl NodeShell {
         if self.told_reachable != Some(reachable) {
             self.told_reachable = Some(reachable);
             self.queued.push_back(Input::Coordination { reachable });
+        }
+    }
+
+    /// Opens or closes the leadership gate as the connected peers say.
+    fn check_leadership_fitness(&mut self) {
+        let connected = self.transport.connected_peers();
+        let fit = self.leadership.observe(connected, Instant::now());
+        if fit != self.leadership_gate.is_open() {
+            if fit {
+                info!(node = self.me.0, connected, "reaches enough peers to lead");
+            } else {
+                warn!(
+                    node = self.me.0,
+                    connected,
+                    needed = self.leadership.needed_peers(),
+                    "reaches too few peers to run a presigning session: giving up the leadership"
+                );
+            }
+            self.leadership_gate.set(fit);
         }
     }
 
@@ -309,6 +333,7 @@ impl Shell for NodeShell {
         self.health.driver_running = true;
         loop {
             self.queue_reachability();
+            self.check_leadership_fitness();
             if let Some(input) = self.queued.pop_front() {
                 return Some((self.clock.now(), input));
             }

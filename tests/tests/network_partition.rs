@@ -7,13 +7,15 @@
 //!   the other four see three and sign; what is submitted to the cut-off
 //!   node cannot be approved by it alone and waits. Healed, it reconnects,
 //!   learns what was signed without it, and its own transaction is signed.
-//! - A 2/3 split: the side of three approves and signs (the approve quorum
-//!   is 3 of 5) while a transaction submitted to the side of two waits;
-//!   healed, it is signed too and all five agree.
+//! - A 2/3 split with the lease holder on the side of two: it gives the
+//!   lease up (it reaches too few members to presign) and the side of
+//!   three takes it, approves and signs (the approve quorum is 3 of 5)
+//!   while a transaction submitted to the side of two waits; healed, it is
+//!   signed too and all five agree.
 //!
-//! Etcd is not partitioned (one server on loopback): leadership stays
-//! wherever its lease is, and a leader on the small side is taken over by
-//! the next member in line for signing. Afterwards the five databases show
+//! Etcd is not partitioned (one server on loopback): every node still
+//! reaches it, so only the leadership gate (`mpc_node::leadership`) moves
+//! the lease to the side that can sign and refill. Afterwards the five databases show
 //! no presignature share used for two messages. Timeouts only guard
 //! against hangs.
 
@@ -30,9 +32,22 @@ fn spend(label: &str) -> Spend {
     Spend::simple(label, &[60_000], &destination(), 50_000, 2_000)
 }
 
-fn peers_connected(c: &LocalCluster, id: u16) -> Option<u64> {
+fn health(c: &LocalCluster, id: u16) -> Option<HealthView> {
     let (_, body) = c.api(id).get_public("/api/v1/health")?;
-    Some(serde_json::from_str::<HealthView>(&body).ok()?.peers_connected)
+    serde_json::from_str::<HealthView>(&body).ok()
+}
+
+fn peers_connected(c: &LocalCluster, id: u16) -> Option<u64> {
+    Some(health(c, id)?.peers_connected)
+}
+
+/// The lease holder all five agree on.
+fn leader(c: &LocalCluster) -> u16 {
+    wait_for("all five to agree on a leader", MINUTES, || {
+        let seen: Vec<Option<u16>> =
+            c.ids().iter().map(|id| health(c, *id).map(|h| h.leader)).collect::<Option<_>>()?;
+        seen[0].filter(|l| seen.iter().all(|s| *s == Some(*l)))
+    })
 }
 
 /// Waits until each node of `nodes` reports `peers` connected peers, in
@@ -89,17 +104,28 @@ fn one_node_cut_off_then_a_two_three_split_each_healed() {
     signed_at(&c, &c.ids(), &key, &alone_tx, &alone);
     eprintln!("cut off and healed: node 5 caught up and its own transaction was signed");
 
-    // A 2/3 split.
+    // A 2/3 split with the lease holder on the side of two: etcd still
+    // answers it, but it reaches too few members to presign, so it gives
+    // the lease up and the side of three takes it (and the refill of the
+    // pool, whose presignatures may all name a member of the small side).
     wait_pool(&c, 4);
-    proxy.split(&[1, 2], &[3, 4, 5]);
-    wait_peers(&c, &[1, 2], 1);
-    wait_peers(&c, &[3, 4, 5], 2);
+    let holder = leader(&c);
+    let small: Vec<u16> = vec![holder, if holder == 1 { 2 } else { 1 }];
+    let big: Vec<u16> = c.ids().into_iter().filter(|n| !small.contains(n)).collect();
+    proxy.split(&small, &big);
+    wait_peers(&c, &small, 1);
+    wait_peers(&c, &big, 2);
+    let moved = wait_for("the side of three to hold the lease", MINUTES, || {
+        let seen: Vec<u16> = c.ids().iter().map(|id| health(&c, *id)?.leader).collect::<Option<_>>()?;
+        (big.contains(&seen[0]) && seen.iter().all(|l| *l == seen[0])).then_some(seen[0])
+    });
+    eprintln!("split {small:?} / {big:?}: node {holder} gave the lease up, node {moved} took it");
     let three = spend("partition-three");
-    let three_tx = submit_psbt(&c, 3, three.psbt_bytes(&key));
-    wait_state(&c, &[3, 4, 5], &three_tx, TxStateName::Signed, 5 * MINUTES);
+    let three_tx = submit_psbt(&c, big[0], three.psbt_bytes(&key));
+    wait_state(&c, &big, &three_tx, TxStateName::Signed, 5 * MINUTES);
     let two = spend("partition-two");
-    let two_tx = submit_psbt(&c, 1, two.psbt_bytes(&key));
-    still_waiting(&c, &[1, 2], &two_tx);
+    let two_tx = submit_psbt(&c, small[0], two.psbt_bytes(&key));
+    still_waiting(&c, &small, &two_tx);
     proxy.heal();
     wait_peers(&c, &c.ids(), 4);
     signed_at(&c, &c.ids(), &key, &three_tx, &three);
