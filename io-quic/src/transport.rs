@@ -360,6 +360,8 @@ enum Queued {
         addr: SocketAddr,
         conn: usize,
         frame: Frame,
+        /// When its last byte was read, for [`Inbox::last_wait`].
+        arrived: std::time::Instant,
         _charge: Charge,
     },
     Report {
@@ -377,6 +379,8 @@ enum Queued {
 #[derive(Debug)]
 pub struct Inbox {
     rx: mpsc::UnboundedReceiver<Queued>,
+    /// How long the message taken last waited here (see [`Inbox::last_wait`]).
+    last_wait: Option<Duration>,
     max_frame: usize,
     me: NodeId,
     live: Arc<LiveConnections>,
@@ -394,13 +398,28 @@ impl Inbox {
 
     /// Like [`Inbox::recv`], without waiting: `None` if nothing is queued.
     pub fn try_recv(&mut self) -> Option<Inbound> {
-        self.rx.try_recv().ok().map(|q| self.open(q))
+        let queued = self.rx.try_recv().ok()?;
+        Some(self.open(queued))
     }
 
-    fn open(&self, queued: Queued) -> Inbound {
+    /// Whether nothing is waiting to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// How long the message taken last waited between the transport
+    /// reading it and the node taking it (`None` after a refusal report):
+    /// the queueing delay in front of the node's loop.
+    pub fn last_wait(&self) -> Option<Duration> {
+        self.last_wait
+    }
+
+    fn open(&mut self, queued: Queued) -> Inbound {
+        self.last_wait = None;
         match queued {
             Queued::Report { report, .. } => report,
-            Queued::Frame { peer, addr, conn, frame, _charge } => {
+            Queued::Frame { peer, addr, conn, frame, arrived, _charge } => {
+                self.last_wait = Some(arrived.elapsed());
                 let decoded = frame.decode(self.max_frame);
                 // The node holds the message now: its bytes leave the budget.
                 drop((frame, _charge));
@@ -643,7 +662,7 @@ impl Transport {
             };
             tokio::spawn(sender.run(rx));
         }
-        let inbox = Inbox { rx, max_frame: cfg.max_frame, me: cfg.me, live, stats: stats.clone() };
+        let inbox = Inbox { rx, last_wait: None, max_frame: cfg.max_frame, me: cfg.me, live, stats: stats.clone() };
         Ok((Transport { me: cfg.me, endpoint, queues, tls, stats, _stop: stop }, inbox))
     }
 
@@ -985,7 +1004,8 @@ async fn read_frames(
             // Dropped (its charge with it) and reported; the stream goes on.
             Some(reason) => rx.refuse(Some(peer), addr, reason),
             None => {
-                let queued = Queued::Frame { peer, addr, conn: conn.stable_id(), frame, _charge: charge };
+                let arrived = std::time::Instant::now();
+                let queued = Queued::Frame { peer, addr, conn: conn.stable_id(), frame, arrived, _charge: charge };
                 if rx.queue.send(queued).is_err() {
                     return; // the node has gone
                 }

@@ -99,6 +99,30 @@ async fn five_nodes_in_full_mesh_deliver_in_order_from_certified_senders() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `Inbox::last_wait` is the time a message sat in the inbox: one taken as
+/// soon as it arrives waited next to nothing, one left there 300 ms waited
+/// at least that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_tells_how_long_a_message_waited_in_it() {
+    let dir = cert_dir("inbox-wait", 2);
+    let (_, mut nodes) = mesh(&dir, 2).await;
+    let (a, b) = nodes.split_at_mut(1);
+    let (sender, inbox) = (&a[0].0, &mut b[0].1);
+    assert_eq!(inbox.last_wait(), None, "nothing taken yet");
+    sender.send(NodeId(2), msg(1, 0)).unwrap();
+    next(inbox).await;
+    let prompt = inbox.last_wait().expect("a message was taken");
+    sender.send(NodeId(2), msg(1, 1)).unwrap();
+    // Arrived (the transport read it) well before the node takes it.
+    until("the second message is queued", || !inbox.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    next(inbox).await;
+    let waited = inbox.last_wait().expect("a message was taken");
+    assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+    assert!(prompt < Duration::from_millis(300), "taken at once, yet {prompt:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rogue_ca_and_expired_certificates_are_refused_at_the_handshake() {
     let dir = cert_dir("trusted", 3);

@@ -299,6 +299,7 @@ pub async fn run_with(config: Config, outbound: Option<crate::shell::Outbound>) 
         outbound,
         leadership: crate::leadership::LeadershipRule::new(config.core.cluster.threshold),
         leadership_gate: coord_handle.gate(),
+        step_started: None,
     };
     let anchoring = tokio::spawn(anchor_periodically(store.clone(), coord.clone()));
     shell.queue_coord_view();

@@ -135,7 +135,15 @@ pub struct NodeShell {
     /// [`crate::leadership`]), and the gate that tells the etcd task.
     pub leadership: LeadershipRule,
     pub leadership_gate: LeadershipGate,
+    /// The input handed to the core last: when, and what (its kind and a
+    /// peer message's kind), so the next call can tell how long the whole
+    /// step took (see [`SLOW_STEP`]).
+    pub step_started: Option<(Instant, &'static str, &'static str)>,
 }
+
+/// A step (the core's handling, persisting, handing messages out) that
+/// takes this long is logged: every input behind it waited as long.
+const SLOW_STEP: Duration = Duration::from_millis(100);
 
 /// The core's line to bitcoind: requests run as tasks, at most
 /// [`CHAIN_REQUESTS_IN_FLIGHT`] at once, and their answers queue here.
@@ -190,6 +198,91 @@ impl NodeShell {
         }
     }
 
+    /// The next input for the core (see [`Shell::next`]).
+    async fn next_input(&mut self, wake_at: Option<Millis>) -> Option<(Millis, Input)> {
+        self.health.driver_running = true;
+        loop {
+            self.queue_reachability();
+            self.check_leadership_fitness();
+            if let Some(input) = self.queued.pop_front() {
+                return Some((self.clock.now(), input));
+            }
+            if Instant::now() >= self.next_status {
+                self.next_status = Instant::now() + STATUS_EVERY;
+                let query = self.status_query();
+                return Some((self.clock.now(), query));
+            }
+            let mut sleep = match wake_at {
+                Some(at) => self.clock.until(at).min(STATUS_EVERY),
+                None => STATUS_EVERY,
+            };
+            if let Some(failed) = self.fencing_failed_at {
+                sleep = sleep.min((failed + FENCING_RETRY).saturating_duration_since(Instant::now()));
+            }
+            let status_due = tokio::time::Instant::from_std(self.next_status);
+            let primes_pending = self.primes.is_some();
+            let event = tokio::select! {
+                biased;
+                changed = self.shutdown.changed(), if !self.shutting_down => {
+                    Event::Shutdown(changed.is_err() || *self.shutdown.borrow())
+                }
+                Some(result) = self.workers.next() => Event::Input(Input::Compute(result)),
+                Ok(()) = self.coord_view.changed() => Event::CoordView,
+                Some(request) = self.commands.recv() => Event::Command(request),
+                primes = async { self.primes.as_mut().expect("guarded").await }, if primes_pending => {
+                    Event::Primes(primes.ok())
+                }
+                Some(inbound) = self.inbound.recv() => {
+                    if let (Some(waited), mpc_io_quic::Inbound::Message { msg, .. }) = (self.inbound.last_wait(), &inbound) {
+                        self.metrics.inbox_waited(msg.kind(), waited);
+                    }
+                    Event::Input(inbound.into_input())
+                }
+                Some(report) = async { self.chain.as_mut().expect("guarded").answers.recv().await }, if self.chain.is_some() => {
+                    Event::Input(Input::Chain(report))
+                }
+                _ = tokio::time::sleep_until(status_due) => Event::Nothing,
+                _ = tokio::time::sleep(sleep) => Event::Timer,
+            };
+            let input = match event {
+                Event::Input(input) => {
+                    self.note_chain_tip(&input);
+                    input
+                }
+                Event::Shutdown(true) => {
+                    self.shutting_down = true;
+                    info!(node = self.me.0, "shutting down: abandoning sessions in flight");
+                    Input::ShutDown
+                }
+                Event::Shutdown(false) | Event::Nothing => continue,
+                Event::CoordView => {
+                    self.queue_coord_view();
+                    continue;
+                }
+                Event::Command(request) => {
+                    let id = RequestId(self.next_request);
+                    self.next_request = (self.next_request + 1) % INTERNAL_REQUESTS;
+                    self.waiting.insert(id, request.reply);
+                    Input::Command { request: id, command: request.command }
+                }
+                Event::Primes(primes) => {
+                    self.primes = None;
+                    let Some(primes) = primes else { continue };
+                    info!(node = self.me.0, "safe primes ready");
+                    Input::SafePrimes(Secret::new(primes))
+                }
+                Event::Timer => {
+                    if wake_at.is_some_and(|at| self.clock.now() >= at) {
+                        Input::Tick
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            return Some((self.clock.now(), input));
+        }
+    }
+
     /// Opens or closes the leadership gate as the connected peers say.
     fn check_leadership_fitness(&mut self) {
         let connected = self.transport.connected_peers();
@@ -202,7 +295,7 @@ impl NodeShell {
                     node = self.me.0,
                     connected,
                     needed = self.leadership.needed_peers(),
-                    "reaches too few peers to run a presigning session: giving up the leadership"
+                    "reaches too few peers to run a presigning session: gives up the leadership or does not claim it"
                 );
             }
             self.leadership_gate.set(fit);
@@ -330,82 +423,21 @@ impl Shell for NodeShell {
     type Error = PersistError;
 
     async fn next(&mut self, wake_at: Option<Millis>) -> Option<(Millis, Input)> {
-        self.health.driver_running = true;
-        loop {
-            self.queue_reachability();
-            self.check_leadership_fitness();
-            if let Some(input) = self.queued.pop_front() {
-                return Some((self.clock.now(), input));
+        if let Some((started, input, message)) = self.step_started.take() {
+            let took = started.elapsed();
+            if took >= SLOW_STEP {
+                info!(node = self.me.0, input, message, took_ms = took.as_millis() as u64, "slow step");
             }
-            if Instant::now() >= self.next_status {
-                self.next_status = Instant::now() + STATUS_EVERY;
-                let query = self.status_query();
-                return Some((self.clock.now(), query));
-            }
-            let mut sleep = match wake_at {
-                Some(at) => self.clock.until(at).min(STATUS_EVERY),
-                None => STATUS_EVERY,
-            };
-            if let Some(failed) = self.fencing_failed_at {
-                sleep = sleep.min((failed + FENCING_RETRY).saturating_duration_since(Instant::now()));
-            }
-            let status_due = tokio::time::Instant::from_std(self.next_status);
-            let primes_pending = self.primes.is_some();
-            let event = tokio::select! {
-                biased;
-                changed = self.shutdown.changed(), if !self.shutting_down => {
-                    Event::Shutdown(changed.is_err() || *self.shutdown.borrow())
-                }
-                Some(result) = self.workers.next() => Event::Input(Input::Compute(result)),
-                Ok(()) = self.coord_view.changed() => Event::CoordView,
-                Some(request) = self.commands.recv() => Event::Command(request),
-                primes = async { self.primes.as_mut().expect("guarded").await }, if primes_pending => {
-                    Event::Primes(primes.ok())
-                }
-                Some(inbound) = self.inbound.recv() => Event::Input(inbound.into_input()),
-                Some(report) = async { self.chain.as_mut().expect("guarded").answers.recv().await }, if self.chain.is_some() => {
-                    Event::Input(Input::Chain(report))
-                }
-                _ = tokio::time::sleep_until(status_due) => Event::Nothing,
-                _ = tokio::time::sleep(sleep) => Event::Timer,
-            };
-            let input = match event {
-                Event::Input(input) => {
-                    self.note_chain_tip(&input);
-                    input
-                }
-                Event::Shutdown(true) => {
-                    self.shutting_down = true;
-                    info!(node = self.me.0, "shutting down: abandoning sessions in flight");
-                    Input::ShutDown
-                }
-                Event::Shutdown(false) | Event::Nothing => continue,
-                Event::CoordView => {
-                    self.queue_coord_view();
-                    continue;
-                }
-                Event::Command(request) => {
-                    let id = RequestId(self.next_request);
-                    self.next_request = (self.next_request + 1) % INTERNAL_REQUESTS;
-                    self.waiting.insert(id, request.reply);
-                    Input::Command { request: id, command: request.command }
-                }
-                Event::Primes(primes) => {
-                    self.primes = None;
-                    let Some(primes) = primes else { continue };
-                    info!(node = self.me.0, "safe primes ready");
-                    Input::SafePrimes(Secret::new(primes))
-                }
-                Event::Timer => {
-                    if wake_at.is_some_and(|at| self.clock.now() >= at) {
-                        Input::Tick
-                    } else {
-                        continue;
-                    }
-                }
-            };
-            return Some((self.clock.now(), input));
         }
+        let next = self.next_input(wake_at).await;
+        if let Some((_, input)) = &next {
+            let message = match input {
+                Input::Peer { msg, .. } => msg.kind(),
+                _ => "",
+            };
+            self.step_started = Some((Instant::now(), input.kind(), message));
+        }
+        next
     }
 
     async fn persist(&mut self, records: &[Record]) -> Result<(), PersistError> {

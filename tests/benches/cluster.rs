@@ -71,24 +71,64 @@ fn wait_signed(c: &LocalCluster, node: u16, tx: &str) -> TransactionView {
     })
 }
 
-/// One transaction at a time, each waited for: latency samples.
-fn sample_latencies(
-    c: &LocalCluster,
-    key: &GroupKey,
-    label: &str,
-    n: usize,
-    mut go_on: impl FnMut() -> bool,
-) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for k in 0..n {
-        if !go_on() {
-            break;
+/// One transaction at a time, each waited for: latency samples. Sample
+/// `first + k` is proposed to node `1 + (first + k) % 5`, so samples taken
+/// one call at a time (during the fill) rotate over the proposers as the
+/// idle ones do.
+fn sample_latencies(c: &LocalCluster, key: &GroupKey, label: &str, first: usize, n: usize) -> Vec<(u64, u64)> {
+    (first..first + n)
+        .map(|k| {
+            let node = 1 + (k % 5) as u16;
+            let tx = submit_psbt(c, node, spend(&format!("{label}-{k}")).psbt_bytes(key));
+            latencies(&wait_signed(c, node, &tx))
+        })
+        .collect()
+}
+
+/// Count, mean and 99th percentile (the upper bound of its bucket, in ms)
+/// of histogram `name` over all five nodes' `/metrics`, the series whose
+/// labels contain `labels`: where a phase's time goes.
+fn histogram_ms(c: &LocalCluster, name: &str, labels: &str) -> (u64, f64, f64) {
+    let mut buckets: BTreeMap<u64, u64> = BTreeMap::new();
+    let (mut count, mut sum) = (0u64, 0f64);
+    for id in c.ids() {
+        let text = c.api(id).get_public("/metrics").map(|(_, t)| t).unwrap_or_default();
+        for line in text.lines().filter(|l| l.contains(labels)) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if let Some(rest) = series.strip_prefix(&format!("{name}_bucket{{")) {
+                let le = rest.split("le=\"").nth(1).and_then(|v| v.split('"').next()).unwrap_or("+Inf");
+                let bound = if le == "+Inf" { u64::MAX } else { (le.parse::<f64>().unwrap_or(0.0) * 1e6) as u64 };
+                *buckets.entry(bound).or_default() += value as u64;
+            } else if series.starts_with(&format!("{name}_count")) {
+                count += value as u64;
+            } else if series.starts_with(&format!("{name}_sum")) {
+                sum += value;
+            }
         }
-        let node = 1 + (k % 5) as u16;
-        let tx = submit_psbt(c, node, spend(&format!("{label}-{k}")).psbt_bytes(key));
-        out.push(latencies(&wait_signed(c, node, &tx)));
     }
-    out
+    let wanted = (count * 99).div_ceil(100);
+    let p99 = buckets.iter().find(|(_, n)| **n >= wanted).map_or(f64::NAN, |(b, _)| *b as f64 / 1e3);
+    (count, if count > 0 { sum * 1e3 / count as f64 } else { 0.0 }, p99)
+}
+
+/// One line of [`histogram_ms`] figures per histogram, for one phase.
+fn where_time_goes(c: &LocalCluster, phase: &str) -> Vec<String> {
+    [
+        ("mpc_persist_duration_seconds", "", "persist"),
+        ("mpc_handle_duration_seconds", "input=\"peer\"", "handle peer"),
+        ("mpc_handle_duration_seconds", "input=\"compute\"", "handle compute"),
+        ("mpc_inbox_wait_seconds", "message=\"signing_request\"", "inbox sign req"),
+        ("mpc_inbox_wait_seconds", "message=\"signing_response\"", "inbox sign resp"),
+        ("mpc_inbox_wait_seconds", "message=\"vote\"", "inbox vote"),
+        ("mpc_inbox_wait_seconds", "message=\"protocol\"", "inbox protocol"),
+    ]
+    .iter()
+    .map(|(name, labels, what)| {
+        let (n, mean, p99) = histogram_ms(c, name, labels);
+        format!("  {phase:<9} {what:<15} {n:>7} times, mean {mean:>6.2} ms, p99 <= {p99} ms")
+    })
+    .collect()
 }
 
 fn percentile(sorted: &[u64], p: usize) -> u64 {
@@ -271,7 +311,7 @@ fn main() {
             break;
         }
         if r >= 5 && refill.len() < samples && (r as usize) < pool * 9 / 10 {
-            refill.extend(sample_latencies(&c, &key, &format!("refill-{}", refill.len()), 1, || true));
+            refill.extend(sample_latencies(&c, &key, "refill", refill.len(), 1));
             continue;
         }
         if last_print.elapsed() > Duration::from_secs(30) {
@@ -282,6 +322,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let fill = fill_started.elapsed();
+    let fill_time = where_time_goes(&c, "filling");
     // Presignatures made: the pool plus what the samples consumed.
     let made = pool + refill.len();
     let cluster_rate = made as f64 / fill.as_secs_f64();
@@ -308,8 +349,9 @@ fn main() {
     wait_for("the full pool after the restart", 10 * MINUTES, || (ready(&c, 1) + 5 >= pool as u64).then_some(()));
     // A few first, not counted: the restarted nodes' connections and lease
     // settle on them.
-    sample_latencies(&c, &key, "warm-up", 3, || true);
-    let idle = sample_latencies(&c, &key, "idle", samples, || true);
+    sample_latencies(&c, &key, "warm-up", 0, 3);
+    let idle = sample_latencies(&c, &key, "idle", 0, samples);
+    let idle_time = where_time_goes(&c, "idle");
 
     // PERF-001: `txs` at once.
     let started = Instant::now();
@@ -409,6 +451,10 @@ fn main() {
         refill.len(),
         rs99 as f64 / is99.max(1) as f64
     );
+    println!("  where the time goes, all five nodes (the fill from empty, then idle after the restart):");
+    for line in fill_time.iter().chain(&idle_time) {
+        println!("{line}");
+    }
     let [ca50, ca99, cs50, cs99] = summary(&concurrent);
     println!("PERF-001 throughput, {txs} concurrent submissions, warm pool:");
     println!(

@@ -139,6 +139,11 @@ fn five_processes_dkg_sign_confirm_on_a_real_chain_shut_down_and_resume() {
     assert_eq!(status, 200);
     assert!(metrics.lines().any(|l| l.starts_with("presignature_pool_size ")), "{metrics}");
     check_with_promtool(&metrics);
+    // Every node took votes from its peers, and timed how long they queued.
+    for id in c.ids() {
+        let votes = mpc_tests::audit::metric(&c, &[id], "mpc_inbox_wait_seconds_count{message=\"vote\"}");
+        assert!(votes >= 4.0, "node {id}: {votes} votes timed in the inbox");
+    }
 
     // The OpenAPI document parses and lists every route of DESIGN §7.
     let (status, doc) = c.api(1).get_public("/api/v1/openapi.json").unwrap();
