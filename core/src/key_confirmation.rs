@@ -302,6 +302,9 @@ impl Node {
             }
         }
         self.keep_statements_of_focus();
+        for (from, id, signers, term) in std::mem::take(&mut self.held_presign_starts) {
+            self.on_presign_start(from, id, signers, term);
+        }
     }
 
     /// Recovery: the pending share of `dkg` was adopted before the restart.

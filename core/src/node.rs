@@ -223,6 +223,12 @@ pub struct Node {
     pub(crate) key: Option<KeyMaterial>,
     /// This node's share from the latest finished keygen, until adopted.
     pub(crate) pending_key: Option<PendingKey>,
+    /// Presigning starts that came while this node held its new share but
+    /// had not yet seen every member confirm it: the lease holder may adopt
+    /// the key a moment earlier (its last confirmation overtook ours on
+    /// another link). Run once the key is adopted, dropped if it never is;
+    /// at most `pool.parallel_sessions` per initiator.
+    pub(crate) held_presign_starts: Vec<(NodeId, PresigId, Vec<NodeId>, u64)>,
     /// Confirmations and abandonments held, per attempt (see
     /// `key_confirmation.rs` for which are kept).
     pub(crate) dkg_statements: BTreeMap<DkgId, AttemptStatements>,
@@ -366,6 +372,7 @@ impl Node {
             aux: None,
             key: None,
             pending_key: None,
+            held_presign_starts: Vec::new(),
             dkg_statements: BTreeMap::new(),
             next_confirm_resend: Millis(0),
             answered: BTreeMap::new(),

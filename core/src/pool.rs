@@ -165,6 +165,13 @@ impl Node {
             }
             return;
         };
+        if self.key.is_none() && self.pending_key.is_some() {
+            let held = self.held_presign_starts.iter().filter(|h| h.0 == from).count();
+            if held < self.config.cluster.pool.parallel_sessions {
+                self.held_presign_starts.push((from, id, signers, term));
+                return;
+            }
+        }
         let Some(key) = &self.key else { return reject(self, "no key share yet".into()) };
         if self.own_presigs.contains_key(&id) {
             // Seen before (perhaps before a crash): never run an id twice.
