@@ -14,8 +14,8 @@
 //! requests, votes and the API), the transport and the database's thread
 //! must not wait behind it for a time slice. Measured by the cluster
 //! bench's PERF-002: at nice 10 alone a refill made signing 3.3x to 3.6x
-//! slower at p99 than idle; under `SCHED_IDLE`, 0.9x (no measurable cost),
-//! with the pool filling as fast as before.
+//! slower at p99 than idle; under `SCHED_IDLE`, 1.36x (0.93x in a shorter
+//! run), with the pool filling as fast as before.
 //!
 //! Each batch of jobs carries the generation of the core that asked for it.
 //! When the core is rebuilt (after a failed persist) the workers drop every
