@@ -182,8 +182,8 @@ fn one_step_simpler(plan: &SeedPlan) -> Vec<SeedPlan> {
 /// Finishes what proptest's shrinking starts. Proptest shrinks a plan's
 /// parts in a fixed order and never returns to a part it has passed, so a
 /// fault whose removal passed only while a later fault was still there
-/// (a crash that, under skewed clocks, was what let the failure show) is
-/// kept although the survivor fails without it. This pass tries every
+/// (in CI, a crash kept after the faults around it were gone) is kept
+/// although the survivor fails without it. This pass tries every
 /// single simplification again, keeps each one under which `still_fails`,
 /// and repeats until none is left: the result is 1-minimal, so every fault
 /// it keeps is one the failure needs.

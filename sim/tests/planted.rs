@@ -87,8 +87,8 @@ fn without_planted_bugs_the_same_seeds_pass() {
 /// bug shows, then removes everything the failure does not need. That bug
 /// needs no fault at all, only a signature, so the minimal schedule has no
 /// fault left and one approved transaction. Proptest's own shrinking can
-/// stop at a local minimum (CI once kept a crash that only mattered while
-/// skewed clocks were still there), so [`minimise`] finishes it; the
+/// stop at a local minimum (CI once kept a crash whose removal had passed
+/// while other faults were still in the plan), so [`minimise`] finishes it; the
 /// runner's seed is fixed so that a run replays exactly.
 #[test]
 fn a_failing_schedule_shrinks_to_a_minimal_one() {
@@ -122,7 +122,7 @@ fn a_failing_schedule_shrinks_to_a_minimal_one() {
 }
 
 /// The schedule proptest's shrinking left in a CI run (the crash survived
-/// because its removal had passed while skewed clocks were still there):
+/// because its removal had passed while other faults were still there):
 /// it fails without the crash too, and [`minimise`] removes it.
 #[test]
 fn minimise_removes_the_crash_proptest_kept() {
