@@ -226,8 +226,9 @@ pub struct Node {
     /// Presigning starts that came while this node held its new share but
     /// had not yet seen every member confirm it: the lease holder may adopt
     /// the key a moment earlier (its last confirmation overtook ours on
-    /// another link). Run once the key is adopted, dropped if it never is;
-    /// at most `pool.parallel_sessions` per initiator.
+    /// another link). Run once the key is adopted; at most
+    /// `pool.parallel_sessions` per initiator, in memory only (a restart
+    /// forgets them, and their sessions time out at the initiator).
     pub(crate) held_presign_starts: Vec<(NodeId, PresigId, Vec<NodeId>, u64)>,
     /// Confirmations and abandonments held, per attempt (see
     /// `key_confirmation.rs` for which are kept).
