@@ -189,26 +189,32 @@ mod tests {
 
     /// Field `n` (1-based, as proc(5) numbers them) of a thread's
     /// `/proc/.../stat`: after the parenthesised name, state is field 3,
-    /// nice 19 and the scheduling policy 41.
+    /// nice 19 and the scheduling policy 41. `None` once the thread is gone.
     #[cfg(target_os = "linux")]
-    fn stat_field(stat: &std::path::Path, n: usize) -> i32 {
-        let stat = std::fs::read_to_string(stat).unwrap();
-        stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(n - 3).unwrap().parse().unwrap()
+    fn stat_field(stat: &std::path::Path, n: usize) -> Option<i32> {
+        let stat = std::fs::read_to_string(stat).ok()?;
+        stat[stat.rfind(')')? + 2..].split(' ').nth(n - 3)?.parse().ok()
     }
 
     const NICE: usize = 19;
     const POLICY: usize = 41;
 
-    /// (nice, policy) of this process's threads named `prefix...`.
+    /// (nice, policy) of this process's live threads named `prefix...`, by
+    /// thread id. Other tests in this binary start and drop worker pools of
+    /// their own at the same time, so a thread listed here may exit before
+    /// its files are read: such a thread is skipped, not an error.
     #[cfg(target_os = "linux")]
-    fn priorities_of_threads(prefix: &str) -> Vec<(i32, i32)> {
-        let mut out = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").unwrap() {
-            let dir = task.unwrap().path();
+    fn priorities_of_threads(prefix: &str) -> BTreeMap<u64, (i32, i32)> {
+        let mut out = BTreeMap::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+            let dir = task.path();
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
             if comm.trim().starts_with(prefix) {
                 let stat = dir.join("stat");
-                out.push((stat_field(&stat, NICE), stat_field(&stat, POLICY)));
+                if let (Some(nice), Some(policy)) = (stat_field(&stat, NICE), stat_field(&stat, POLICY)) {
+                    out.insert(tid, (nice, policy));
+                }
             }
         }
         out
@@ -219,22 +225,29 @@ mod tests {
     fn workers_run_below_the_node_s_priority_and_the_node_keeps_its_own() {
         let own = || {
             let stat = std::path::Path::new("/proc/thread-self/stat");
-            (stat_field(stat, NICE), stat_field(stat, POLICY))
+            (stat_field(stat, NICE).unwrap(), stat_field(stat, POLICY).unwrap())
         };
         let mine = own();
         // A test run already niced past the workers' value cannot raise them.
         let expected = (WORKER_NICENESS.max(mine.0), libc::SCHED_IDLE);
         let before = priorities_of_threads("mpc-compute-");
         let _w = Workers::start(2).unwrap();
-        let mut seen = Vec::new();
+        // This pool's threads are the worker threads that were not there
+        // before (a pool another test starts meanwhile lowers its own too).
+        let new_workers = || {
+            let mut now = priorities_of_threads("mpc-compute-");
+            now.retain(|tid, _| !before.contains_key(tid));
+            now
+        };
+        let mut seen = BTreeMap::new();
         for _ in 0..500 {
-            seen = priorities_of_threads("mpc-compute-");
-            if seen.len() >= before.len() + 2 && seen.iter().all(|p| *p == expected) {
+            seen = new_workers();
+            if seen.len() >= 2 && seen.values().all(|p| *p == expected) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(seen.len() >= 2 && seen.iter().all(|p| *p == expected), "workers' (nice, policy) {seen:?}");
+        assert!(seen.len() >= 2 && seen.values().all(|p| *p == expected), "workers' (nice, policy) {seen:?}");
         // Only the workers: the calling thread (the driver's, in the node)
         // is where it was.
         assert_eq!(own(), mine, "the caller's priority changed too");
