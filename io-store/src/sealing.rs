@@ -253,14 +253,6 @@ mod tests {
     }
 
     #[test]
-    fn the_key_leaves_the_environment_once_read() {
-        const VAR: &str = "MPC_SEALING_TEST_MASTER_KEY";
-        std::env::set_var(VAR, MasterKey::generate_hex().as_str());
-        MasterKey::from_env(VAR).expect("a key from the environment");
-        assert!(std::env::var_os(VAR).is_none(), "{VAR} is still in the environment");
-    }
-
-    #[test]
     fn sealed_values_open_only_in_their_own_row_under_their_own_key() {
         let k = key(7);
         let sealed = k.seal(ROW, b"share");
