@@ -83,6 +83,15 @@ fn without_planted_bugs_the_same_seeds_pass() {
     }
 }
 
+/// The run's violations, joined, when `plan` under the late-consumption
+/// bug shows it ("without a durable consumption"): the failure both
+/// shrinking tests drive a plan down to.
+fn late_consumption_shows(plan: &SeedPlan) -> Option<String> {
+    let outcome = run_seed_with_bugs(plan, false, PlantedBugs::persisting_consumption_late());
+    let shows = outcome.violations.iter().any(|v| v.contains("without a durable consumption"));
+    shows.then(|| outcome.violations.join("; "))
+}
+
 /// Shrinking: proptest finds a schedule under which the late-consumption
 /// bug shows, then removes everything the failure does not need. That bug
 /// needs no fault at all, only a signature, so the minimal schedule has no
@@ -100,22 +109,15 @@ fn a_failing_schedule_shrinks_to_a_minimal_one() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let bugs = PlantedBugs::persisting_consumption_late();
-    let fails = |plan: &SeedPlan| -> Result<(), String> {
-        let outcome = run_seed_with_bugs(plan, false, bugs);
-        match outcome.violations.iter().any(|v| v.contains("without a durable consumption")) {
-            true => Err(outcome.violations.join("; ")),
-            false => Ok(()),
-        }
-    };
-    let result = runner.run(&plan_strategy(SeedShape::Fixture), |plan| {
-        fails(&plan).map_err(proptest::test_runner::TestCaseError::fail)
+    let result = runner.run(&plan_strategy(SeedShape::Fixture), |plan| match late_consumption_shows(&plan) {
+        Some(violations) => Err(proptest::test_runner::TestCaseError::fail(violations)),
+        None => Ok(()),
     });
     let Err(TestError::Fail(reason, shrunk)) = result else { panic!("the planted bug was never caught: {result:?}") };
     println!("proptest's shrinking kept {} fault(s) ({reason}):\n{shrunk}", fault_count(&shrunk));
-    let minimal = minimise(shrunk, |plan| fails(plan).is_err());
+    let minimal = minimise(shrunk, |plan| late_consumption_shows(plan).is_some());
     println!("minimal failing schedule:\n{minimal}");
-    assert!(fails(&minimal).is_err(), "the minimal schedule still shows the bug");
+    assert!(late_consumption_shows(&minimal).is_some(), "the minimal schedule still shows the bug");
     assert_eq!(fault_count(&minimal), 0, "faults the failure does not need were kept:\n{minimal}");
     assert_eq!(minimal.txs.len(), 1);
     assert!(minimal.txs[0].allowed && minimal.txs[0].inputs == 1 && minimal.strict.is_empty(), "{minimal}");
@@ -132,11 +134,7 @@ fn minimise_removes_the_crash_proptest_kept() {
     plan.strict.clear();
     plan.txs = vec![TxPlan { at_ms: 0, node: NodeId(1), allowed: true, inputs: 1 }];
     plan.crashes = vec![(10_300, NodeId(5), 1_000)];
-    let fails = |plan: &SeedPlan| {
-        let outcome = run_seed_with_bugs(plan, false, PlantedBugs::persisting_consumption_late());
-        outcome.violations.iter().any(|v| v.contains("without a durable consumption"))
-    };
-    assert!(fails(&plan), "{plan}");
-    let minimal = minimise(plan, fails);
+    assert!(late_consumption_shows(&plan).is_some(), "{plan}");
+    let minimal = minimise(plan, |plan| late_consumption_shows(plan).is_some());
     assert_eq!(fault_count(&minimal), 0, "{minimal}");
 }
